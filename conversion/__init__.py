@@ -1,0 +1,1 @@
+"""Checkpoint converters. Installed as `e2_hf.conversion`."""

@@ -1,0 +1,65 @@
+"""The `e2-hf` command line: one subcommand per task.
+
+    e2-hf convert-original --checkpoint best.pth --output-dir DIR [--entities a,b,c,d] ...
+    e2-hf count-params [--model NAME_OR_PATH] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+
+from .conversion import convert_original_e2
+
+
+def _count_params(args: argparse.Namespace) -> None:
+    from .modeling import E2CLIPConfig
+    from .parameters import count_for_config
+
+    config = E2CLIPConfig.from_pretrained(args.model) if args.model else E2CLIPConfig()
+    report = count_for_config(config)
+    source = args.model or "E2 ViT-B/32 (default E2CLIPConfig)"
+    print(f"{source}: entities {config.entities}, {config.num_selection_tokens} selection tokens, "
+          f"fusion after layers {config.fusion_layers}")
+    print("\n".join(report.lines()))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump({"model": source, **report.as_dict()}, handle, indent=2)
+
+
+def _add_count_params(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="an E2 folder or Hub id (its config); default: ViT-B/32 E2")
+    parser.add_argument("--json", help="also write the counts to this JSON file")
+
+
+COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
+    "convert-original": (
+        "convert a checkpoint of the E2 authors' code to a Hub-ready folder",
+        convert_original_e2.add_arguments,
+        convert_original_e2.run,
+    ),
+    "count-params": ("print the parameters E2 adds to CLIP and their share", _add_count_params, _count_params),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="e2-hf", description="E2 fashion representations for transformers")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for name, (help_text, add_arguments, _) in COMMANDS.items():
+        add_arguments(subparsers.add_parser(name, help=help_text, description=help_text))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    _, _, run = COMMANDS[args.command]
+    try:
+        run(args)
+    except (ValueError, FileNotFoundError, OSError) as error:
+        sys.exit(f"e2-hf {args.command}: error: {error}")
+
+
+if __name__ == "__main__":
+    main()

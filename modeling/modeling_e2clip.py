@@ -1,0 +1,852 @@
+"""E2: CLIP with selection tokens that pick the image patches carrying fashion tag details.
+
+The backbone keeps transformers CLIP's parameter names (`text_model.*`, `vision_model.*`,
+`visual_projection`, `text_projection`, `logit_scale`), so any CLIP checkpoint loads and only E2's
+additions are new:
+
+- `vision_model.selection_tokens`           [num_selection_tokens, vision_width]
+- `vision_model.fusion_blocks.{j}.{q,k,v}_proj` one block per `config.fusion_layers[j]`
+- `region_head.layer_norms.{e}` / `region_head.projections.{e}` one per `config.entities[e]`
+
+The layers are owned here (torch SDPA attention) rather than imported from transformers' CLIP,
+whose internals differ between transformers 4.x and 5.x. This file is copied into every Hub
+checkpoint: it imports only the standard library, torch and transformers.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import transformers
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.utils import ModelOutput
+
+from .configuration_e2clip import E2CLIPConfig, E2CLIPTextConfig, E2CLIPVisionConfig
+
+# transformers 5.x returns a `BaseModelOutputWithPooling` from `get_*_features`, 4.x a tensor.
+FEATURES_AS_MODEL_OUTPUT = int(transformers.__version__.split(".")[0]) >= 5
+# Old CLIP configs store eos_token_id=2; transformers' CLIP then pools at the highest token id.
+LEGACY_EOS_TOKEN_ID = 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Outputs
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class E2CLIPVisionOutput(ModelOutput):
+    """
+    Output of the image tower.
+
+    Args:
+        last_hidden_state (`torch.FloatTensor` of shape `(batch_size, sequence_length, hidden_size)`):
+            The last layer's tokens, `[selection tokens, CLS, patches]`; without the patches when
+            they were dropped after the last fusion block.
+        pooler_output (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
+            `post_layernorm` of the CLS token.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+            The embeddings and each layer's output (`output_hidden_states=True`).
+        selection_indices (`torch.LongTensor` of shape `(batch_size, num_fusion_blocks, num_selection_tokens)`, *optional*):
+            The patch (0-based, row-major over the patch grid) each selection token chose in each
+            fusion block; `None` without selection tokens.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    selection_indices: torch.LongTensor | None = None
+
+
+@dataclass
+class E2CLIPOutput(ModelOutput):
+    """
+    Output of [`E2CLIPModel`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*, returned with `return_loss=True`):
+            `global_loss_weight * global_loss + region_loss_weight * region_loss`; just the global
+            loss when there is no region loss (no entities, or no tags given).
+        global_loss (`torch.FloatTensor` of shape `()`, *optional*):
+            Symmetric image-text InfoNCE (CLIP's loss).
+        region_loss (`torch.FloatTensor` of shape `()`, *optional*):
+            Mean over entities of the symmetric InfoNCE between regional embeddings and tag texts.
+        logits_per_image (`torch.FloatTensor` of shape `(image_batch_size, text_batch_size)`):
+            Scaled cosine similarities of image and text embeddings.
+        logits_per_text (`torch.FloatTensor` of shape `(text_batch_size, image_batch_size)`):
+            The transpose of `logits_per_image`.
+        text_embeds (`torch.FloatTensor` of shape `(batch_size, projection_dim)`):
+            Projected text embeddings (not normalised).
+        image_embeds (`torch.FloatTensor` of shape `(batch_size, projection_dim)`):
+            Projected global image embeddings (not normalised).
+        region_embeds (`torch.FloatTensor` of shape `(batch_size, num_entities, projection_dim)`):
+            Projected regional embedding of each entity (not normalised).
+        selection_indices (`torch.LongTensor` of shape `(batch_size, num_fusion_blocks, num_selection_tokens)`):
+            The patch each selection token chose in each fusion block.
+        text_model_output (`BaseModelOutputWithPooling`):
+            The text tower's output.
+        vision_model_output (`E2CLIPVisionOutput`):
+            The image tower's output.
+    """
+
+    loss: torch.FloatTensor | None = None
+    global_loss: torch.FloatTensor | None = None
+    region_loss: torch.FloatTensor | None = None
+    logits_per_image: torch.FloatTensor | None = None
+    logits_per_text: torch.FloatTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
+    image_embeds: torch.FloatTensor | None = None
+    region_embeds: torch.FloatTensor | None = None
+    selection_indices: torch.LongTensor | None = None
+    text_model_output: BaseModelOutputWithPooling | None = None
+    vision_model_output: E2CLIPVisionOutput | None = None
+
+    def to_tuple(self) -> tuple[Any, ...]:
+        return tuple(
+            self[key].to_tuple() if key.endswith("_model_output") else self[key] for key in self.keys()
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Losses
+# ---------------------------------------------------------------------------------------------
+def contrastive_loss(logits: torch.Tensor) -> torch.Tensor:
+    """Cross entropy of a square logit matrix whose diagonal holds the positives."""
+    return F.cross_entropy(logits, torch.arange(logits.shape[0], device=logits.device))
+
+
+def symmetric_contrastive_loss(logits_per_text: torch.Tensor) -> torch.Tensor:
+    """CLIP's loss: the mean of the text-to-image and image-to-text cross entropies."""
+    return (contrastive_loss(logits_per_text) + contrastive_loss(logits_per_text.t())) / 2.0
+
+
+def multi_positive_contrastive_loss(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+    """Cross entropy against the uniform distribution over each row's positives.
+
+    `positives[i, j]` is True when column j is a positive of row i (the diagonal always is).
+    """
+    targets = positives.to(logits.dtype)
+    targets = targets / targets.sum(dim=1, keepdim=True)
+    return -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+
+
+def region_contrastive_loss(
+    region_embeds: torch.Tensor,
+    tag_embeds: torch.Tensor,
+    tag_present: torch.Tensor,
+    logit_scale: torch.Tensor,
+    variant: str = "clip",
+    tag_groups: torch.Tensor | None = None,
+) -> torch.Tensor | None:
+    """E2's region loss: per entity, symmetric InfoNCE between regional embeddings and tag texts.
+
+    Args:
+        region_embeds: `[batch, num_entities, dim]` regional image embeddings.
+        tag_embeds: `[batch, num_entities, dim]` text embeddings of each item's tag of each entity.
+        tag_present: `[batch, num_entities]` bool; items without a tag are left out of that
+            entity's loss.
+        logit_scale: the (already exponentiated) temperature multiplier.
+        variant: `"clip"` (in-batch negatives, as the paper) or `"multi_positive"` (items with the
+            same tag text are positives of each other).
+        tag_groups: `[batch, num_entities]` ids equal for equal tag texts; needed by
+            `"multi_positive"`.
+
+    Returns:
+        The mean over entities that have at least one tag in the batch, or `None` if none has.
+    """
+    region_embeds = F.normalize(region_embeds, dim=-1)
+    tag_embeds = F.normalize(tag_embeds, dim=-1)
+    losses = []
+    for entity in range(region_embeds.shape[1]):
+        present = tag_present[:, entity]
+        if not bool(present.any()):
+            continue
+        logits_per_image = logit_scale * region_embeds[present, entity] @ tag_embeds[present, entity].t()  # [n, n]
+        if variant == "clip":
+            losses.append(symmetric_contrastive_loss(logits_per_image))
+        elif variant == "multi_positive":
+            if tag_groups is None:
+                raise ValueError("region loss 'multi_positive' needs tag_groups.")
+            groups = tag_groups[present, entity]
+            positives = groups[:, None] == groups[None, :]  # [n, n], symmetric
+            image_loss = multi_positive_contrastive_loss(logits_per_image, positives)
+            text_loss = multi_positive_contrastive_loss(logits_per_image.t(), positives)
+            losses.append((image_loss + text_loss) / 2.0)
+        else:
+            raise ValueError(f"Unknown region loss variant {variant!r}; use 'clip' or 'multi_positive'.")
+    if not losses:
+        return None
+    return torch.stack(losses).mean()
+
+
+# ---------------------------------------------------------------------------------------------
+# Building blocks (CLIP's, with CLIP's parameter names)
+# ---------------------------------------------------------------------------------------------
+class E2CLIPVisionEmbeddings(nn.Module):
+    """Patch embedding, CLS token and learned positions (CLS + patches only)."""
+
+    def __init__(self, config: E2CLIPVisionConfig):
+        super().__init__()
+        self.config = config
+        self.embed_dim = config.hidden_size
+        self.class_embedding = nn.Parameter(torch.empty(self.embed_dim))
+        self.patch_embedding = nn.Conv2d(
+            config.num_channels, self.embed_dim, kernel_size=config.patch_size, stride=config.patch_size, bias=False
+        )
+        self.num_patches = config.num_patches
+        self.num_positions = self.num_patches + 1
+        self.position_embedding = nn.Embedding(self.num_positions, self.embed_dim)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        batch_size = pixel_values.shape[0]
+        dtype = self.patch_embedding.weight.dtype
+        patch_embeds = self.patch_embedding(pixel_values.to(dtype))  # [batch, width, grid, grid]
+        patch_embeds = patch_embeds.flatten(2).transpose(1, 2)  # [batch, num_patches, width]
+        class_embeds = self.class_embedding.expand(batch_size, 1, -1)  # [batch, 1, width]
+        embeddings = torch.cat([class_embeds, patch_embeds], dim=1)  # [batch, 1 + num_patches, width]
+        positions = torch.arange(self.num_positions, device=embeddings.device)
+        return embeddings + self.position_embedding(positions)
+
+
+class E2CLIPTextEmbeddings(nn.Module):
+    def __init__(self, config: E2CLIPTextConfig):
+        super().__init__()
+        self.token_embedding = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.position_embedding = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        sequence_length = input_ids.shape[-1]
+        max_length = self.position_embedding.num_embeddings
+        if sequence_length > max_length:
+            raise ValueError(
+                f"input_ids has {sequence_length} tokens but the text tower's context length is {max_length}; "
+                "tokenize with truncation (E2CLIPProcessor does)."
+            )
+        positions = torch.arange(sequence_length, device=input_ids.device)
+        return self.token_embedding(input_ids) + self.position_embedding(positions)
+
+
+class E2CLIPAttention(nn.Module):
+    """Multi-head self-attention through `torch.nn.functional.scaled_dot_product_attention`."""
+
+    def __init__(self, config: E2CLIPTextConfig | E2CLIPVisionConfig):
+        super().__init__()
+        self.config = config
+        self.embed_dim = config.hidden_size
+        self.num_heads = config.num_attention_heads
+        self.head_dim = self.embed_dim // self.num_heads
+        self.dropout = config.attention_dropout
+        self.q_proj = nn.Linear(self.embed_dim, self.embed_dim)
+        self.k_proj = nn.Linear(self.embed_dim, self.embed_dim)
+        self.v_proj = nn.Linear(self.embed_dim, self.embed_dim)
+        self.out_proj = nn.Linear(self.embed_dim, self.embed_dim)
+
+    def _split_heads(self, states: torch.Tensor) -> torch.Tensor:
+        batch_size, sequence_length, _ = states.shape
+        states = states.view(batch_size, sequence_length, self.num_heads, self.head_dim)
+        return states.transpose(1, 2)  # [batch, heads, sequence, head_dim]
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        batch_size, sequence_length, _ = hidden_states.shape
+        query = self._split_heads(self.q_proj(hidden_states))
+        key = self._split_heads(self.k_proj(hidden_states))
+        value = self._split_heads(self.v_proj(hidden_states))
+        attended = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=attention_mask, dropout_p=self.dropout if self.training else 0.0
+        )  # [batch, heads, sequence, head_dim]
+        attended = attended.transpose(1, 2).reshape(batch_size, sequence_length, self.embed_dim)
+        return self.out_proj(attended)
+
+
+class E2CLIPMLP(nn.Module):
+    def __init__(self, config: E2CLIPTextConfig | E2CLIPVisionConfig):
+        super().__init__()
+        self.config = config
+        self.activation_fn = ACT2FN[config.hidden_act]
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.activation_fn(self.fc1(hidden_states)))
+
+
+class E2CLIPEncoderLayer(nn.Module):
+    """Pre-norm transformer block: attention and MLP, each in a residual branch."""
+
+    def __init__(self, config: E2CLIPTextConfig | E2CLIPVisionConfig):
+        super().__init__()
+        self.layer_norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.self_attn = E2CLIPAttention(config)
+        self.layer_norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = E2CLIPMLP(config)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        residual = hidden_states
+        hidden_states = residual + self.self_attn(self.layer_norm1(hidden_states), attention_mask)
+        residual = hidden_states
+        return residual + self.mlp(self.layer_norm2(hidden_states))
+
+
+class E2CLIPEncoder(nn.Module):
+    """A stack of encoder layers; `forward` can run a contiguous range of them."""
+
+    def __init__(self, config: E2CLIPTextConfig | E2CLIPVisionConfig):
+        super().__init__()
+        self.layers = nn.ModuleList([E2CLIPEncoderLayer(config) for _ in range(config.num_hidden_layers)])
+        self.gradient_checkpointing = False
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        start: int = 0,
+        end: int | None = None,
+        all_hidden_states: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Runs layers `start..end-1`; appends each output to `all_hidden_states` when given."""
+        for layer in self.layers[start:end]:
+            if self.gradient_checkpointing and self.training:
+                hidden_states = self._gradient_checkpointing_func(layer.__call__, hidden_states, attention_mask)
+            else:
+                hidden_states = layer(hidden_states, attention_mask)
+            if all_hidden_states is not None:
+                all_hidden_states.append(hidden_states)
+        return hidden_states
+
+
+# ---------------------------------------------------------------------------------------------
+# E2's additions
+# ---------------------------------------------------------------------------------------------
+class E2CLIPFusionBlock(nn.Module):
+    """Each selection token picks one patch and averages itself with that patch's value.
+
+    Works on the raw residual stream `[selection tokens, CLS, patches]`; CLS and patches pass
+    through unchanged. Training: straight-through hard Gumbel-softmax over the query-key scores.
+    Eval: argmax of the scores, so the choice is deterministic.
+    """
+
+    def __init__(self, config: E2CLIPConfig):
+        super().__init__()
+        width = config.vision_config.hidden_size
+        self.num_selection_tokens = config.num_selection_tokens
+        self.scale = config.selection_scale
+        self.gumbel_tau = config.gumbel_tau
+        self.q_proj = nn.Linear(width, width, bias=False)
+        self.k_proj = nn.Linear(width, width, bias=False)
+        self.v_proj = nn.Linear(width, width, bias=False)
+
+    def select(self, scores: torch.Tensor) -> torch.Tensor:
+        """One-hot choice over the last dimension, with straight-through gradients in training."""
+        if self.training:
+            return F.gumbel_softmax(scores, tau=self.gumbel_tau, hard=True, dim=-1)
+        chosen = scores.argmax(dim=-1)
+        return F.one_hot(chosen, scores.shape[-1]).to(scores.dtype)
+
+    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.LongTensor]:
+        num_selection = self.num_selection_tokens
+        selection = hidden_states[:, :num_selection]  # [batch, num_selection, width]
+        patches = hidden_states[:, num_selection + 1 :]  # [batch, num_patches, width]
+        scores = self.q_proj(selection) @ self.k_proj(patches).transpose(1, 2) * self.scale
+        choice = self.select(scores.float()).to(hidden_states.dtype)  # [batch, num_selection, num_patches]
+        fused = (choice @ self.v_proj(patches) + selection) / 2
+        hidden_states = torch.cat([fused, hidden_states[:, num_selection:]], dim=1)
+        return hidden_states, choice.argmax(dim=-1)
+
+
+class E2CLIPRegionHead(nn.Module):
+    """Separated average pooling: each entity's tokens get their own norm, mean and projection."""
+
+    def __init__(self, config: E2CLIPConfig):
+        super().__init__()
+        width = config.vision_config.hidden_size
+        eps = config.vision_config.layer_norm_eps
+        self.token_slices = config.entity_token_slices
+        self.layer_norms = nn.ModuleList([nn.LayerNorm(width, eps=eps) for _ in config.entities])
+        self.projections = nn.ModuleList(
+            [nn.Linear(width, config.projection_dim, bias=False) for _ in config.entities]
+        )
+
+    def forward(self, selection_states: torch.Tensor) -> torch.Tensor:
+        """`[batch, num_selection, width]` -> `[batch, num_entities, projection_dim]`."""
+        region_embeds = []
+        for (start, end), layer_norm, projection in zip(self.token_slices, self.layer_norms, self.projections):
+            pooled = layer_norm(selection_states[:, start:end]).mean(dim=1)  # [batch, width]
+            region_embeds.append(projection(pooled))
+        return torch.stack(region_embeds, dim=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Towers
+# ---------------------------------------------------------------------------------------------
+class E2CLIPTextTransformer(nn.Module):
+    """CLIP's text tower: causal transformer, read at the end-of-text token."""
+
+    def __init__(self, config: E2CLIPTextConfig):
+        super().__init__()
+        self.config = config
+        self.embeddings = E2CLIPTextEmbeddings(config)
+        self.encoder = E2CLIPEncoder(config)
+        self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def _attention_mask(self, attention_mask: torch.Tensor | None, sequence_length: int, device) -> torch.Tensor:
+        """Boolean `[batch or 1, 1, seq, seq]` mask: causal, minus padded keys (the diagonal stays)."""
+        allowed = torch.ones(sequence_length, sequence_length, dtype=torch.bool, device=device).tril()
+        if attention_mask is None:
+            return allowed[None, None]
+        keys = attention_mask.bool()[:, None, None, :]  # [batch, 1, 1, seq]
+        diagonal = torch.eye(sequence_length, dtype=torch.bool, device=device)
+        return allowed & (keys | diagonal)
+
+    def _end_positions(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        eos_token_id = self.config.eos_token_id
+        if eos_token_id == LEGACY_EOS_TOKEN_ID:
+            return input_ids.argmax(dim=-1)
+        is_end = input_ids == eos_token_id
+        first_end = is_end.int().argmax(dim=-1)
+        if attention_mask is None:
+            last_token = torch.full_like(first_end, input_ids.shape[-1] - 1)
+        else:
+            last_token = attention_mask.long().sum(dim=-1).clamp_min(1) - 1
+        return torch.where(is_end.any(dim=-1), first_end, last_token)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+    ) -> BaseModelOutputWithPooling:
+        hidden_states = self.embeddings(input_ids)  # [batch, seq, width]
+        mask = self._attention_mask(attention_mask, input_ids.shape[-1], input_ids.device)
+        all_hidden_states = [hidden_states] if output_hidden_states else None
+        hidden_states = self.encoder(hidden_states, mask, all_hidden_states=all_hidden_states)
+        last_hidden_state = self.final_layer_norm(hidden_states)
+        batch_index = torch.arange(input_ids.shape[0], device=input_ids.device)
+        pooled_output = last_hidden_state[batch_index, self._end_positions(input_ids, attention_mask)]
+        return BaseModelOutputWithPooling(
+            last_hidden_state=last_hidden_state,
+            pooler_output=pooled_output,
+            hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
+        )
+
+
+class E2CLIPVisionTransformer(nn.Module):
+    """CLIP's ViT with `num_selection_tokens` learnable tokens in front and fusion blocks inside.
+
+    Sequence: `[selection tokens, CLS, patches]`; the selection tokens have no position
+    embedding. A fusion block runs after each layer of `config.fusion_layers`; after the last one
+    the patches are dropped (`drop_patches_after_fusion`).
+    """
+
+    def __init__(self, config: E2CLIPConfig):
+        super().__init__()
+        vision_config = config.vision_config
+        self.config = vision_config
+        self.num_selection_tokens = config.num_selection_tokens
+        self.fusion_layers = config.active_fusion_layers
+        self.drop_patches_after_fusion = config.drop_patches_after_fusion
+        self.embeddings = E2CLIPVisionEmbeddings(vision_config)
+        if self.num_selection_tokens > 0:
+            self.selection_tokens = nn.Parameter(torch.empty(self.num_selection_tokens, vision_config.hidden_size))
+        else:
+            self.register_parameter("selection_tokens", None)
+        self.pre_layrnorm = nn.LayerNorm(vision_config.hidden_size, eps=vision_config.layer_norm_eps)
+        self.encoder = E2CLIPEncoder(vision_config)
+        self.fusion_blocks = nn.ModuleList([E2CLIPFusionBlock(config) for _ in self.fusion_layers])
+        self.post_layernorm = nn.LayerNorm(vision_config.hidden_size, eps=vision_config.layer_norm_eps)
+
+    def _prepend_selection_tokens(self, embeddings: torch.Tensor) -> torch.Tensor:
+        if self.selection_tokens is None:
+            return embeddings
+        selection = self.selection_tokens.to(embeddings.dtype).expand(embeddings.shape[0], -1, -1)
+        return torch.cat([selection, embeddings], dim=1)  # [batch, num_selection + 1 + num_patches, width]
+
+    def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool = False) -> E2CLIPVisionOutput:
+        hidden_states = self._prepend_selection_tokens(self.embeddings(pixel_values))
+        hidden_states = self.pre_layrnorm(hidden_states)
+        all_hidden_states = [hidden_states] if output_hidden_states else None
+
+        selection_indices = []
+        start = 0
+        for fusion_layer, fusion_block in zip(self.fusion_layers, self.fusion_blocks):
+            hidden_states = self.encoder(hidden_states, start=start, end=fusion_layer + 1, all_hidden_states=all_hidden_states)
+            hidden_states, chosen = fusion_block(hidden_states)
+            selection_indices.append(chosen)
+            start = fusion_layer + 1
+        if self.fusion_layers and self.drop_patches_after_fusion:
+            hidden_states = hidden_states[:, : self.num_selection_tokens + 1]  # [batch, num_selection + 1, width]
+        hidden_states = self.encoder(hidden_states, start=start, all_hidden_states=all_hidden_states)
+
+        pooled_output = self.post_layernorm(hidden_states[:, self.num_selection_tokens])  # CLS
+        return E2CLIPVisionOutput(
+            last_hidden_state=hidden_states,
+            pooler_output=pooled_output,
+            hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
+            selection_indices=torch.stack(selection_indices, dim=1) if selection_indices else None,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------------------------
+class E2CLIPPreTrainedModel(PreTrainedModel):
+    config_class = E2CLIPConfig
+    config: E2CLIPConfig
+    base_model_prefix = "e2clip"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _no_split_modules = ["E2CLIPEncoderLayer", "E2CLIPTextEmbeddings", "E2CLIPVisionEmbeddings"]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """CLIP's initialisation for the backbone; E2's additions as the reference (std width^-0.5)."""
+        factor = self.config.initializer_factor if hasattr(self.config, "initializer_factor") else 1.0
+        if isinstance(module, E2CLIPTextEmbeddings):
+            nn.init.normal_(module.token_embedding.weight, std=0.02 * factor)
+            nn.init.normal_(module.position_embedding.weight, std=0.02 * factor)
+        elif isinstance(module, E2CLIPVisionEmbeddings):
+            nn.init.normal_(module.class_embedding, std=module.embed_dim**-0.5 * factor)
+            nn.init.normal_(module.patch_embedding.weight, std=module.config.initializer_range * factor)
+            nn.init.normal_(module.position_embedding.weight, std=module.config.initializer_range * factor)
+        elif isinstance(module, E2CLIPAttention):
+            in_std = module.embed_dim**-0.5 * (2 * module.config.num_hidden_layers) ** -0.5 * factor
+            for projection, std in ((module.q_proj, in_std), (module.k_proj, in_std), (module.v_proj, in_std)):
+                nn.init.normal_(projection.weight, std=std)
+            nn.init.normal_(module.out_proj.weight, std=module.embed_dim**-0.5 * factor)
+            for projection in (module.q_proj, module.k_proj, module.v_proj, module.out_proj):
+                nn.init.zeros_(projection.bias)
+        elif isinstance(module, E2CLIPMLP):
+            width, num_layers = module.config.hidden_size, module.config.num_hidden_layers
+            nn.init.normal_(module.fc1.weight, std=(2 * width) ** -0.5 * factor)
+            nn.init.normal_(module.fc2.weight, std=width**-0.5 * (2 * num_layers) ** -0.5 * factor)
+            nn.init.zeros_(module.fc1.bias)
+            nn.init.zeros_(module.fc2.bias)
+        elif isinstance(module, E2CLIPVisionTransformer) and module.selection_tokens is not None:
+            nn.init.normal_(module.selection_tokens, std=module.config.hidden_size**-0.5 * factor)
+        elif isinstance(module, E2CLIPFusionBlock):
+            width = module.q_proj.in_features
+            for projection in (module.q_proj, module.k_proj, module.v_proj):
+                nn.init.normal_(projection.weight, std=width**-0.5 * factor)
+        elif isinstance(module, E2CLIPRegionHead):
+            for projection in module.projections:
+                nn.init.normal_(projection.weight, std=projection.in_features**-0.5 * factor)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, E2CLIPModel):
+            nn.init.normal_(module.text_projection.weight, std=module.text_projection.in_features**-0.5 * factor)
+            nn.init.normal_(module.visual_projection.weight, std=module.visual_projection.in_features**-0.5 * factor)
+            nn.init.constant_(module.logit_scale, self.config.logit_scale_init_value)
+
+
+class E2CLIPModel(E2CLIPPreTrainedModel):
+    """E2: CLIP's two towers, selection tokens and fusion blocks in the image tower, and one
+    regional embedding per tag entity, trained with the global and the region contrastive losses.
+    """
+
+    def __init__(self, config: E2CLIPConfig):
+        super().__init__(config)
+        self.projection_dim = config.projection_dim
+        self.text_model = E2CLIPTextTransformer(config.text_config)
+        self.vision_model = E2CLIPVisionTransformer(config)
+        self.visual_projection = nn.Linear(config.vision_config.hidden_size, config.projection_dim, bias=False)
+        self.text_projection = nn.Linear(config.text_config.hidden_size, config.projection_dim, bias=False)
+        self.logit_scale = nn.Parameter(torch.empty(()))
+        self.region_head = E2CLIPRegionHead(config) if config.num_entities else None
+        self.post_init()
+
+    # ----------------------------------------------------------------- new parameters
+    def e2_parameter_names(self) -> list[str]:
+        """Names of the parameters E2 adds to CLIP (all but CLIP's own)."""
+        prefixes = ("vision_model.selection_tokens", "vision_model.fusion_blocks.", "region_head.")
+        return [name for name, _ in self.named_parameters() if name.startswith(prefixes)]
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameters to train without weight decay: norms, biases, embeddings-like tokens, logit scale."""
+        names = set()
+        for name, parameter in self.named_parameters():
+            if parameter.ndim < 2 or name.endswith(("selection_tokens", "class_embedding")):
+                names.add(name)
+        return names
+
+    # ----------------------------------------------------------------- towers
+    def _text_embeds(self, input_ids, attention_mask=None, output_hidden_states=False):
+        text_outputs = self.text_model(input_ids, attention_mask, output_hidden_states=output_hidden_states)
+        return self.text_projection(text_outputs.pooler_output), text_outputs
+
+    def _image_embeds(self, pixel_values, output_hidden_states=False):
+        vision_outputs = self.vision_model(pixel_values, output_hidden_states=output_hidden_states)
+        return self.visual_projection(vision_outputs.pooler_output), vision_outputs
+
+    def _region_embeds(self, vision_outputs: E2CLIPVisionOutput) -> torch.Tensor | None:
+        if self.region_head is None:
+            return None
+        selection_states = vision_outputs.last_hidden_state[:, : self.config.num_selection_tokens]
+        return self.region_head(selection_states)  # [batch, num_entities, projection_dim]
+
+    def get_text_features(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor | BaseModelOutputWithPooling:
+        """Projected text embeddings `[batch, projection_dim]` (inside a `BaseModelOutputWithPooling`'s
+        `pooler_output` on transformers 5.x, as its CLIPModel does)."""
+        text_embeds, text_outputs = self._text_embeds(input_ids, attention_mask)
+        if FEATURES_AS_MODEL_OUTPUT:
+            return BaseModelOutputWithPooling(last_hidden_state=text_outputs.last_hidden_state, pooler_output=text_embeds)
+        return text_embeds
+
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor | BaseModelOutputWithPooling:
+        """Projected global image embeddings `[batch, projection_dim]` (same convention as
+        `get_text_features`)."""
+        image_embeds, vision_outputs = self._image_embeds(pixel_values)
+        if FEATURES_AS_MODEL_OUTPUT:
+            return BaseModelOutputWithPooling(
+                last_hidden_state=vision_outputs.last_hidden_state, pooler_output=image_embeds
+            )
+        return image_embeds
+
+    def get_region_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Regional embeddings `[batch, num_entities, projection_dim]`, in `config.entities` order."""
+        if self.region_head is None:
+            raise ValueError("This model has no entities (config.entities is empty), hence no region features.")
+        _, vision_outputs = self._image_embeds(pixel_values)
+        return self._region_embeds(vision_outputs)
+
+    def encode_tags(
+        self, tag_input_ids: torch.Tensor, tag_attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Text embeddings of the tags, each distinct tag text encoded once.
+
+        Args:
+            tag_input_ids / tag_attention_mask: `[batch, num_entities, tag_length]`; a tag whose
+                mask is all zero is missing.
+
+        Returns:
+            tag_embeds `[batch, num_entities, projection_dim]` (zeros where missing),
+            tag_present `[batch, num_entities]` bool, and tag_groups `[batch, num_entities]`:
+            equal ids for equal tag texts, -1 where missing.
+        """
+        batch_size, num_entities, _ = tag_input_ids.shape
+        token_ids = tag_input_ids.reshape(batch_size * num_entities, -1)
+        mask = tag_attention_mask.reshape(batch_size * num_entities, -1).bool()
+        present = mask.any(dim=-1)  # [batch * entities]
+        columns = mask.any(dim=0)  # pad only to the longest tag of the batch
+        token_ids, mask = token_ids[:, columns], mask[:, columns]
+
+        keys = token_ids.masked_fill(~mask, -1)[present]  # padding-independent identity of a tag
+        unique_keys, groups = torch.unique(keys, dim=0, return_inverse=True)
+        unique_mask = unique_keys != -1
+        unique_ids = unique_keys.masked_fill(~unique_mask, self.config.text_config.pad_token_id or 0)
+        unique_embeds, _ = self._text_embeds(unique_ids, unique_mask.long())  # [num_unique, dim]
+
+        tag_embeds = unique_embeds.new_zeros(batch_size * num_entities, unique_embeds.shape[-1])
+        tag_embeds[present] = unique_embeds[groups]
+        tag_groups = torch.full_like(present, -1, dtype=torch.long)
+        tag_groups[present] = groups
+        return (
+            tag_embeds.view(batch_size, num_entities, -1),
+            present.view(batch_size, num_entities),
+            tag_groups.view(batch_size, num_entities),
+        )
+
+    # ----------------------------------------------------------------- forward
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        tag_input_ids: torch.LongTensor | None = None,
+        tag_attention_mask: torch.Tensor | None = None,
+        return_loss: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> E2CLIPOutput | tuple:
+        """Embeds whatever is given (texts, images or both); with `return_loss=True`, texts and
+        images of the same items, and optionally their tags, also computes the losses.
+
+        Args:
+            input_ids / attention_mask: `[batch, seq]` product texts.
+            pixel_values: `[batch, 3, image_size, image_size]`.
+            tag_input_ids / tag_attention_mask: `[batch, num_entities, tag_length]`, entities in
+                `config.entities` order; an all-zero mask row marks a missing tag.
+            return_loss: compute `loss`, `global_loss` and `region_loss`.
+        """
+        if input_ids is None and pixel_values is None:
+            raise ValueError("E2CLIPModel needs input_ids, pixel_values or both.")
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        output_hidden_states = bool(output_hidden_states)
+        text_embeds = text_outputs = image_embeds = vision_outputs = region_embeds = None
+        if input_ids is not None:
+            text_embeds, text_outputs = self._text_embeds(input_ids, attention_mask, output_hidden_states)
+        if pixel_values is not None:
+            image_embeds, vision_outputs = self._image_embeds(pixel_values, output_hidden_states)
+            region_embeds = self._region_embeds(vision_outputs)
+
+        logits_per_image = logits_per_text = None
+        logit_scale = self.logit_scale.exp()
+        if text_embeds is not None and image_embeds is not None:
+            logits_per_text = logit_scale * F.normalize(text_embeds, dim=-1) @ F.normalize(image_embeds, dim=-1).t()
+            logits_per_image = logits_per_text.t()
+
+        loss = global_loss = region_loss = None
+        if return_loss:
+            global_loss, region_loss, loss = self._losses(
+                logits_per_text, region_embeds, tag_input_ids, tag_attention_mask, logit_scale
+            )
+
+        output = E2CLIPOutput(
+            loss=loss,
+            global_loss=global_loss,
+            region_loss=region_loss,
+            logits_per_image=logits_per_image,
+            logits_per_text=logits_per_text,
+            text_embeds=text_embeds,
+            image_embeds=image_embeds,
+            region_embeds=region_embeds,
+            selection_indices=vision_outputs.selection_indices if vision_outputs is not None else None,
+            text_model_output=text_outputs,
+            vision_model_output=vision_outputs,
+        )
+        return output if return_dict else output.to_tuple()
+
+    def _losses(self, logits_per_text, region_embeds, tag_input_ids, tag_attention_mask, logit_scale):
+        if logits_per_text is None:
+            raise ValueError("return_loss=True needs both input_ids and pixel_values.")
+        if logits_per_text.shape[0] != logits_per_text.shape[1]:
+            raise ValueError(
+                f"return_loss=True needs one text per image; got {logits_per_text.shape[0]} texts "
+                f"and {logits_per_text.shape[1]} images."
+            )
+        global_loss = symmetric_contrastive_loss(logits_per_text)
+        region_loss = None
+        if tag_input_ids is not None and region_embeds is not None:
+            self._check_tags(tag_input_ids, tag_attention_mask, region_embeds.shape[0])
+            tag_embeds, tag_present, tag_groups = self.encode_tags(tag_input_ids, tag_attention_mask)
+            region_loss = region_contrastive_loss(
+                region_embeds, tag_embeds, tag_present, logit_scale, self.config.region_loss, tag_groups
+            )
+        if region_loss is None:
+            return global_loss, None, global_loss
+        loss = self.config.global_loss_weight * global_loss + self.config.region_loss_weight * region_loss
+        return global_loss, region_loss, loss
+
+    def _check_tags(self, tag_input_ids, tag_attention_mask, batch_size) -> None:
+        expected = (batch_size, self.config.num_entities)
+        if tag_attention_mask is None:
+            raise ValueError("tag_input_ids needs tag_attention_mask (all-zero rows mark missing tags).")
+        if tag_input_ids.ndim != 3 or tuple(tag_input_ids.shape[:2]) != expected:
+            raise ValueError(
+                f"tag_input_ids must be [batch, num_entities, tag_length] = [{expected[0]}, {expected[1]}, L] "
+                f"for entities {self.config.entities}; got {list(tag_input_ids.shape)}."
+            )
+        if tag_attention_mask.shape != tag_input_ids.shape:
+            raise ValueError(
+                f"tag_attention_mask {list(tag_attention_mask.shape)} must match tag_input_ids "
+                f"{list(tag_input_ids.shape)}."
+            )
+
+    # ----------------------------------------------------------------- building from CLIP
+    @classmethod
+    def from_clip(
+        cls,
+        name_or_path: str,
+        projection_init: str = "clip",
+        **config_overrides: Any,
+    ) -> E2CLIPModel:
+        """Builds E2 from a transformers CLIP checkpoint (Hub id or local folder).
+
+        Every CLIP weight is copied; E2's additions start as follows. Selection tokens and fusion
+        projections: normal with std `width**-0.5` (the reference). With `projection_init="clip"`
+        (default) the entity projections start as copies of CLIP's visual projection and the entity
+        norms as copies of `post_layernorm`, so every regional embedding starts in CLIP's joint
+        space; the global projection is CLIP's `visual_projection`. With `"random"`, the global and
+        entity projections are drawn anew (std `width**-0.5`), as the reference does.
+
+        Args:
+            name_or_path: anything `transformers.CLIPModel.from_pretrained` accepts.
+            projection_init: `"clip"` or `"random"`.
+            config_overrides: `E2CLIPConfig` fields (entities, tokens_per_entity, fusion_layers, ...).
+        """
+        from transformers import CLIPModel  # only this constructor needs transformers' CLIP
+
+        if projection_init not in ("clip", "random"):
+            raise ValueError(f"projection_init must be 'clip' or 'random', got {projection_init!r}.")
+        clip = CLIPModel.from_pretrained(name_or_path)
+        config = E2CLIPConfig(
+            text_config=clip.config.text_config.to_dict(),
+            vision_config=clip.config.vision_config.to_dict(),
+            projection_dim=clip.config.projection_dim,
+            logit_scale_init_value=clip.config.logit_scale_init_value,
+            **config_overrides,
+        )
+        model = cls(config)
+        clip_state = {key: value for key, value in clip.state_dict().items() if not key.endswith("position_ids")}
+        incompatible = model.load_state_dict(clip_state, strict=False)
+        new_names = set(model.e2_parameter_names())
+        if set(incompatible.missing_keys) != new_names or incompatible.unexpected_keys:
+            raise ValueError(
+                f"CLIP checkpoint {name_or_path} does not match E2's backbone: missing "
+                f"{sorted(set(incompatible.missing_keys) - new_names)}, unexpected {incompatible.unexpected_keys}."
+            )
+        model._init_new_parameters(projection_init)
+        return model
+
+    @torch.no_grad()
+    def _init_new_parameters(self, projection_init: str) -> None:
+        """(Re)initialises E2's additions after CLIP's weights were loaded."""
+        self._init_weights(self.vision_model)
+        for fusion_block in self.vision_model.fusion_blocks:
+            self._init_weights(fusion_block)
+        if projection_init == "random":
+            nn.init.normal_(self.visual_projection.weight, std=self.visual_projection.in_features**-0.5)
+        if self.region_head is None:
+            return
+        self._init_weights(self.region_head)
+        for layer_norm, projection in zip(self.region_head.layer_norms, self.region_head.projections):
+            if projection_init == "clip":
+                projection.weight.copy_(self.visual_projection.weight)
+                layer_norm.load_state_dict(self.vision_model.post_layernorm.state_dict())
+            else:
+                nn.init.ones_(layer_norm.weight)
+                nn.init.zeros_(layer_norm.bias)
+
+    # ----------------------------------------------------------------- saving
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Saves weights and config, plus E2's code files and an `auto_map` for AutoConfig,
+        AutoModel, AutoModelForZeroShotImageClassification and AutoProcessor."""
+        self.config.auto_map = dict(AUTO_MAP)
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        _copy_code_files(save_directory)
+        return result
+
+
+AUTO_MAP = {
+    "AutoConfig": "configuration_e2clip.E2CLIPConfig",
+    "AutoModel": "modeling_e2clip.E2CLIPModel",
+    "AutoModelForZeroShotImageClassification": "modeling_e2clip.E2CLIPModel",
+    "AutoProcessor": "processing_e2clip.E2CLIPProcessor",
+}
+CODE_FILES = ("configuration_e2clip.py", "modeling_e2clip.py", "processing_e2clip.py")
+
+
+def _copy_code_files(save_directory) -> None:
+    """Copies the three Hub code files next to the weights (they sit beside this file)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for name in CODE_FILES:
+        source = os.path.join(here, name)
+        if os.path.exists(source):
+            shutil.copyfile(source, os.path.join(save_directory, name))
+
+
+__all__ = [
+    "E2CLIPModel",
+    "E2CLIPOutput",
+    "E2CLIPPreTrainedModel",
+    "E2CLIPVisionOutput",
+    "region_contrastive_loss",
+    "symmetric_contrastive_loss",
+]

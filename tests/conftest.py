@@ -1,0 +1,133 @@
+"""Shared tiny models, tokenizers and images for the tests (no network, no Hub)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from e2_hf import E2CLIPConfig, E2CLIPModel, E2CLIPProcessor, clip_image_processor
+from e2_hf.tokenization import read_merges, write_clip_tokenizer_files
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+BPE_PATH = SHARED / "data" / "bpe_simple_vocab_16e6.txt.gz"
+FIXTURE_DIR = SHARED / "fixtures" / "e2_reference_small"
+TINY_NUM_MERGES = 2000  # a real prefix of CLIP's merge list: vocabulary of 2514 ids
+TAG_ENTITIES = ["brand", "season", "subcategory", "composition"]
+
+
+def require_shared(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"{path} is absent (../shared is not laid beside this checkout)")
+    return path
+
+
+class E2CLIPModelTester:
+    """Tiny sizes in the spirit of transformers' CLIP tests (hidden 32, image 30, patch 2 there)."""
+
+    def __init__(self, vocab_size: int = 99, entities=tuple(TAG_ENTITIES), **overrides):
+        self.batch_size = 4
+        self.seq_length = 7
+        self.image_size = 32
+        self.vocab_size = vocab_size
+        self.config_kwargs = dict(
+            text_config=dict(
+                vocab_size=vocab_size,
+                hidden_size=32,
+                intermediate_size=37,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                max_position_embeddings=16,
+                pad_token_id=0,
+                bos_token_id=vocab_size - 2,
+                eos_token_id=vocab_size - 1,
+            ),
+            vision_config=dict(
+                hidden_size=32,
+                intermediate_size=37,
+                num_hidden_layers=4,
+                num_attention_heads=4,
+                image_size=self.image_size,
+                patch_size=8,
+            ),
+            projection_dim=16,
+            entities=list(entities),
+            tokens_per_entity=2,
+            fusion_layers=[1, 2],
+        )
+        self.config_kwargs.update(overrides)
+
+    def get_config(self) -> E2CLIPConfig:
+        return E2CLIPConfig(**self.config_kwargs)
+
+    def input_ids(self, batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        batch_size = batch_size or self.batch_size
+        generator = torch.Generator().manual_seed(0)
+        input_ids = torch.randint(1, self.vocab_size - 2, (batch_size, self.seq_length), generator=generator)
+        lengths = torch.randint(3, self.seq_length + 1, (batch_size,), generator=generator)
+        attention_mask = (torch.arange(self.seq_length)[None] < lengths[:, None]).long()
+        input_ids[torch.arange(batch_size), lengths - 1] = self.vocab_size - 1  # end token
+        input_ids = input_ids.masked_fill(attention_mask == 0, 0)
+        return input_ids, attention_mask
+
+    def pixel_values(self, batch_size: int | None = None) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(1)
+        return torch.randn(batch_size or self.batch_size, 3, self.image_size, self.image_size, generator=generator)
+
+    def tags(self, tags_per_item: list[list[list[int] | None]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token id lists per item and entity (None = missing) -> padded ids and mask."""
+        length = max(len(tag) for item in tags_per_item for tag in item if tag) + 2
+        ids = torch.zeros(len(tags_per_item), len(tags_per_item[0]), length, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, item in enumerate(tags_per_item):
+            for entity, tag in enumerate(item):
+                if tag:
+                    tokens = [self.vocab_size - 2, *tag, self.vocab_size - 1]
+                    ids[row, entity, : len(tokens)] = torch.tensor(tokens)
+                    mask[row, entity, : len(tokens)] = 1
+        return ids, mask
+
+
+@pytest.fixture
+def tester() -> E2CLIPModelTester:
+    return E2CLIPModelTester()
+
+
+@pytest.fixture
+def tiny_model(tester) -> E2CLIPModel:
+    torch.manual_seed(0)
+    return E2CLIPModel(tester.get_config()).eval()
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory) -> Path:
+    """A CLIP tokenizer made from the first merges of CLIP's real BPE list."""
+    merges = read_merges(require_shared(BPE_PATH), num_merges=TINY_NUM_MERGES)
+    return write_clip_tokenizer_files(merges, tmp_path_factory.mktemp("tokenizer"), context_length=16)
+
+
+@pytest.fixture(scope="session")
+def tiny_processor(tokenizer_dir) -> E2CLIPProcessor:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    return E2CLIPProcessor(clip_image_processor(32), tokenizer, entities=TAG_ENTITIES)
+
+
+@pytest.fixture
+def tokenized_tester(tiny_processor) -> E2CLIPModelTester:
+    """A tester whose vocabulary matches `tiny_processor`'s tokenizer."""
+    tokenizer = tiny_processor.tokenizer
+    tester = E2CLIPModelTester(vocab_size=len(tokenizer))
+    tester.config_kwargs["text_config"].update(
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id
+    )
+    return tester
+
+
+def make_images(count: int, size: int = 40) -> list[Image.Image]:
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 256, (size, size + 6, 3), dtype=np.uint8)) for _ in range(count)]
