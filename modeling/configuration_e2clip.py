@@ -212,8 +212,10 @@ class E2CLIPConfig(PretrainedConfig):
             Weight of the mean of the per-entity region contrastive losses.
         region_loss (`str`, *optional*, defaults to `"clip"`):
             `"clip"`: the paper's in-batch InfoNCE between each entity's regional embedding and its
-            tag text. `"multi_positive"`: items of a batch that share the same tag text are
-            positives of each other instead of false negatives.
+            tag text (items sharing a tag are each other's negatives). `"multi_positive"`: items
+            of a batch that share the same tag text are positives of each other instead of false
+            negatives: an image is scored against the batch's distinct tags, and a tag against
+            all images, every image carrying it being a positive. Without shared tags both agree.
     """
 
     model_type = "e2clip"
@@ -241,11 +243,9 @@ class E2CLIPConfig(PretrainedConfig):
         self.vision_config = _as_sub_config(vision_config, E2CLIPVisionConfig)
         self.projection_dim = projection_dim
         self.logit_scale_init_value = logit_scale_init_value
-        self.entities = list(entities or [])
-        if isinstance(tokens_per_entity, int):
-            tokens_per_entity = [tokens_per_entity] * len(self.entities)
-        self.tokens_per_entity = list(tokens_per_entity)
-        self.fusion_layers = list(fusion_layers)
+        self.entities = entities
+        self.tokens_per_entity = tokens_per_entity
+        self.fusion_layers = fusion_layers
         self.drop_patches_after_fusion = drop_patches_after_fusion
         self.gumbel_tau = gumbel_tau
         if selection_scale is None:
@@ -254,7 +254,7 @@ class E2CLIPConfig(PretrainedConfig):
         self.global_loss_weight = global_loss_weight
         self.region_loss_weight = region_loss_weight
         self.region_loss = region_loss
-        self._validate_e2_fields()
+        self.check_e2_fields()
 
     # ------------------------------------------------------------------ derived sizes
     @property
@@ -280,7 +280,17 @@ class E2CLIPConfig(PretrainedConfig):
         return self.fusion_layers if self.num_selection_tokens > 0 else []
 
     # ------------------------------------------------------------------ validation
-    def _validate_e2_fields(self) -> None:
+    def check_e2_fields(self) -> None:
+        """Normalises E2's fields (`tokens_per_entity` as a list, ...) and validates them.
+
+        Runs in `__init__` and again when a model is built, since `from_pretrained(...,
+        entities=...)` sets overrides after `__init__`.
+        """
+        self.entities = list(self.entities or [])
+        if isinstance(self.tokens_per_entity, int):
+            self.tokens_per_entity = [self.tokens_per_entity] * len(self.entities)
+        self.tokens_per_entity = list(self.tokens_per_entity)
+        self.fusion_layers = list(self.fusion_layers)
         if self.projection_dim <= 0:
             raise ValueError(f"projection_dim must be positive, got {self.projection_dim}.")
         names = self.entities

@@ -126,14 +126,29 @@ def symmetric_contrastive_loss(logits_per_text: torch.Tensor) -> torch.Tensor:
     return (contrastive_loss(logits_per_text) + contrastive_loss(logits_per_text.t())) / 2.0
 
 
-def multi_positive_contrastive_loss(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
-    """Cross entropy against the uniform distribution over each row's positives.
+def multi_positive_contrastive_loss(logits_per_image: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """Contrastive loss where items with equal tag texts (equal `groups`) are positives of each other.
 
-    `positives[i, j]` is True when column j is a positive of row i (the diagonal always is).
+    Image -> tag: each image is scored against the batch's *distinct* tags (duplicates merged into
+    one class), its own tag being the target. Tag -> image: each distinct tag is scored against all
+    images, and every image carrying it is a positive (the mean of their log-probabilities). With
+    no duplicates this is exactly the symmetric InfoNCE.
+
+    Args:
+        logits_per_image: `[n, n]` scaled similarities, image i against the tag of item j.
+        groups: `[n]` ids, equal for equal tag texts.
     """
-    targets = positives.to(logits.dtype)
-    targets = targets / targets.sum(dim=1, keepdim=True)
-    return -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+    _, local_groups = torch.unique(groups, return_inverse=True)  # [n] in 0..num_distinct-1
+    num_distinct, num_items = int(local_groups.max()) + 1, local_groups.shape[0]
+    item_index = torch.arange(num_items, device=groups.device)
+    representative = torch.full((num_distinct,), num_items, device=groups.device)
+    representative = representative.scatter_reduce(0, local_groups, item_index, reduce="amin")  # first item per tag
+    image_to_tag = logits_per_image[:, representative]  # [n, num_distinct]
+    image_loss = F.cross_entropy(image_to_tag, local_groups)
+    tag_to_image = image_to_tag.t()  # [num_distinct, n]
+    positives = (local_groups[None, :] == torch.arange(num_distinct, device=groups.device)[:, None]).to(logits_per_image.dtype)
+    tag_loss = -((positives * F.log_softmax(tag_to_image, dim=1)).sum(dim=1) / positives.sum(dim=1)).mean()
+    return (image_loss + tag_loss) / 2.0
 
 
 def region_contrastive_loss(
@@ -173,11 +188,7 @@ def region_contrastive_loss(
         elif variant == "multi_positive":
             if tag_groups is None:
                 raise ValueError("region loss 'multi_positive' needs tag_groups.")
-            groups = tag_groups[present, entity]
-            positives = groups[:, None] == groups[None, :]  # [n, n], symmetric
-            image_loss = multi_positive_contrastive_loss(logits_per_image, positives)
-            text_loss = multi_positive_contrastive_loss(logits_per_image.t(), positives)
-            losses.append((image_loss + text_loss) / 2.0)
+            losses.append(multi_positive_contrastive_loss(logits_per_image, tag_groups[present, entity]))
         else:
             raise ValueError(f"Unknown region loss variant {variant!r}; use 'clip' or 'multi_positive'.")
     if not losses:
@@ -503,6 +514,18 @@ class E2CLIPPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _no_split_modules = ["E2CLIPEncoderLayer", "E2CLIPTextEmbeddings", "E2CLIPVisionEmbeddings"]
 
+    def _initialize_weights(self, module: nn.Module, *args: Any, **kwargs: Any) -> None:
+        """Runs `_init_weights` once per module, container modules included.
+
+        transformers skips remote-code modules that own no parameter directly (their children's
+        weights would then keep PyTorch's defaults). `_init_weights` below only uses `nn.init`,
+        which transformers guards per parameter, so loaded weights are never overwritten.
+        """
+        if getattr(module, "_is_hf_initialized", False):
+            return
+        self._init_weights(module)
+        module._is_hf_initialized = True
+
     def _init_weights(self, module: nn.Module) -> None:
         """CLIP's initialisation for the backbone; E2's additions as the reference (std width^-0.5)."""
         factor = self.config.initializer_factor if hasattr(self.config, "initializer_factor") else 1.0
@@ -550,6 +573,7 @@ class E2CLIPModel(E2CLIPPreTrainedModel):
     """
 
     def __init__(self, config: E2CLIPConfig):
+        config.check_e2_fields()
         super().__init__(config)
         self.projection_dim = config.projection_dim
         self.text_model = E2CLIPTextTransformer(config.text_config)
@@ -634,6 +658,14 @@ class E2CLIPModel(E2CLIPPreTrainedModel):
         token_ids = tag_input_ids.reshape(batch_size * num_entities, -1)
         mask = tag_attention_mask.reshape(batch_size * num_entities, -1).bool()
         present = mask.any(dim=-1)  # [batch * entities]
+        tag_groups = torch.full_like(present, -1, dtype=torch.long)
+        tag_embeds = self.text_projection.weight.new_zeros(batch_size * num_entities, self.config.projection_dim)
+        if not bool(present.any()):
+            return (
+                tag_embeds.view(batch_size, num_entities, -1),
+                present.view(batch_size, num_entities),
+                tag_groups.view(batch_size, num_entities),
+            )
         columns = mask.any(dim=0)  # pad only to the longest tag of the batch
         token_ids, mask = token_ids[:, columns], mask[:, columns]
 
@@ -643,9 +675,8 @@ class E2CLIPModel(E2CLIPPreTrainedModel):
         unique_ids = unique_keys.masked_fill(~unique_mask, self.config.text_config.pad_token_id or 0)
         unique_embeds, _ = self._text_embeds(unique_ids, unique_mask.long())  # [num_unique, dim]
 
-        tag_embeds = unique_embeds.new_zeros(batch_size * num_entities, unique_embeds.shape[-1])
+        tag_embeds = tag_embeds.to(unique_embeds.dtype)
         tag_embeds[present] = unique_embeds[groups]
-        tag_groups = torch.full_like(present, -1, dtype=torch.long)
         tag_groups[present] = groups
         return (
             tag_embeds.view(batch_size, num_entities, -1),

@@ -1,0 +1,336 @@
+import pytest
+import torch
+import torch.nn.functional as F
+import transformers
+
+from e2_hf import E2CLIPConfig, E2CLIPModel
+from e2_hf.modeling.modeling_e2clip import region_contrastive_loss, symmetric_contrastive_loss
+
+from .conftest import E2CLIPModelTester
+
+# Per item: brand, season, subcategory, composition as token id lists (None = missing).
+TAGS = [
+    [[11, 12], [20], [30, 31, 32], [40]],
+    [[13], [20], [33], None],
+    [[11, 12], [21], [30, 31, 32], [41, 42]],
+    [[14], None, [34], [40]],
+]
+
+
+def features(output):
+    """transformers 5.x wraps `get_*_features` in a model output; 4.x returns the tensor."""
+    return output.pooler_output if hasattr(output, "pooler_output") else output
+
+
+def forward_with_loss(model, tester, tags=TAGS, **kwargs):
+    input_ids, attention_mask = tester.input_ids()
+    tag_input_ids, tag_attention_mask = tester.tags(tags)
+    return model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        pixel_values=tester.pixel_values(),
+        tag_input_ids=tag_input_ids,
+        tag_attention_mask=tag_attention_mask,
+        return_loss=True,
+        **kwargs,
+    )
+
+
+def test_output_shapes(tiny_model, tester):
+    config = tiny_model.config
+    outputs = forward_with_loss(tiny_model, tester, output_hidden_states=True)
+    batch, dim = tester.batch_size, config.projection_dim
+    assert outputs.logits_per_image.shape == outputs.logits_per_text.shape == (batch, batch)
+    assert outputs.text_embeds.shape == outputs.image_embeds.shape == (batch, dim)
+    assert outputs.region_embeds.shape == (batch, config.num_entities, dim)
+    assert outputs.selection_indices.shape == (batch, len(config.fusion_layers), config.num_selection_tokens)
+    num_patches = config.vision_config.num_patches
+    assert int(outputs.selection_indices.min()) >= 0 and int(outputs.selection_indices.max()) < num_patches
+    # patches are dropped after the last fusion: [selection tokens, CLS]
+    vision = outputs.vision_model_output
+    assert vision.last_hidden_state.shape == (batch, config.num_selection_tokens + 1, 32)
+    assert len(vision.hidden_states) == config.vision_config.num_hidden_layers + 1
+    assert vision.hidden_states[0].shape[1] == config.num_selection_tokens + 1 + num_patches
+    for name in ("loss", "global_loss", "region_loss"):
+        assert outputs[name].ndim == 0 and torch.isfinite(outputs[name])
+    expected = config.global_loss_weight * outputs.global_loss + config.region_loss_weight * outputs.region_loss
+    torch.testing.assert_close(outputs.loss, expected)
+
+
+def test_keeping_patches_after_the_last_fusion(tester):
+    tester.config_kwargs["drop_patches_after_fusion"] = False
+    model = E2CLIPModel(tester.get_config()).eval()
+    outputs = model(pixel_values=tester.pixel_values())
+    assert outputs.vision_model_output.last_hidden_state.shape[1] == 8 + 1 + 16
+
+
+def test_image_only_and_text_only_calls(tiny_model, tester):
+    image_only = tiny_model(pixel_values=tester.pixel_values())
+    assert image_only.text_embeds is None and image_only.logits_per_image is None
+    assert image_only.image_embeds is not None and image_only.region_embeds is not None
+    input_ids, attention_mask = tester.input_ids()
+    text_only = tiny_model(input_ids=input_ids, attention_mask=attention_mask)
+    assert text_only.image_embeds is None and text_only.text_embeds.shape == (4, 16)
+    # the first field of an image-only call is the image embedding (image-feature-extraction reads [0])
+    assert image_only.to_tuple()[0] is image_only.image_embeds
+
+
+def test_feature_getters_match_forward(tiny_model, tester):
+    input_ids, attention_mask = tester.input_ids()
+    pixel_values = tester.pixel_values()
+    with torch.no_grad():
+        outputs = tiny_model(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values)
+        image_features = tiny_model.get_image_features(pixel_values)
+        text_features = tiny_model.get_text_features(input_ids, attention_mask)
+        region_features = tiny_model.get_region_features(pixel_values)
+    major = int(transformers.__version__.split(".")[0])
+    assert isinstance(image_features, torch.Tensor) == (major < 5)
+    torch.testing.assert_close(features(image_features), outputs.image_embeds)
+    torch.testing.assert_close(features(text_features), outputs.text_embeds)
+    torch.testing.assert_close(region_features, outputs.region_embeds)
+
+
+def test_every_parameter_receives_a_gradient(tester):
+    torch.manual_seed(0)
+    model = E2CLIPModel(tester.get_config()).train()
+    forward_with_loss(model, tester).loss.backward()
+    no_gradient = [name for name, parameter in model.named_parameters() if parameter.grad is None]
+    assert no_gradient == []
+    for name in model.e2_parameter_names() + ["logit_scale"]:
+        gradient = dict(model.named_parameters())[name].grad
+        assert torch.isfinite(gradient).all() and gradient.abs().sum() > 0, name
+
+
+def test_eval_is_deterministic_and_batch_independent(tiny_model, tester):
+    pixel_values = tester.pixel_values()
+    with torch.no_grad():
+        first = tiny_model(pixel_values=pixel_values)
+        second = tiny_model(pixel_values=pixel_values)
+        alone = tiny_model(pixel_values=pixel_values[1:2])
+    torch.testing.assert_close(first.image_embeds, second.image_embeds, rtol=0, atol=0)
+    assert torch.equal(first.selection_indices, second.selection_indices)
+    torch.testing.assert_close(alone.region_embeds[0], first.region_embeds[1], rtol=1e-5, atol=1e-5)
+    assert torch.equal(alone.selection_indices[0], first.selection_indices[1])
+
+
+def test_training_samples_the_selection(tester):
+    model = E2CLIPModel(tester.get_config()).train()
+    pixel_values = tester.pixel_values()
+    choices = set()
+    for seed in range(5):
+        torch.manual_seed(seed)
+        choices.add(tuple(model(pixel_values=pixel_values).selection_indices.flatten().tolist()))
+    assert len(choices) > 1  # Gumbel noise changes the choice; eval (argmax) never does
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tester):
+    torch.manual_seed(0)
+    model = E2CLIPModel(tester.get_config()).train()
+    torch.manual_seed(3)
+    plain = forward_with_loss(model, tester).loss
+    plain.backward()
+    plain_grads = [parameter.grad.clone() for parameter in model.parameters()]
+    model.zero_grad()
+    # transformers 5.x renamed gradient_checkpointing_enable to activation_checkpointing_enable
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
+    torch.manual_seed(3)
+    checkpointed = forward_with_loss(model, tester).loss
+    checkpointed.backward()
+    checkpointed_grads = [parameter.grad for parameter in model.parameters()]
+    assert model.vision_model.encoder.gradient_checkpointing
+    torch.testing.assert_close(checkpointed, plain)
+    for expected, actual in zip(plain_grads, checkpointed_grads):
+        torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
+
+
+def _tag_embeds_one_by_one(model, tag_input_ids, tag_attention_mask):
+    """Each tag encoded on its own, unpadded, with no deduplication."""
+    batch, entities, _ = tag_input_ids.shape
+    embeds = torch.zeros(batch, entities, model.config.projection_dim)
+    for row in range(batch):
+        for entity in range(entities):
+            mask = tag_attention_mask[row, entity].bool()
+            if mask.any():
+                ids = tag_input_ids[row, entity][mask][None]
+                embeds[row, entity] = features(model.get_text_features(ids))[0]
+    return embeds, tag_attention_mask.any(-1)
+
+
+def test_region_loss_with_deduplicated_tags_equals_loss_without(tiny_model, tester):
+    tag_input_ids, tag_attention_mask = tester.tags(TAGS)
+    # pad far beyond the longest tag: the model must trim it
+    tag_input_ids = F.pad(tag_input_ids, (0, 9))
+    tag_attention_mask = F.pad(tag_attention_mask, (0, 9))
+    encoded_shapes = []
+    hook = tiny_model.text_model.register_forward_hook(lambda module, args, out: encoded_shapes.append(args[0].shape))
+    input_ids, attention_mask = tester.input_ids()
+    with torch.no_grad():
+        outputs = tiny_model(input_ids=input_ids, attention_mask=attention_mask, pixel_values=tester.pixel_values(),
+                             tag_input_ids=tag_input_ids, tag_attention_mask=tag_attention_mask, return_loss=True)
+        tag_embeds, present = _tag_embeds_one_by_one(tiny_model, tag_input_ids, tag_attention_mask)
+    hook.remove()
+    expected = region_contrastive_loss(outputs.region_embeds, tag_embeds, present, tiny_model.logit_scale.exp())
+    torch.testing.assert_close(outputs.region_loss, expected, rtol=1e-5, atol=1e-6)
+    distinct_tags = {tuple(tag) for item in TAGS for tag in item if tag}
+    longest_tag = 2 + max(len(tag) for tag in distinct_tags)
+    assert encoded_shapes[1] == (len(distinct_tags), longest_tag)  # [0] is the product text
+
+
+def test_missing_tags_are_left_out(tiny_model, tester):
+    tag_input_ids, tag_attention_mask = tester.tags(TAGS)
+    garbage = tag_input_ids.clone()
+    garbage[1, 3] = 7  # item 1 has no composition: its ids must not matter
+    with torch.no_grad():
+        outputs = forward_with_loss(tiny_model, tester)
+        garbage_outputs = tiny_model(
+            input_ids=tester.input_ids()[0], attention_mask=tester.input_ids()[1], pixel_values=tester.pixel_values(),
+            tag_input_ids=garbage, tag_attention_mask=tag_attention_mask, return_loss=True,
+        )
+        # only entity "composition" (3) with its present items (0, 2, 3), by hand
+        tag_embeds, present = _tag_embeds_one_by_one(tiny_model, tag_input_ids, tag_attention_mask)
+        kept = torch.tensor([0, 2, 3])
+        region = F.normalize(outputs.region_embeds[kept, 3], dim=-1)
+        tags = F.normalize(tag_embeds[kept, 3], dim=-1)
+        composition_loss = symmetric_contrastive_loss(tiny_model.logit_scale.exp() * tags @ region.t())
+        per_entity = [
+            region_contrastive_loss(outputs.region_embeds[:, [e]], tag_embeds[:, [e]], present[:, [e]],
+                                    tiny_model.logit_scale.exp())
+            for e in range(4)
+        ]
+    torch.testing.assert_close(garbage_outputs.region_loss, outputs.region_loss)
+    torch.testing.assert_close(per_entity[3], composition_loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(outputs.region_loss, torch.stack(per_entity).mean(), rtol=1e-5, atol=1e-6)
+
+
+def test_entities_without_any_tag_give_no_region_loss(tiny_model, tester):
+    no_tags = [[None] * 4 for _ in range(4)]
+    no_tags[0][0] = [11]
+    tag_input_ids, tag_attention_mask = tester.tags(no_tags)
+    tag_attention_mask[0, 0] = 0
+    outputs = tiny_model(input_ids=tester.input_ids()[0], pixel_values=tester.pixel_values(),
+                         tag_input_ids=tag_input_ids, tag_attention_mask=tag_attention_mask, return_loss=True)
+    assert outputs.region_loss is None
+    torch.testing.assert_close(outputs.loss, outputs.global_loss)
+
+
+def test_multi_positive_treats_equal_tags_as_positives(tester):
+    torch.manual_seed(0)
+    clip_model = E2CLIPModel(tester.get_config()).eval()
+    tester.config_kwargs["region_loss"] = "multi_positive"
+    multi_model = E2CLIPModel(tester.get_config()).eval()
+    multi_model.load_state_dict(clip_model.state_dict())
+    with torch.no_grad():
+        clip_outputs = forward_with_loss(clip_model, tester)
+        multi_outputs = forward_with_loss(multi_model, tester)
+        tag_embeds, present = _tag_embeds_one_by_one(clip_model, *tester.tags(TAGS))
+    assert not torch.isclose(clip_outputs.region_loss, multi_outputs.region_loss)
+
+    # brand: items 0 and 2 share "11 12": one class for image -> tag, two positives for tag -> image
+    scale = clip_model.logit_scale.exp()
+    region = F.normalize(multi_outputs.region_embeds[:, 0], dim=-1)
+    tags = F.normalize(tag_embeds[:, 0], dim=-1)
+    logits = scale * region @ tags.t()  # [image, tag of item]
+    distinct = logits[:, [0, 1, 3]]  # tags "11 12", "13", "14"
+    image_loss = F.cross_entropy(distinct, torch.tensor([0, 1, 0, 2]))
+    log_probs = distinct.t().log_softmax(dim=1)  # [tag, image]
+    tag_loss = -(log_probs[0, [0, 2]].mean() + log_probs[1, 1] + log_probs[2, 3]) / 3
+    groups = torch.tensor([[7], [5], [7], [9]])
+    brand_loss = region_contrastive_loss(multi_outputs.region_embeds[:, [0]], tag_embeds[:, [0]], present[:, [0]],
+                                         scale, "multi_positive", groups)
+    torch.testing.assert_close(brand_loss, (image_loss + tag_loss) / 2, rtol=1e-5, atol=1e-6)
+
+    # with all tags distinct the two variants agree
+    distinct = [[[50 + 4 * row + entity] for entity in range(4)] for row in range(4)]
+    with torch.no_grad():
+        clip_distinct = forward_with_loss(clip_model, tester, tags=distinct).region_loss
+        multi_distinct = forward_with_loss(multi_model, tester, tags=distinct).region_loss
+    torch.testing.assert_close(clip_distinct, multi_distinct)
+
+
+def test_no_entities_is_plain_clip(tester):
+    tester.config_kwargs.update(entities=[], tokens_per_entity=[])
+    model = E2CLIPModel(tester.get_config()).eval()
+    assert model.e2_parameter_names() == [] and model.region_head is None
+    outputs = model(pixel_values=tester.pixel_values())
+    assert outputs.region_embeds is None and outputs.selection_indices is None
+    with pytest.raises(ValueError, match="no entities"):
+        model.get_region_features(tester.pixel_values())
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({}, "needs input_ids, pixel_values or both"),
+        ({"pixel_values": "images", "return_loss": True}, "needs both input_ids and pixel_values"),
+        ({"texts": 3, "return_loss": True}, "one text per image"),
+        ({"tags": (4, 3), "return_loss": True}, r"num_entities, tag_length\] = \[4, 4, L\]"),
+        ({"tags_without_mask": True, "return_loss": True}, "needs tag_attention_mask"),
+        ({"long_text": True}, "context length is 16"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(tiny_model, tester, kwargs, message):
+    inputs = {}
+    if kwargs.pop("pixel_values", None) or kwargs.get("return_loss"):
+        inputs["pixel_values"] = tester.pixel_values()
+    if "texts" in kwargs:
+        inputs["input_ids"] = tester.input_ids(kwargs.pop("texts"))[0]
+    elif kwargs.get("return_loss") and "pixel_values" not in kwargs and "tags" in kwargs or kwargs.get("tags_without_mask"):
+        inputs["input_ids"] = tester.input_ids()[0]
+    if "tags" in kwargs:
+        batch, entities = kwargs.pop("tags")
+        inputs["tag_input_ids"] = torch.ones(batch, entities, 3, dtype=torch.long)
+        inputs["tag_attention_mask"] = torch.ones(batch, entities, 3, dtype=torch.long)
+    if kwargs.pop("tags_without_mask", None):
+        inputs["tag_input_ids"] = torch.ones(4, 4, 3, dtype=torch.long)
+    if kwargs.pop("long_text", None):
+        inputs["input_ids"] = torch.ones(2, 20, dtype=torch.long)
+    with pytest.raises(ValueError, match=message):
+        tiny_model(**inputs, **kwargs)
+
+
+def test_no_weight_decay_names_norms_biases_tokens_and_scale(tiny_model):
+    names = tiny_model.no_weight_decay()
+    assert {"logit_scale", "vision_model.selection_tokens", "vision_model.embeddings.class_embedding"} <= names
+    assert "region_head.layer_norms.0.weight" in names
+    assert "vision_model.fusion_blocks.0.q_proj.weight" not in names
+    assert "text_model.encoder.layers.0.self_attn.q_proj.bias" in names
+
+
+def test_new_parameters_are_initialised_after_from_pretrained_of_a_plain_clip(tmp_path):
+    plain = E2CLIPModelTester(entities=[], tokens_per_entity=[])
+    clip_like = E2CLIPModel(plain.get_config())
+    clip_like.save_pretrained(tmp_path)
+    model = E2CLIPModel.from_pretrained(tmp_path, entities=["brand", "season"], tokens_per_entity=2)
+    parameters = dict(model.named_parameters())
+    new_names = set(model.e2_parameter_names())
+    assert new_names >= {"vision_model.selection_tokens", "region_head.projections.1.weight"}
+    for name in new_names:
+        tensor = parameters[name]
+        assert torch.isfinite(tensor).all() and tensor.abs().max() < 10, name  # not uninitialised memory
+    for name in ("vision_model.selection_tokens", "vision_model.fusion_blocks.1.v_proj.weight",
+                 "region_head.projections.1.weight"):
+        width = parameters[name].shape[-1]
+        assert 0.5 < parameters[name].std() * width**0.5 < 2, name  # std width**-0.5, as documented
+    assert torch.equal(parameters["region_head.layer_norms.0.weight"], torch.ones(32))
+    for name, tensor in clip_like.state_dict().items():  # CLIP's weights are loaded, not re-drawn
+        assert torch.equal(model.state_dict()[name], tensor), name
+
+
+def test_sdpa_attention_matches_the_explicit_formula(tiny_model):
+    attention = tiny_model.vision_model.encoder.layers[0].self_attn
+    hidden_states = torch.randn(2, 5, 32)
+    with torch.no_grad():
+        actual = attention(hidden_states)
+        q, k, v = (attention._split_heads(p(hidden_states)) for p in (attention.q_proj, attention.k_proj, attention.v_proj))
+        weights = (q @ k.transpose(-1, -2) / attention.head_dim**0.5).softmax(-1)
+        expected = attention.out_proj((weights @ v).transpose(1, 2).reshape(2, 5, 32))
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_config_defaults_build_vit_b32_shapes():
+    with torch.device("meta"):
+        model = E2CLIPModel(E2CLIPConfig())
+    assert model.vision_model.selection_tokens.shape == (8, 768)
+    assert len(model.vision_model.fusion_blocks) == 2
+    assert model.region_head.projections[3].weight.shape == (512, 768)
