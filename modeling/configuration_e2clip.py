@@ -306,7 +306,7 @@ class E2CLIPConfig(PretrainedConfig):
             raise ValueError(f"tokens_per_entity must be positive integers, got {self.tokens_per_entity}.")
         num_layers = self.vision_config.num_hidden_layers
         layers = self.fusion_layers
-        if any(not isinstance(index, int) or not 0 <= index < num_layers for index in layers):
+        if names and any(not isinstance(index, int) or not 0 <= index < num_layers for index in layers):
             raise ValueError(
                 f"fusion_layers must be 0-based vision layer indices below {num_layers}, got {layers}."
             )

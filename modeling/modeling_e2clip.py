@@ -82,11 +82,12 @@ class E2CLIPOutput(ModelOutput):
         logits_per_text (`torch.FloatTensor` of shape `(text_batch_size, image_batch_size)`):
             The transpose of `logits_per_image`.
         text_embeds (`torch.FloatTensor` of shape `(batch_size, projection_dim)`):
-            Projected text embeddings (not normalised).
+            L2-normalised projected text embeddings (as `CLIPModel`; `get_text_features` gives
+            them unnormalised).
         image_embeds (`torch.FloatTensor` of shape `(batch_size, projection_dim)`):
-            Projected global image embeddings (not normalised).
+            L2-normalised projected global image embeddings.
         region_embeds (`torch.FloatTensor` of shape `(batch_size, num_entities, projection_dim)`):
-            Projected regional embedding of each entity (not normalised).
+            L2-normalised projected regional embedding of each entity.
         selection_indices (`torch.LongTensor` of shape `(batch_size, num_fusion_blocks, num_selection_tokens)`):
             The patch each selection token chose in each fusion block.
         text_model_output (`BaseModelOutputWithPooling`):
@@ -717,10 +718,14 @@ class E2CLIPModel(E2CLIPPreTrainedModel):
             image_embeds, vision_outputs = self._image_embeds(pixel_values, output_hidden_states)
             region_embeds = self._region_embeds(vision_outputs)
 
+        text_embeds, image_embeds, region_embeds = (
+            F.normalize(embeds, dim=-1) if embeds is not None else None
+            for embeds in (text_embeds, image_embeds, region_embeds)
+        )
         logits_per_image = logits_per_text = None
         logit_scale = self.logit_scale.exp()
         if text_embeds is not None and image_embeds is not None:
-            logits_per_text = logit_scale * F.normalize(text_embeds, dim=-1) @ F.normalize(image_embeds, dim=-1).t()
+            logits_per_text = logit_scale * text_embeds @ image_embeds.t()  # [text batch, image batch]
             logits_per_image = logits_per_text.t()
 
         loss = global_loss = region_loss = None

@@ -85,9 +85,10 @@ def test_feature_getters_match_forward(tiny_model, tester):
         region_features = tiny_model.get_region_features(pixel_values)
     major = int(transformers.__version__.split(".")[0])
     assert isinstance(image_features, torch.Tensor) == (major < 5)
-    torch.testing.assert_close(features(image_features), outputs.image_embeds)
-    torch.testing.assert_close(features(text_features), outputs.text_embeds)
-    torch.testing.assert_close(region_features, outputs.region_embeds)
+    torch.testing.assert_close(F.normalize(features(image_features), dim=-1), outputs.image_embeds)
+    torch.testing.assert_close(F.normalize(features(text_features), dim=-1), outputs.text_embeds)
+    torch.testing.assert_close(F.normalize(region_features, dim=-1), outputs.region_embeds)
+    torch.testing.assert_close(outputs.region_embeds.norm(dim=-1), torch.ones(4, 4))
 
 
 def test_every_parameter_receives_a_gradient(tester):

@@ -1,0 +1,125 @@
+"""Saving, loading with the Auto classes, and loading as remote code in a fresh process."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel, AutoModelForZeroShotImageClassification, AutoProcessor
+
+from e2_hf import E2CLIPModel
+
+from .conftest import make_images
+
+TEXTS = ["a red silk shirt by gucci", "blue denim jeans"]
+TAGS = [{"brand": "gucci", "composition": "silk"}, {"brand": "levi", "subcategory": "jeans"}]
+
+
+@pytest.fixture
+def saved_model(tmp_path, tokenized_tester, tiny_processor):
+    torch.manual_seed(0)
+    model = E2CLIPModel(tokenized_tester.get_config()).eval()
+    folder = tmp_path / "e2-tiny"
+    model.save_pretrained(folder)
+    tiny_processor.save_pretrained(folder)
+    return model, folder
+
+
+def test_folder_layout_and_auto_map(saved_model):
+    _, folder = saved_model
+    names = set(os.listdir(folder))
+    assert {"model.safetensors", "config.json", "configuration_e2clip.py", "modeling_e2clip.py",
+            "processing_e2clip.py", "preprocessor_config.json", "vocab.json", "merges.txt"} <= names
+    auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
+    assert auto_map == {
+        "AutoConfig": "configuration_e2clip.E2CLIPConfig",
+        "AutoModel": "modeling_e2clip.E2CLIPModel",
+        "AutoModelForZeroShotImageClassification": "modeling_e2clip.E2CLIPModel",
+        "AutoProcessor": "processing_e2clip.E2CLIPProcessor",
+    }
+    image_config = json.loads((folder / "preprocessor_config.json").read_text())
+    assert image_config["image_processor_type"] == "CLIPImageProcessor"
+    assert not any(str(folder.parent) in (folder / name).read_text(errors="ignore") for name in names
+                   if name.endswith((".json", ".txt")))  # no local absolute paths in the files
+
+
+def test_round_trip_with_the_registered_auto_classes(saved_model, tiny_processor):
+    model, folder = saved_model
+    assert type(AutoConfig.from_pretrained(folder)).__name__ == "E2CLIPConfig"
+    loaded = AutoModel.from_pretrained(folder).eval()
+    assert isinstance(loaded, E2CLIPModel)
+    assert isinstance(AutoModelForZeroShotImageClassification.from_pretrained(folder), E2CLIPModel)
+    processor = AutoProcessor.from_pretrained(folder)
+    inputs = processor(text=TEXTS, images=make_images(2), tags=TAGS)
+    with torch.no_grad():
+        expected, actual = model(**inputs, return_loss=True), loaded(**inputs, return_loss=True)
+    for name in ("loss", "image_embeds", "text_embeds", "region_embeds"):
+        torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=0)
+
+
+FRESH_PROCESS_SCRIPT = textwrap.dedent(
+    """
+    import json
+    import sys
+    for name in ("e2_hf", "modeling", "conversion"):  # the project must not be importable
+        sys.modules[name] = None
+    import torch
+    from PIL import Image
+    from transformers import AutoModel, AutoProcessor, pipeline
+
+    folder, inputs_path, output_path = sys.argv[1:4]
+    saved = json.load(open(inputs_path))
+    saved["images"] = [Image.open(path) for path in saved["images"]]
+    model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+    assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+    processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+    inputs = processor(text=saved["texts"], images=saved["images"], tags=saved["tags"])
+    with torch.no_grad():
+        outputs = model(**inputs, return_loss=True)
+    classifier = pipeline("zero-shot-image-classification", model=folder, trust_remote_code=True)
+    scores = classifier(saved["images"][0], candidate_labels=saved["texts"], hypothesis_template="{}")
+    extractor = pipeline("image-feature-extraction", model=folder, trust_remote_code=True)
+    image_features = torch.tensor(extractor(saved["images"][0]))
+    torch.save({
+        "inputs": dict(inputs), "image_embeds": outputs.image_embeds, "text_embeds": outputs.text_embeds,
+        "region_embeds": outputs.region_embeds, "loss": outputs.loss,
+        "zero_shot": {item["label"]: item["score"] for item in scores}, "feature": image_features,
+    }, output_path)
+    """
+)
+
+
+def test_fresh_process_loads_the_folder_as_remote_code(saved_model, tmp_path):
+    model, folder = saved_model
+    image_paths = []
+    for index, image in enumerate(make_images(2)):
+        image_paths.append(str(tmp_path / f"image-{index}.png"))
+        image.save(image_paths[-1])
+    (tmp_path / "inputs.json").write_text(json.dumps({"texts": TEXTS, "images": image_paths, "tags": TAGS}))
+    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH",)}
+    env.update(HF_HOME=str(tmp_path / "hf-home"), HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
+    script = tmp_path / "load.py"
+    script.write_text(FRESH_PROCESS_SCRIPT)
+    completed = subprocess.run(
+        [sys.executable, str(script), str(folder), str(tmp_path / "inputs.json"), str(tmp_path / "outputs.pt")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    remote = torch.load(tmp_path / "outputs.pt", weights_only=True)
+
+    with torch.no_grad():
+        local = model(**remote["inputs"], return_loss=True)
+        local_single = model(pixel_values=remote["inputs"]["pixel_values"][:1])
+    for name in ("image_embeds", "text_embeds", "region_embeds", "loss"):
+        torch.testing.assert_close(remote[name], local[name], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(remote["feature"].reshape(1, -1), local_single.image_embeds, rtol=1e-5, atol=1e-6)
+    # the pipeline's scores are the softmax of the in-memory model's logits for that image
+    text_inputs = {key: remote["inputs"][key] for key in ("input_ids", "attention_mask")}
+    with torch.no_grad():
+        logits = model(**text_inputs, pixel_values=remote["inputs"]["pixel_values"][:1]).logits_per_image
+    expected = dict(zip(TEXTS, logits.softmax(dim=-1)[0].tolist()))
+    for label, score in remote["zero_shot"].items():
+        assert score == pytest.approx(expected[label], abs=1e-5)
