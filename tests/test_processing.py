@@ -111,3 +111,12 @@ def test_real_clip_tokenizer_from_the_shared_bpe(tmp_path):
     assert ids == [49406, 320, 1125, 539, 320, 2368, 49407]  # CLIP's published tokenization
     assert tokenizer.convert_ids_to_tokens(ids[1:-1]) == ["a</w>", "photo</w>", "of</w>", "a</w>", "cat</w>"]
     assert len(set(byte_symbols())) == 256
+
+
+def test_loading_a_plain_clip_folder_with_entities(tiny_processor, tmp_path):
+    """A CLIP repo (tokenizer + image processor, no E2 settings) plus `entities=` gives a processor."""
+    tiny_processor.tokenizer.save_pretrained(tmp_path)
+    tiny_processor.image_processor.save_pretrained(tmp_path)
+    processor = E2CLIPProcessor.from_pretrained(tmp_path, entities=["brand", "season"])
+    assert processor.entities == ["brand", "season"]
+    assert processor(tags=[{"brand": "gucci"}])["tag_input_ids"].shape[:2] == (1, 2)

@@ -1,0 +1,33 @@
+import json
+import subprocess
+import sys
+
+from e2_hf import E2CLIPConfig, E2CLIPModel
+from e2_hf.parameters import count_for_config, count_new_parameters
+
+from .conftest import E2CLIPModelTester
+
+
+def test_new_parameter_count_by_hand():
+    tester = E2CLIPModelTester()
+    report = count_new_parameters(E2CLIPModel(tester.get_config()))
+    width, projection, tokens, fusion_blocks, entities = 32, 16, 8, 2, 4
+    assert report.new_by_group == {
+        "selection_tokens": tokens * width,
+        "fusion_blocks": fusion_blocks * 3 * width * width,
+        "region_head": entities * (2 * width + width * projection),
+    }
+    plain = E2CLIPModelTester(entities=[], tokens_per_entity=[])
+    assert report.clip_parameters == sum(p.numel() for p in E2CLIPModel(plain.get_config()).parameters())
+
+
+def test_vit_b32_share_and_the_command(tmp_path):
+    report = count_for_config(E2CLIPConfig())
+    assert report.clip_parameters == 151_277_313  # openai/clip-vit-base-patch32
+    assert 0.03 < report.share_of_clip < 0.04
+    output = tmp_path / "params.json"
+    completed = subprocess.run([sys.executable, "-m", "e2_hf.cli", "count-params", "--json", str(output)],
+                               capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    assert f"{report.e2_new_parameters:,}" in completed.stdout and "% of CLIP" in completed.stdout
+    assert json.loads(output.read_text())["e2_new_parameters"] == report.e2_new_parameters
