@@ -93,7 +93,9 @@ def infer_config(
             )
         fusion_layers = list(REFERENCE_FUSION_LAYERS)
     if len(fusion_layers) != num_fusion:
-        raise ValueError(f"--fusion-layers names {len(fusion_layers)} layers but the checkpoint has {num_fusion} fusion blocks.")
+        raise ValueError(
+            f"--fusion-layers names {len(fusion_layers)} layers but the checkpoint has {num_fusion} fusion blocks."
+        )
     return E2CLIPConfig(
         text_config={
             "vocab_size": sizes.vocab_size,
@@ -252,11 +254,15 @@ def _name_list(text: str) -> list[str]:
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", required=True, help="the authors' .pth / .pth.tar / .pt file")
     parser.add_argument("--output-dir", required=True, help="folder to write the Hub-ready model to")
-    parser.add_argument("--entities", type=_name_list, help="entity names in checkpoint order (default: the reference's)")
+    parser.add_argument(
+        "--entities", type=_name_list, help="entity names in checkpoint order (default: the reference's)"
+    )
     parser.add_argument("--vision-heads", type=int, help="vision attention heads (default: width // 64)")
     parser.add_argument("--text-heads", type=int, help="text attention heads (default: width // 64)")
     parser.add_argument("--fusion-layers", type=_int_list, help="0-based layers followed by fusion (default: 7,10)")
-    parser.add_argument("--tokenizer", help="tokenizer (Hub id or folder) to save with the model, e.g. openai/clip-vit-base-patch32")
+    parser.add_argument(
+        "--tokenizer", help="tokenizer (Hub id or folder) to save with the model, e.g. openai/clip-vit-base-patch32"
+    )
     return parser
 
 

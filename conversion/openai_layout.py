@@ -52,7 +52,10 @@ BLOCK_RENAMES = {
     "mlp.c_proj.bias": "mlp.fc2.bias",
 }
 STACKED_QKV = {"attn.in_proj_weight": "weight", "attn.in_proj_bias": "bias"}
-TOWER_PREFIXES = {"visual.transformer.resblocks.": "vision_model.encoder.layers.", "transformer.resblocks.": "text_model.encoder.layers."}
+TOWER_PREFIXES = {
+    "visual.transformer.resblocks.": "vision_model.encoder.layers.",
+    "transformer.resblocks.": "text_model.encoder.layers.",
+}
 BLOCK_KEY = re.compile(r"^(visual\.transformer\.resblocks\.|transformer\.resblocks\.)(\d+)\.(.+)$")
 
 
@@ -74,7 +77,9 @@ class ClipSizes:
 
 
 def count_blocks(state_dict: dict[str, torch.Tensor], prefix: str) -> int:
-    indices = {int(match.group(2)) for key in state_dict if (match := BLOCK_KEY.match(key)) and match.group(1) == prefix}
+    indices = {
+        int(match.group(2)) for key in state_dict if (match := BLOCK_KEY.match(key)) and match.group(1) == prefix
+    }
     if indices != set(range(len(indices))):
         raise ValueError(f"{prefix}* blocks are not numbered 0..n-1: {sorted(indices)}")
     return len(indices)
@@ -82,7 +87,13 @@ def count_blocks(state_dict: dict[str, torch.Tensor], prefix: str) -> int:
 
 def infer_clip_sizes(state_dict: dict[str, torch.Tensor], projection_key: str = "text_projection") -> ClipSizes:
     """Reads every size of the two towers from the tensors' shapes."""
-    required = ("visual.conv1.weight", "visual.positional_embedding", "token_embedding.weight", "positional_embedding", projection_key)
+    required = (
+        "visual.conv1.weight",
+        "visual.positional_embedding",
+        "token_embedding.weight",
+        "positional_embedding",
+        projection_key,
+    )
     missing = [key for key in required if key not in state_dict]
     if missing:
         raise ValueError(f"not an OpenAI-layout CLIP state dict: missing {missing}")
@@ -132,7 +143,9 @@ def convert_clip_key(key: str, tensor: torch.Tensor) -> dict[str, torch.Tensor] 
     return None
 
 
-def strip_prefixes(state_dict: dict[str, torch.Tensor], prefixes: tuple[str, ...] = ("module.",)) -> dict[str, torch.Tensor]:
+def strip_prefixes(
+    state_dict: dict[str, torch.Tensor], prefixes: tuple[str, ...] = ("module.",)
+) -> dict[str, torch.Tensor]:
     """Removes wrapper prefixes (DataParallel's `module.`) from every key."""
     stripped = {}
     for key, value in state_dict.items():

@@ -1,7 +1,7 @@
 """The `e2-hf` command line: one subcommand per task.
 
-    e2-hf convert-original --checkpoint best.pth --output-dir DIR [--entities a,b,c,d] ...
-    e2-hf count-params [--model NAME_OR_PATH] [--json FILE]
+e2-hf convert-original --checkpoint best.pth --output-dir DIR [--entities a,b,c,d] ...
+e2-hf count-params [--model NAME_OR_PATH] [--json FILE]
 """
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ def _count_params(args: argparse.Namespace) -> None:
     config = E2CLIPConfig.from_pretrained(args.model) if args.model else E2CLIPConfig()
     report = count_for_config(config)
     source = args.model or "E2 ViT-B/32 (default E2CLIPConfig)"
-    print(f"{source}: entities {config.entities}, {config.num_selection_tokens} selection tokens, "
-          f"fusion after layers {config.fusion_layers}")
+    print(
+        f"{source}: entities {config.entities}, {config.num_selection_tokens} selection tokens, "
+        f"fusion after layers {config.fusion_layers}"
+    )
     print("\n".join(report.lines()))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:

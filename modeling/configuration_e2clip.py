@@ -165,7 +165,9 @@ class E2CLIPVisionConfig(PretrainedConfig):
         self.initializer_factor = initializer_factor
         _check_heads(self, "vision_config")
         if image_size % patch_size != 0:
-            raise ValueError(f"vision_config: image_size ({image_size}) must be a multiple of patch_size ({patch_size}).")
+            raise ValueError(
+                f"vision_config: image_size ({image_size}) must be a multiple of patch_size ({patch_size})."
+            )
 
     @property
     def num_patches(self) -> int:
@@ -307,9 +309,7 @@ class E2CLIPConfig(PretrainedConfig):
         num_layers = self.vision_config.num_hidden_layers
         layers = self.fusion_layers
         if names and any(not isinstance(index, int) or not 0 <= index < num_layers for index in layers):
-            raise ValueError(
-                f"fusion_layers must be 0-based vision layer indices below {num_layers}, got {layers}."
-            )
+            raise ValueError(f"fusion_layers must be 0-based vision layer indices below {num_layers}, got {layers}.")
         if any(later <= earlier for earlier, later in zip(layers, layers[1:])):
             raise ValueError(f"fusion_layers must be strictly increasing, got {layers}.")
         if names and not layers:

@@ -53,9 +53,10 @@ class E2CLIPVisionOutput(ModelOutput):
             `post_layernorm` of the CLS token.
         hidden_states (`tuple(torch.FloatTensor)`, *optional*):
             The embeddings and each layer's output (`output_hidden_states=True`).
-        selection_indices (`torch.LongTensor` of shape `(batch_size, num_fusion_blocks, num_selection_tokens)`, *optional*):
-            The patch (0-based, row-major over the patch grid) each selection token chose in each
-            fusion block; `None` without selection tokens.
+        selection_indices (`torch.LongTensor`, *optional*):
+            Shape `(batch_size, num_fusion_blocks, num_selection_tokens)`: the patch (0-based,
+            row-major over the patch grid) each selection token chose in each fusion block;
+            `None` without selection tokens.
     """
 
     last_hidden_state: torch.FloatTensor | None = None
@@ -109,9 +110,7 @@ class E2CLIPOutput(ModelOutput):
     vision_model_output: E2CLIPVisionOutput | None = None
 
     def to_tuple(self) -> tuple[Any, ...]:
-        return tuple(
-            self[key].to_tuple() if key.endswith("_model_output") else self[key] for key in self.keys()
-        )
+        return tuple(self[key].to_tuple() if key.endswith("_model_output") else self[key] for key in self.keys())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,7 +146,9 @@ def multi_positive_contrastive_loss(logits_per_image: torch.Tensor, groups: torc
     image_to_tag = logits_per_image[:, representative]  # [n, num_distinct]
     image_loss = F.cross_entropy(image_to_tag, local_groups)
     tag_to_image = image_to_tag.t()  # [num_distinct, n]
-    positives = (local_groups[None, :] == torch.arange(num_distinct, device=groups.device)[:, None]).to(logits_per_image.dtype)
+    positives = (local_groups[None, :] == torch.arange(num_distinct, device=groups.device)[:, None]).to(
+        logits_per_image.dtype
+    )
     tag_loss = -((positives * F.log_softmax(tag_to_image, dim=1)).sum(dim=1) / positives.sum(dim=1)).mean()
     return (image_loss + tag_loss) / 2.0
 
@@ -380,9 +381,7 @@ class E2CLIPRegionHead(nn.Module):
         eps = config.vision_config.layer_norm_eps
         self.token_slices = config.entity_token_slices
         self.layer_norms = nn.ModuleList([nn.LayerNorm(width, eps=eps) for _ in config.entities])
-        self.projections = nn.ModuleList(
-            [nn.Linear(width, config.projection_dim, bias=False) for _ in config.entities]
-        )
+        self.projections = nn.ModuleList([nn.Linear(width, config.projection_dim, bias=False) for _ in config.entities])
 
     def forward(self, selection_states: torch.Tensor) -> torch.Tensor:
         """`[batch, num_selection, width]` -> `[batch, num_entities, projection_dim]`."""
@@ -486,7 +485,9 @@ class E2CLIPVisionTransformer(nn.Module):
         selection_indices = []
         start = 0
         for fusion_layer, fusion_block in zip(self.fusion_layers, self.fusion_blocks):
-            hidden_states = self.encoder(hidden_states, start=start, end=fusion_layer + 1, all_hidden_states=all_hidden_states)
+            hidden_states = self.encoder(
+                hidden_states, start=start, end=fusion_layer + 1, all_hidden_states=all_hidden_states
+            )
             hidden_states, chosen = fusion_block(hidden_states)
             selection_indices.append(chosen)
             start = fusion_layer + 1
@@ -621,7 +622,9 @@ class E2CLIPModel(E2CLIPPreTrainedModel):
         `pooler_output` on transformers 5.x, as its CLIPModel does)."""
         text_embeds, text_outputs = self._text_embeds(input_ids, attention_mask)
         if FEATURES_AS_MODEL_OUTPUT:
-            return BaseModelOutputWithPooling(last_hidden_state=text_outputs.last_hidden_state, pooler_output=text_embeds)
+            return BaseModelOutputWithPooling(
+                last_hidden_state=text_outputs.last_hidden_state, pooler_output=text_embeds
+            )
         return text_embeds
 
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor | BaseModelOutputWithPooling:

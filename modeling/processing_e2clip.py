@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 import transformers
+from PIL import Image
 from transformers import BatchEncoding, CLIPTokenizerFast
 
 # transformers 5.x splits CLIP's image processor into a torchvision and a PIL backend; the PIL one
@@ -327,10 +327,13 @@ class E2CLIPProcessor:
             return api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message, **kwargs)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(entities={self.entities}, max_length={self.max_length}, tokenizer={type(self.tokenizer).__name__})"
+        tokenizer = type(self.tokenizer).__name__
+        return f"{type(self).__name__}(entities={self.entities}, max_length={self.max_length}, tokenizer={tokenizer})"
 
 
-def save_image_processor(image_processor: Any, save_directory: str | os.PathLike, processor_class: str | None = None) -> str:
+def save_image_processor(
+    image_processor: Any, save_directory: str | os.PathLike, processor_class: str | None = None
+) -> str:
     """Writes a flat `preprocessor_config.json` that transformers 4.46 to 5.x all read, naming
     `CLIPImageProcessor` (5.x picks its backend from what is installed)."""
     os.makedirs(save_directory, exist_ok=True)

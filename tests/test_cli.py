@@ -26,8 +26,12 @@ def test_vit_b32_share_and_the_command(tmp_path):
     assert report.clip_parameters == 151_277_313  # openai/clip-vit-base-patch32
     assert 0.03 < report.share_of_clip < 0.04
     output = tmp_path / "params.json"
-    completed = subprocess.run([sys.executable, "-m", "e2_hf.cli", "count-params", "--json", str(output)],
-                               capture_output=True, text=True, timeout=300)
+    completed = subprocess.run(
+        [sys.executable, "-m", "e2_hf.cli", "count-params", "--json", str(output)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert completed.returncode == 0, completed.stderr
     assert f"{report.e2_new_parameters:,}" in completed.stdout and "% of CLIP" in completed.stdout
     assert json.loads(output.read_text())["e2_new_parameters"] == report.e2_new_parameters

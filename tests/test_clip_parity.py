@@ -44,8 +44,9 @@ def test_plain_e2_equals_clip(tmp_path, tester, eos_token_id):
 
 def test_e2_from_clip_keeps_clips_text_embeddings(tmp_path, tester):
     clip, path = tiny_clip(tmp_path)
-    e2 = E2CLIPModel.from_clip(path, entities=["brand", "season", "subcategory", "composition"],
-                              fusion_layers=[1, 2]).eval()
+    e2 = E2CLIPModel.from_clip(
+        path, entities=["brand", "season", "subcategory", "composition"], fusion_layers=[1, 2]
+    ).eval()
     input_ids, attention_mask = tester.input_ids()
     with torch.no_grad():
         expected = features(clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask))

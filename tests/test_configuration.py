@@ -20,8 +20,13 @@ def test_defaults_are_the_papers_vit_b32():
 
 
 def test_round_trip(tmp_path):
-    config = E2CLIPConfig(entities=["brand", "fabric"], tokens_per_entity=[3, 1], fusion_layers=[3, 9],
-                          region_loss="multi_positive", gumbel_tau=0.5)
+    config = E2CLIPConfig(
+        entities=["brand", "fabric"],
+        tokens_per_entity=[3, 1],
+        fusion_layers=[3, 9],
+        region_loss="multi_positive",
+        gumbel_tau=0.5,
+    )
     config.save_pretrained(tmp_path)
     loaded = E2CLIPConfig.from_pretrained(tmp_path)
     for field in ("entities", "tokens_per_entity", "fusion_layers", "region_loss", "gumbel_tau", "selection_scale"):

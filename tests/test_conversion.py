@@ -48,7 +48,9 @@ def test_converted_model_reproduces_the_reference_outputs(converted, reference):
     torch.testing.assert_close(image_embeds, reference["image_embeds"], rtol=0, atol=TOLERANCE)
     torch.testing.assert_close(text_embeds, reference["text_embeds"], rtol=0, atol=TOLERANCE)
     for entity in range(3):  # entity 4 differs on purpose: the reference pools it from one token
-        torch.testing.assert_close(region_embeds[:, entity], reference[f"region_embeds_{entity + 1}"], rtol=0, atol=TOLERANCE)
+        torch.testing.assert_close(
+            region_embeds[:, entity], reference[f"region_embeds_{entity + 1}"], rtol=0, atol=TOLERANCE
+        )
     assert torch.equal(outputs.selection_indices[:, 0], reference["selected_patches_fusion_1"])
     assert torch.equal(outputs.selection_indices[:, 1], reference["selected_patches_fusion_2"])
     assert converted.config.entities == ["subcategory", "brand", "description", "season"]
@@ -104,9 +106,22 @@ def test_pickled_objects_are_refused(tmp_path):
 
 def test_command_line(fixture_dir, tmp_path):
     output_dir = tmp_path / "cli"
-    command = [sys.executable, "-m", "e2_hf.cli", "convert-original", "--checkpoint",
-               str(fixture_dir / "official_checkpoint.pth"), "--output-dir", str(output_dir),
-               "--entities", "category,brand,text,season", "--vision-heads", "4", "--text-heads", "4"]
+    command = [
+        sys.executable,
+        "-m",
+        "e2_hf.cli",
+        "convert-original",
+        "--checkpoint",
+        str(fixture_dir / "official_checkpoint.pth"),
+        "--output-dir",
+        str(output_dir),
+        "--entities",
+        "category,brand,text,season",
+        "--vision-heads",
+        "4",
+        "--text-heads",
+        "4",
+    ]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr
     assert (output_dir / "model.safetensors").exists() and (output_dir / "preprocessor_config.json").exists()

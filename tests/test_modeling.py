@@ -22,9 +22,10 @@ def features(output):
     return output.pooler_output if hasattr(output, "pooler_output") else output
 
 
-def forward_with_loss(model, tester, tags=TAGS, **kwargs):
+def forward_with_loss(model, tester, tags=TAGS, tag_tensors=None, **kwargs):
+    """Texts, images and tags of `tester`; `tag_tensors` (ids, mask) replace `tags` when given."""
     input_ids, attention_mask = tester.input_ids()
-    tag_input_ids, tag_attention_mask = tester.tags(tags)
+    tag_input_ids, tag_attention_mask = tag_tensors if tag_tensors is not None else tester.tags(tags)
     return model(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -165,10 +166,8 @@ def test_region_loss_with_deduplicated_tags_equals_loss_without(tiny_model, test
     tag_attention_mask = F.pad(tag_attention_mask, (0, 9))
     encoded_shapes = []
     hook = tiny_model.text_model.register_forward_hook(lambda module, args, out: encoded_shapes.append(args[0].shape))
-    input_ids, attention_mask = tester.input_ids()
     with torch.no_grad():
-        outputs = tiny_model(input_ids=input_ids, attention_mask=attention_mask, pixel_values=tester.pixel_values(),
-                             tag_input_ids=tag_input_ids, tag_attention_mask=tag_attention_mask, return_loss=True)
+        outputs = forward_with_loss(tiny_model, tester, tag_tensors=(tag_input_ids, tag_attention_mask))
         tag_embeds, present = _tag_embeds_one_by_one(tiny_model, tag_input_ids, tag_attention_mask)
     hook.remove()
     expected = region_contrastive_loss(outputs.region_embeds, tag_embeds, present, tiny_model.logit_scale.exp())
@@ -184,10 +183,7 @@ def test_missing_tags_are_left_out(tiny_model, tester):
     garbage[1, 3] = 7  # item 1 has no composition: its ids must not matter
     with torch.no_grad():
         outputs = forward_with_loss(tiny_model, tester)
-        garbage_outputs = tiny_model(
-            input_ids=tester.input_ids()[0], attention_mask=tester.input_ids()[1], pixel_values=tester.pixel_values(),
-            tag_input_ids=garbage, tag_attention_mask=tag_attention_mask, return_loss=True,
-        )
+        garbage_outputs = forward_with_loss(tiny_model, tester, tag_tensors=(garbage, tag_attention_mask))
         # only entity "composition" (3) with its present items (0, 2, 3), by hand
         tag_embeds, present = _tag_embeds_one_by_one(tiny_model, tag_input_ids, tag_attention_mask)
         kept = torch.tensor([0, 2, 3])
@@ -195,8 +191,9 @@ def test_missing_tags_are_left_out(tiny_model, tester):
         tags = F.normalize(tag_embeds[kept, 3], dim=-1)
         composition_loss = symmetric_contrastive_loss(tiny_model.logit_scale.exp() * tags @ region.t())
         per_entity = [
-            region_contrastive_loss(outputs.region_embeds[:, [e]], tag_embeds[:, [e]], present[:, [e]],
-                                    tiny_model.logit_scale.exp())
+            region_contrastive_loss(
+                outputs.region_embeds[:, [e]], tag_embeds[:, [e]], present[:, [e]], tiny_model.logit_scale.exp()
+            )
             for e in range(4)
         ]
     torch.testing.assert_close(garbage_outputs.region_loss, outputs.region_loss)
@@ -209,8 +206,13 @@ def test_entities_without_any_tag_give_no_region_loss(tiny_model, tester):
     no_tags[0][0] = [11]
     tag_input_ids, tag_attention_mask = tester.tags(no_tags)
     tag_attention_mask[0, 0] = 0
-    outputs = tiny_model(input_ids=tester.input_ids()[0], pixel_values=tester.pixel_values(),
-                         tag_input_ids=tag_input_ids, tag_attention_mask=tag_attention_mask, return_loss=True)
+    outputs = tiny_model(
+        input_ids=tester.input_ids()[0],
+        pixel_values=tester.pixel_values(),
+        tag_input_ids=tag_input_ids,
+        tag_attention_mask=tag_attention_mask,
+        return_loss=True,
+    )
     assert outputs.region_loss is None
     torch.testing.assert_close(outputs.loss, outputs.global_loss)
 
@@ -237,8 +239,9 @@ def test_multi_positive_treats_equal_tags_as_positives(tester):
     log_probs = distinct.t().log_softmax(dim=1)  # [tag, image]
     tag_loss = -(log_probs[0, [0, 2]].mean() + log_probs[1, 1] + log_probs[2, 3]) / 3
     groups = torch.tensor([[7], [5], [7], [9]])
-    brand_loss = region_contrastive_loss(multi_outputs.region_embeds[:, [0]], tag_embeds[:, [0]], present[:, [0]],
-                                         scale, "multi_positive", groups)
+    brand_loss = region_contrastive_loss(
+        multi_outputs.region_embeds[:, [0]], tag_embeds[:, [0]], present[:, [0]], scale, "multi_positive", groups
+    )
     torch.testing.assert_close(brand_loss, (image_loss + tag_loss) / 2, rtol=1e-5, atol=1e-6)
 
     # with all tags distinct the two variants agree
@@ -276,7 +279,12 @@ def test_bad_inputs_raise_clear_errors(tiny_model, tester, kwargs, message):
         inputs["pixel_values"] = tester.pixel_values()
     if "texts" in kwargs:
         inputs["input_ids"] = tester.input_ids(kwargs.pop("texts"))[0]
-    elif kwargs.get("return_loss") and "pixel_values" not in kwargs and "tags" in kwargs or kwargs.get("tags_without_mask"):
+    elif (
+        kwargs.get("return_loss")
+        and "pixel_values" not in kwargs
+        and "tags" in kwargs
+        or kwargs.get("tags_without_mask")
+    ):
         inputs["input_ids"] = tester.input_ids()[0]
     if "tags" in kwargs:
         batch, entities = kwargs.pop("tags")
@@ -309,8 +317,11 @@ def test_new_parameters_are_initialised_after_from_pretrained_of_a_plain_clip(tm
     for name in new_names:
         tensor = parameters[name]
         assert torch.isfinite(tensor).all() and tensor.abs().max() < 10, name  # not uninitialised memory
-    for name in ("vision_model.selection_tokens", "vision_model.fusion_blocks.1.v_proj.weight",
-                 "region_head.projections.1.weight"):
+    for name in (
+        "vision_model.selection_tokens",
+        "vision_model.fusion_blocks.1.v_proj.weight",
+        "region_head.projections.1.weight",
+    ):
         width = parameters[name].shape[-1]
         assert 0.5 < parameters[name].std() * width**0.5 < 2, name  # std width**-0.5, as documented
     assert torch.equal(parameters["region_head.layer_norms.0.weight"], torch.ones(32))
@@ -323,7 +334,9 @@ def test_sdpa_attention_matches_the_explicit_formula(tiny_model):
     hidden_states = torch.randn(2, 5, 32)
     with torch.no_grad():
         actual = attention(hidden_states)
-        q, k, v = (attention._split_heads(p(hidden_states)) for p in (attention.q_proj, attention.k_proj, attention.v_proj))
+        q, k, v = (
+            attention._split_heads(p(hidden_states)) for p in (attention.q_proj, attention.k_proj, attention.v_proj)
+        )
         weights = (q @ k.transpose(-1, -2) / attention.head_dim**0.5).softmax(-1)
         expected = attention.out_proj((weights @ v).transpose(1, 2).reshape(2, 5, 32))
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)

@@ -68,8 +68,16 @@ def test_transparent_pixels_become_white_and_16_bit_scales():
     assert to_rgb_image(sixteen_bit).getpixel((0, 0)) == (255, 255, 255)
 
 
-@pytest.mark.parametrize("shape, dtype", [((40, 46), np.uint8), ((40, 46, 1), np.uint8), ((40, 46, 3), np.uint8),
-                                          ((40, 46, 4), np.uint8), ((3, 40, 46), np.float32)])
+@pytest.mark.parametrize(
+    "shape, dtype",
+    [
+        ((40, 46), np.uint8),
+        ((40, 46, 1), np.uint8),
+        ((40, 46, 3), np.uint8),
+        ((40, 46, 4), np.uint8),
+        ((3, 40, 46), np.float32),
+    ],
+)
 def test_numpy_arrays_become_rgb(tiny_processor, shape, dtype):
     rng = np.random.default_rng(0)
     array = rng.random(shape).astype(dtype) if dtype == np.float32 else rng.integers(0, 256, shape, dtype=dtype)
@@ -93,8 +101,14 @@ def test_product_text_puts_tags_before_the_description(tiny_processor):
 
 def test_save_and_load_keep_the_4_57_file_layout(tiny_processor, tmp_path):
     tiny_processor.save_pretrained(tmp_path)
-    for name in ("preprocessor_config.json", "processor_config.json", "vocab.json", "merges.txt",
-                 "tokenizer_config.json", "processing_e2clip.py"):
+    for name in (
+        "preprocessor_config.json",
+        "processor_config.json",
+        "vocab.json",
+        "merges.txt",
+        "tokenizer_config.json",
+        "processing_e2clip.py",
+    ):
         assert (tmp_path / name).exists(), name
     loaded = E2CLIPProcessor.from_pretrained(tmp_path)
     assert loaded.entities == TAG_ENTITIES and loaded.max_length == tiny_processor.max_length

@@ -31,8 +31,16 @@ def saved_model(tmp_path, tokenized_tester, tiny_processor):
 def test_folder_layout_and_auto_map(saved_model):
     _, folder = saved_model
     names = set(os.listdir(folder))
-    assert {"model.safetensors", "config.json", "configuration_e2clip.py", "modeling_e2clip.py",
-            "processing_e2clip.py", "preprocessor_config.json", "vocab.json", "merges.txt"} <= names
+    assert {
+        "model.safetensors",
+        "config.json",
+        "configuration_e2clip.py",
+        "modeling_e2clip.py",
+        "processing_e2clip.py",
+        "preprocessor_config.json",
+        "vocab.json",
+        "merges.txt",
+    } <= names
     auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
     assert auto_map == {
         "AutoConfig": "configuration_e2clip.E2CLIPConfig",
@@ -42,8 +50,11 @@ def test_folder_layout_and_auto_map(saved_model):
     }
     image_config = json.loads((folder / "preprocessor_config.json").read_text())
     assert image_config["image_processor_type"] == "CLIPImageProcessor"
-    assert not any(str(folder.parent) in (folder / name).read_text(errors="ignore") for name in names
-                   if name.endswith((".json", ".txt")))  # no local absolute paths in the files
+    assert not any(
+        str(folder.parent) in (folder / name).read_text(errors="ignore")
+        for name in names
+        if name.endswith((".json", ".txt"))
+    )  # no local absolute paths in the files
 
 
 def test_round_trip_with_the_registered_auto_classes(saved_model, tiny_processor):
@@ -105,7 +116,11 @@ def test_fresh_process_loads_the_folder_as_remote_code(saved_model, tmp_path):
     script.write_text(FRESH_PROCESS_SCRIPT)
     completed = subprocess.run(
         [sys.executable, str(script), str(folder), str(tmp_path / "inputs.json"), str(tmp_path / "outputs.pt")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     remote = torch.load(tmp_path / "outputs.pt", weights_only=True)
