@@ -258,6 +258,18 @@ class E2CLIPConfig(PretrainedConfig):
         self.region_loss = region_loss
         self.check_e2_fields()
 
+    @classmethod
+    def from_clip_config(cls, clip_config: PretrainedConfig, **overrides: Any) -> E2CLIPConfig:
+        """E2's config for a transformers `CLIPConfig`: its towers and projection, plus overrides."""
+        fields = dict(
+            text_config=clip_config.text_config.to_dict(),
+            vision_config=clip_config.vision_config.to_dict(),
+            projection_dim=clip_config.projection_dim,
+            logit_scale_init_value=clip_config.logit_scale_init_value,
+        )
+        fields.update(overrides)
+        return cls(**fields)
+
     # ------------------------------------------------------------------ derived sizes
     @property
     def num_entities(self) -> int:

@@ -812,23 +812,32 @@ class E2CLIPModel(E2CLIPPreTrainedModel):
         """
         from transformers import CLIPModel  # only this constructor needs transformers' CLIP
 
-        if projection_init not in ("clip", "random"):
-            raise ValueError(f"projection_init must be 'clip' or 'random', got {projection_init!r}.")
+        _check_projection_init(projection_init)
         clip = CLIPModel.from_pretrained(name_or_path)
-        config = E2CLIPConfig(
-            text_config=clip.config.text_config.to_dict(),
-            vision_config=clip.config.vision_config.to_dict(),
-            projection_dim=clip.config.projection_dim,
-            logit_scale_init_value=clip.config.logit_scale_init_value,
-            **config_overrides,
-        )
+        config = E2CLIPConfig.from_clip_config(clip.config, **config_overrides)
+        return cls.from_clip_state_dict(config, clip.state_dict(), projection_init, source=str(name_or_path))
+
+    @classmethod
+    def from_clip_state_dict(
+        cls,
+        config: E2CLIPConfig,
+        clip_state_dict: dict[str, torch.Tensor],
+        projection_init: str = "clip",
+        source: str = "the CLIP state dict",
+    ) -> E2CLIPModel:
+        """Builds E2 from CLIP weights with transformers CLIP's names (see `from_clip`).
+
+        Raises a `ValueError` unless the keys missing from `clip_state_dict` are exactly E2's
+        additions and no key is left over.
+        """
+        _check_projection_init(projection_init)
         model = cls(config)
-        clip_state = {key: value for key, value in clip.state_dict().items() if not key.endswith("position_ids")}
+        clip_state = {key: value for key, value in clip_state_dict.items() if not key.endswith("position_ids")}
         incompatible = model.load_state_dict(clip_state, strict=False)
         new_names = set(model.e2_parameter_names())
         if set(incompatible.missing_keys) != new_names or incompatible.unexpected_keys:
             raise ValueError(
-                f"CLIP checkpoint {name_or_path} does not match E2's backbone: missing "
+                f"{source} does not match E2's CLIP backbone: missing "
                 f"{sorted(set(incompatible.missing_keys) - new_names)}, unexpected {incompatible.unexpected_keys}."
             )
         model._init_new_parameters(projection_init)
@@ -861,6 +870,14 @@ class E2CLIPModel(E2CLIPPreTrainedModel):
         result = super().save_pretrained(save_directory, *args, **kwargs)
         _copy_code_files(save_directory)
         return result
+
+
+PROJECTION_INITS = ("clip", "random")
+
+
+def _check_projection_init(projection_init: str) -> None:
+    if projection_init not in PROJECTION_INITS:
+        raise ValueError(f"projection_init must be one of {PROJECTION_INITS}, got {projection_init!r}.")
 
 
 AUTO_MAP = {
