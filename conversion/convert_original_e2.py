@@ -19,9 +19,10 @@ from pathlib import Path
 
 import torch
 
-from e2_hf.modeling import E2CLIPConfig, E2CLIPModel, E2CLIPProcessor, clip_image_processor
+from e2_hf.modeling import E2CLIPConfig, E2CLIPModel, clip_image_processor
 from e2_hf.modeling.processing_e2clip import save_image_processor
 
+from .common import int_list, name_list, processor_with_tokenizer
 from .openai_layout import convert_clip_key, infer_clip_sizes, strip_prefixes
 
 # Tensors the reference creates but never uses in its forward pass.
@@ -206,27 +207,10 @@ def convert_original_checkpoint(
     if output_dir is not None:
         model.save_pretrained(output_dir, safe_serialization=True)
         if tokenizer is not None:
-            _build_processor(tokenizer, config).save_pretrained(output_dir)
+            processor_with_tokenizer(tokenizer, config).save_pretrained(output_dir)
         else:  # the image preprocessing is known from the sizes; the tokenizer is not
             save_image_processor(clip_image_processor(config.vision_config.image_size), output_dir)
     return model
-
-
-def _build_processor(tokenizer_name: str, config: E2CLIPConfig) -> E2CLIPProcessor:
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_name)
-    if len(tokenizer) != config.text_config.vocab_size:
-        raise ValueError(
-            f"tokenizer {tokenizer_name} has {len(tokenizer)} tokens but the checkpoint's vocabulary has "
-            f"{config.text_config.vocab_size}."
-        )
-    return E2CLIPProcessor(
-        clip_image_processor(config.vision_config.image_size),
-        tokenizer,
-        entities=config.entities,
-        max_length=config.text_config.max_position_embeddings,
-    )
 
 
 @torch.no_grad()
@@ -243,23 +227,15 @@ def _check_forward(model: E2CLIPModel) -> None:
             raise ValueError(f"the converted model gives non-finite {name}.")
 
 
-def _int_list(text: str) -> list[int]:
-    return [int(part) for part in text.split(",") if part.strip()]
-
-
-def _name_list(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", required=True, help="the authors' .pth / .pth.tar / .pt file")
     parser.add_argument("--output-dir", required=True, help="folder to write the Hub-ready model to")
     parser.add_argument(
-        "--entities", type=_name_list, help="entity names in checkpoint order (default: the reference's)"
+        "--entities", type=name_list, help="entity names in checkpoint order (default: the reference's)"
     )
     parser.add_argument("--vision-heads", type=int, help="vision attention heads (default: width // 64)")
     parser.add_argument("--text-heads", type=int, help="text attention heads (default: width // 64)")
-    parser.add_argument("--fusion-layers", type=_int_list, help="0-based layers followed by fusion (default: 7,10)")
+    parser.add_argument("--fusion-layers", type=int_list, help="0-based layers followed by fusion (default: 7,10)")
     parser.add_argument(
         "--tokenizer", help="tokenizer (Hub id or folder) to save with the model, e.g. openai/clip-vit-base-patch32"
     )

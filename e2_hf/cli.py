@@ -11,7 +11,7 @@ import json
 import sys
 from collections.abc import Callable
 
-from .conversion import convert_original_e2
+from .conversion import convert_clip_to_e2, convert_original_e2
 
 
 def _count_params(args: argparse.Namespace) -> None:
@@ -41,6 +41,11 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
         "convert a checkpoint of the E2 authors' code to a Hub-ready folder",
         convert_original_e2.add_arguments,
         convert_original_e2.run,
+    ),
+    "init-from-clip": (
+        "turn a CLIP checkpoint (transformers, OpenAI or open_clip files) into a Hub-ready E2 folder",
+        convert_clip_to_e2.add_arguments,
+        convert_clip_to_e2.run,
     ),
     "count-params": ("print the parameters E2 adds to CLIP and their share", _add_count_params, _count_params),
 }

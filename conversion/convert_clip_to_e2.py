@@ -1,0 +1,291 @@
+"""Turn a CLIP checkpoint into a Hub-ready E2 folder (model, tokenizer, image processor).
+
+    e2-hf init-from-clip --clip openai/clip-vit-base-patch32 --output-dir e2-base
+    e2-hf init-from-clip --clip ViT-B-32.pt --tokenizer openai/clip-vit-base-patch32 --output-dir e2-base
+
+Sources:
+- a transformers CLIP checkpoint: a Hub id (`openai/clip-vit-base-patch32`,
+  `patrickjohncyh/fashion-clip`) or a local folder; its tokenizer and image processor come along;
+- an OpenAI-layout state dict: OpenAI's own TorchScript `.pt` archives, open_clip `.bin` /
+  `.pt` / `.safetensors` files of OpenAI-style ViTs; `--tokenizer` names the tokenizer.
+
+Before saving, the converted model's text embeddings are compared with the source CLIP's on
+sample inputs (transformers' `CLIPModel` with the source weights; for TorchScript archives also
+the archive's own `encode_text`), and the new parameters are listed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from e2_hf.modeling import E2CLIPConfig, E2CLIPModel, E2CLIPProcessor
+from e2_hf.parameters import count_new_parameters
+
+from .common import int_list, name_list, processor_with_tokenizer
+from .openai_layout import convert_clip_key, infer_clip_sizes, strip_prefixes
+
+# Non-weight entries of OpenAI's archives (sizes stored as tensors) and open_clip buffers.
+OPENAI_NON_WEIGHT_KEYS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
+WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+TEXT_CHECK_TOLERANCE = 1e-4
+
+
+# ------------------------------------------------------------------------------------ reading
+def is_torchscript_archive(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.split("/", 1)[-1].startswith("code/") for name in archive.namelist())
+
+
+def load_openai_layout(path: str | Path) -> tuple[dict[str, torch.Tensor], Any]:
+    """Reads an OpenAI-layout CLIP file: `(state_dict, torchscript_module_or_None)`.
+
+    TorchScript archives are read with `torch.jit.load` (TorchScript code, no Python pickles);
+    everything else with safetensors or `torch.load(weights_only=True)`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"CLIP weights not found: {path}")
+    scripted = None
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state_dict = load_file(path)
+    elif is_torchscript_archive(path):
+        scripted = torch.jit.load(str(path), map_location="cpu").eval()
+        state_dict = dict(scripted.state_dict())
+    else:
+        try:
+            state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:
+            raise ValueError(
+                f"{path}: refusing to load; it holds pickled objects beyond tensors, so it cannot be read with "
+                f"torch.load(weights_only=True). Details: {error}"
+            ) from None
+        if isinstance(state_dict, dict) and "state_dict" in state_dict:
+            state_dict = state_dict["state_dict"]
+    state_dict = strip_prefixes(state_dict, ("module.",))
+    state_dict = {key: value for key, value in state_dict.items() if key not in OPENAI_NON_WEIGHT_KEYS}
+    return state_dict, scripted
+
+
+def convert_openai_clip(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """OpenAI-layout CLIP -> transformers CLIP names; any key outside the table is an error."""
+    converted, unknown = {}, []
+    for key, tensor in state_dict.items():
+        mapped = convert_clip_key(key, tensor)
+        if mapped is None:
+            unknown.append(key)
+        else:
+            converted.update(mapped)
+    if unknown:
+        raise ValueError(f"keys outside OpenAI's CLIP layout (is this an OpenAI-style ViT CLIP?): {sorted(unknown)}")
+    return converted
+
+
+def openai_clip_config(
+    state_dict: dict[str, torch.Tensor], vision_heads: int | None = None, text_heads: int | None = None
+) -> dict[str, Any]:
+    """transformers CLIPConfig fields for an OpenAI-layout state dict (heads: `width // 64`)."""
+    if "visual.proj" not in state_dict:
+        raise ValueError("not an OpenAI-style ViT CLIP: no visual.proj (ResNet CLIPs are not supported).")
+    sizes = infer_clip_sizes(state_dict)
+    return {
+        "text_config": {
+            "vocab_size": sizes.vocab_size,
+            "hidden_size": sizes.text_width,
+            "intermediate_size": sizes.text_intermediate,
+            "num_hidden_layers": sizes.text_layers,
+            "num_attention_heads": text_heads or sizes.text_width // 64,
+            "max_position_embeddings": sizes.context_length,
+            "projection_dim": sizes.projection_dim,
+            # CLIP's tokenizer: start and end tokens are the two highest ids; it pads with the end token.
+            "bos_token_id": sizes.vocab_size - 2,
+            "eos_token_id": sizes.vocab_size - 1,
+            "pad_token_id": sizes.vocab_size - 1,
+        },
+        "vision_config": {
+            "hidden_size": sizes.vision_width,
+            "intermediate_size": sizes.vision_intermediate,
+            "num_hidden_layers": sizes.vision_layers,
+            "num_attention_heads": vision_heads or sizes.vision_width // 64,
+            "image_size": sizes.image_size,
+            "patch_size": sizes.patch_size,
+            "projection_dim": sizes.projection_dim,
+        },
+        "projection_dim": sizes.projection_dim,
+    }
+
+
+# ------------------------------------------------------------------------------------ building
+def clip_reference_model(clip_fields: dict[str, Any], clip_state_dict: dict[str, torch.Tensor]):
+    """transformers' own CLIPModel holding the source weights: the reference for the text check."""
+    from transformers import CLIPConfig, CLIPModel
+
+    clip = CLIPModel(CLIPConfig(**clip_fields)).eval()
+    incompatible = clip.load_state_dict(clip_state_dict, strict=False)
+    missing = [key for key in incompatible.missing_keys if not key.endswith("position_ids")]
+    if missing or incompatible.unexpected_keys:
+        raise ValueError(
+            f"the source weights do not fill a CLIPModel: missing {missing}, extra {incompatible.unexpected_keys}"
+        )
+    return clip
+
+
+def sample_token_ids(config: E2CLIPConfig, batch_size: int = 4, length: int = 12) -> torch.Tensor:
+    """Deterministic token sequences `[start, ..., end, end padding]` of several lengths."""
+    text = config.text_config
+    generator = torch.Generator().manual_seed(0)
+    length = min(length, text.max_position_embeddings)
+    input_ids = torch.randint(1, text.vocab_size - 2, (batch_size, length), generator=generator)
+    input_ids[:, 0] = text.bos_token_id
+    for row in range(batch_size):
+        end = max(2, length - 1 - 2 * row)
+        input_ids[row, end:] = text.eos_token_id
+    return input_ids
+
+
+@torch.no_grad()
+def check_text_embeddings(model: E2CLIPModel, references: dict[str, Any]) -> dict[str, float]:
+    """Max abs difference of E2's text embeddings and each reference's; raises past the tolerance."""
+    input_ids = sample_token_ids(model.config)
+    ours, _ = model._text_embeds(input_ids)
+    differences = {}
+    for name, encode in references.items():
+        theirs = encode(input_ids)
+        theirs = theirs.pooler_output if hasattr(theirs, "pooler_output") else theirs
+        differences[name] = float((ours - theirs.float()).abs().max())
+        if differences[name] > TEXT_CHECK_TOLERANCE:
+            raise ValueError(
+                f"text embeddings differ from {name} by {differences[name]:.2e} (tolerance {TEXT_CHECK_TOLERANCE}); "
+                "the conversion is wrong, nothing was saved."
+            )
+    return differences
+
+
+def init_from_clip(
+    clip: str | Path,
+    output_dir: str | Path | None = None,
+    tokenizer: str | None = None,
+    projection_init: str = "clip",
+    vision_heads: int | None = None,
+    text_heads: int | None = None,
+    **config_overrides: Any,
+) -> tuple[E2CLIPModel, E2CLIPProcessor | None, dict[str, float]]:
+    """Builds E2 from `clip`, checks its text embeddings against the source, saves it with its
+    processor to `output_dir` (when given). Returns the model, the processor and the check's
+    max abs differences."""
+    source = Path(clip)
+    if source.is_file() or source.suffix in WEIGHT_SUFFIXES:
+        if tokenizer is None:
+            raise ValueError(f"{source} holds weights only: name its tokenizer with --tokenizer.")
+        model, references = _from_openai_file(source, projection_init, vision_heads, text_heads, config_overrides)
+        processor = processor_with_tokenizer(tokenizer, model.config)
+    else:
+        from transformers import CLIPModel
+
+        clip_model = CLIPModel.from_pretrained(str(clip)).eval()
+        config = E2CLIPConfig.from_clip_config(clip_model.config, **config_overrides)
+        model = E2CLIPModel.from_clip_state_dict(config, clip_model.state_dict(), projection_init, source=str(clip))
+        references = {f"transformers CLIPModel({clip})": lambda ids: clip_model.get_text_features(input_ids=ids)}
+        if tokenizer is None:
+            processor = E2CLIPProcessor.from_pretrained(str(clip), entities=model.config.entities)
+        else:
+            processor = processor_with_tokenizer(tokenizer, model.config)
+    model.eval()
+    differences = check_text_embeddings(model, references)
+    if output_dir is not None:
+        model.save_pretrained(output_dir)
+        processor.save_pretrained(output_dir)
+    return model, processor, differences
+
+
+def _from_openai_file(source, projection_init, vision_heads, text_heads, config_overrides):
+    state_dict, scripted = load_openai_layout(source)
+    clip_fields = openai_clip_config(state_dict, vision_heads, text_heads)
+    clip_state_dict = convert_openai_clip(state_dict)
+    config = E2CLIPConfig(**clip_fields, **config_overrides)
+    model = E2CLIPModel.from_clip_state_dict(config, clip_state_dict, projection_init, source=str(source))
+    clip = clip_reference_model(clip_fields, clip_state_dict)
+    references = {"transformers CLIPModel with the same weights": lambda ids: clip.get_text_features(input_ids=ids)}
+    if scripted is not None and hasattr(scripted, "encode_text"):
+        references[f"{source.name}'s own encode_text"] = scripted.encode_text
+    return model, references
+
+
+# ------------------------------------------------------------------------------------ command line
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--clip", required=True, help="transformers CLIP (Hub id or folder) or an OpenAI-layout file")
+    parser.add_argument("--output-dir", required=True, help="folder to write the Hub-ready E2 model to")
+    parser.add_argument("--tokenizer", help="tokenizer (Hub id or folder); required for OpenAI-layout files")
+    parser.add_argument(
+        "--projection-init",
+        choices=("clip", "random"),
+        default="clip",
+        help="entity and global projections start from CLIP's visual projection, or random",
+    )
+    parser.add_argument("--vision-heads", type=int, help="OpenAI-layout files: vision heads (default width // 64)")
+    parser.add_argument("--text-heads", type=int, help="OpenAI-layout files: text heads (default width // 64)")
+    overrides = parser.add_argument_group("E2 config overrides (default: E2CLIPConfig's)")
+    overrides.add_argument("--entities", type=name_list, help="entity names, e.g. brand,season,subcategory,composition")
+    overrides.add_argument("--tokens-per-entity", type=int_list, help="one count for all, or one per entity")
+    overrides.add_argument("--fusion-layers", type=int_list, help="0-based vision layers followed by a fusion block")
+    overrides.add_argument("--region-loss", choices=("clip", "multi_positive"))
+    overrides.add_argument("--gumbel-tau", type=float)
+    overrides.add_argument("--keep-patches", action="store_true", help="do not drop patches after the last fusion")
+    return parser
+
+
+def config_overrides_from(args: argparse.Namespace) -> dict[str, Any]:
+    overrides = {
+        "entities": args.entities,
+        "fusion_layers": args.fusion_layers,
+        "region_loss": args.region_loss,
+        "gumbel_tau": args.gumbel_tau,
+    }
+    if args.tokens_per_entity is not None:
+        counts = args.tokens_per_entity
+        overrides["tokens_per_entity"] = counts[0] if len(counts) == 1 else counts
+    if args.keep_patches:
+        overrides["drop_patches_after_fusion"] = False
+    return {key: value for key, value in overrides.items() if value is not None}
+
+
+def run(args: argparse.Namespace) -> None:
+    model, _, differences = init_from_clip(
+        args.clip,
+        args.output_dir,
+        tokenizer=args.tokenizer,
+        projection_init=args.projection_init,
+        vision_heads=args.vision_heads,
+        text_heads=args.text_heads,
+        **config_overrides_from(args),
+    )
+    for reference, difference in differences.items():
+        print(f"text embeddings match {reference}: max abs difference {difference:.2e}")
+    report = count_new_parameters(model)
+    print(f"new parameters ({report.e2_new_parameters:,}, {100 * report.share_of_clip:.2f}% of CLIP's):")
+    shapes = dict(model.named_parameters())
+    for name in model.e2_parameter_names():
+        print(f"  {name} {tuple(shapes[name].shape)}")
+    print(f"saved E2 (entities: {', '.join(model.config.entities)}) to {args.output_dir}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = add_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    try:
+        run(parser.parse_args(argv))
+    except (ValueError, FileNotFoundError, OSError) as error:
+        sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    main()
