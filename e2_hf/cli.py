@@ -11,7 +11,7 @@ import json
 import sys
 from collections.abc import Callable
 
-from .conversion import convert_clip_to_e2, convert_original_e2
+from .conversion import convert_clip_to_e2, convert_original_e2, push_to_hub
 
 
 def _count_params(args: argparse.Namespace) -> None:
@@ -46,6 +46,11 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
         "turn a CLIP checkpoint (transformers, OpenAI or open_clip files) into a Hub-ready E2 folder",
         convert_clip_to_e2.add_arguments,
         convert_clip_to_e2.run,
+    ),
+    "push": (
+        "validate a saved E2 folder, publish it to the Hub with a model card, and verify the upload",
+        push_to_hub.add_arguments,
+        push_to_hub.run,
     ),
     "count-params": ("print the parameters E2 adds to CLIP and their share", _add_count_params, _count_params),
 }

@@ -68,9 +68,13 @@ def test_openai_layout_files_become_clip_exact_e2(kind, openai_files, openai_cli
 def test_openai_file_to_a_hub_ready_e2_folder(openai_files, tiny_processor, tokenizer_dir, tmp_path):
     output_dir = tmp_path / "e2"
     model, processor, _ = init_from_clip(
-        openai_files["safetensors"], output_dir, tokenizer=str(tokenizer_dir),
-        entities=["brand", "season"], fusion_layers=[1], **HEADS,
-    )  # fmt: skip
+        openai_files["safetensors"],
+        output_dir,
+        tokenizer=str(tokenizer_dir),
+        entities=["brand", "season"],
+        fusion_layers=[1],
+        **HEADS,
+    )
     loaded = AutoModel.from_pretrained(output_dir, trust_remote_code=True).eval()
     loaded_processor = AutoProcessor.from_pretrained(output_dir, trust_remote_code=True)
     assert loaded_processor.entities == ["brand", "season"]
@@ -116,10 +120,27 @@ def test_bad_sources_fail_clearly(openai_files, openai_clip, tmp_path, tokenizer
 
 def test_command_line(openai_files, tokenizer_dir, tmp_path):
     command = [
-        sys.executable, "-m", "e2_hf.cli", "init-from-clip", "--clip", str(openai_files["open_clip_bin"]),
-        "--tokenizer", str(tokenizer_dir), "--output-dir", str(tmp_path / "e2"), "--vision-heads", "4",
-        "--text-heads", "4", "--entities", "brand,season", "--tokens-per-entity", "1,3", "--fusion-layers", "1",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "e2_hf.cli",
+        "init-from-clip",
+        "--clip",
+        str(openai_files["open_clip_bin"]),
+        "--tokenizer",
+        str(tokenizer_dir),
+        "--output-dir",
+        str(tmp_path / "e2"),
+        "--vision-heads",
+        "4",
+        "--text-heads",
+        "4",
+        "--entities",
+        "brand,season",
+        "--tokens-per-entity",
+        "1,3",
+        "--fusion-layers",
+        "1",
+    ]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr
     assert "text embeddings match transformers CLIPModel" in completed.stdout

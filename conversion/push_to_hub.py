@@ -1,0 +1,397 @@
+"""Publish a saved E2 folder to the Hugging Face Hub, then check what was published.
+
+    e2-hf push --model e2-fashion --repo-id my-org/e2-fashion [--private] [--revision BRANCH]
+               [--commit-message MSG] [--metrics metrics.json] [--base-model ID] [--license ID]
+
+1. Validate the folder: every file present, weights in safetensors only, no absolute local
+   path in any text file, and it loads with `trust_remote_code=True` in a fresh process.
+2. Render `model_card.md` into the repo's README.md (metadata, model-index from `--metrics`).
+3. Upload with huggingface_hub in one commit (`create_repo(exist_ok=True)`, `upload_folder`).
+   A failed upload leaves the remote repo at its previous commit; an unchanged folder makes no
+   commit.
+4. Download the repo into a fresh cache in a fresh process and check its outputs equal the local
+   model's.
+
+The token comes only from huggingface_hub's own mechanisms (`HF_TOKEN`, `hf auth login`) and is
+never written anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+CODE_FILES = ("configuration_e2clip.py", "modeling_e2clip.py", "processing_e2clip.py")
+REQUIRED_FILES = (
+    "config.json",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "tokenizer_config.json",
+    *CODE_FILES,
+)
+TOKENIZER_FILE_SETS = (("vocab.json", "merges.txt"), ("tokenizer.json",))
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".pth.tar")
+TEXT_SUFFIXES = (".json", ".txt", ".md", ".py", ".yaml", ".yml")
+OUTPUT_TOLERANCE = 1e-5
+CARD_TEMPLATE = "model_card.md"
+
+# Run in a fresh interpreter where this project is not importable: the folder or repo must stand
+# on its own (torch + transformers + its code files).
+EMBED_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    for name in ("e2_hf", "modeling", "conversion"):
+        sys.modules[name] = None
+    import numpy as np
+    import torch
+    from PIL import Image
+    from transformers import AutoModel, AutoProcessor
+
+    source, revision, output = sys.argv[1], sys.argv[2] or None, sys.argv[3]
+    model = AutoModel.from_pretrained(source, revision=revision, trust_remote_code=True).eval()
+    processor = AutoProcessor.from_pretrained(source, revision=revision, trust_remote_code=True)
+    ramp = np.linspace(0, 255, 64 * 64 * 3).reshape(64, 64, 3).astype(np.uint8)
+    images = [Image.fromarray(ramp), Image.fromarray(ramp[::-1].copy())]
+    tags = [{entity: f"sample {entity}" for entity in processor.entities} for _ in images]
+    inputs = processor(text=["a black leather jacket", "a red silk dress"], images=images, tags=tags or None)
+    with torch.no_grad():
+        outputs = model(**inputs, return_loss=True)
+    result = {name: outputs[name].tolist() for name in ("image_embeds", "text_embeds", "region_embeds", "loss")
+              if outputs[name] is not None}
+    json.dump(result, open(output, "w"))
+    """
+)
+
+
+class PushError(RuntimeError):
+    """A push that could not be completed; the message says what happened to the remote repo."""
+
+
+@dataclass
+class PushResult:
+    repo_url: str
+    commit: str
+    changed: bool
+    max_difference: float
+
+
+# ------------------------------------------------------------------------------------ validation
+def validate_model_folder(folder: str | Path) -> None:
+    """Raises `ValueError` naming every problem of the folder (files, weights, local paths)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"{folder} is not a folder")
+    names = {path.name for path in folder.iterdir() if path.is_file()}
+    problems = [f"missing {name}" for name in REQUIRED_FILES if name not in names]
+    if not any(all(name in names for name in file_set) for file_set in TOKENIZER_FILE_SETS):
+        problems.append("missing the tokenizer (vocab.json + merges.txt, or tokenizer.json)")
+    if not any(name in names for name in WEIGHT_FILES):
+        problems.append("missing model.safetensors: the weights must be in safetensors")
+    problems += [
+        f"{name}: pickled weights are not published, use safetensors"
+        for name in sorted(names)
+        if name.endswith(PICKLE_SUFFIXES)
+    ]
+    problems += [f"{path.name} contains the local path {leak}" for path, leak in _local_path_leaks(folder)]
+    if problems:
+        raise ValueError(f"{folder} cannot be published: " + "; ".join(problems))
+
+
+def _local_path_leaks(folder: Path) -> list[tuple[Path, str]]:
+    """Text files that mention this machine's paths (the folder, its parents, the home folder)."""
+    resolved = folder.resolve()
+    needles = {str(resolved), str(resolved.parent)}
+    home = Path.home()
+    if str(home) not in ("/", ""):
+        needles.add(str(home) + "/")
+    leaks = []
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.name.endswith(TEXT_SUFFIXES):
+            text = path.read_text(encoding="utf-8", errors="ignore")
+            leaks += [(path, needle) for needle in sorted(needles) if needle in text]
+    return leaks
+
+
+def fresh_process_outputs(source: str, revision: str | None = None, env: dict[str, str] | None = None) -> dict:
+    """Loads `source` (folder or repo id) as remote code in a fresh interpreter; its outputs on
+    fixed sample inputs."""
+    with tempfile.TemporaryDirectory() as scratch:
+        script, output = Path(scratch) / "embed.py", Path(scratch) / "outputs.json"
+        script.write_text(EMBED_SCRIPT)
+        completed = subprocess.run(
+            [sys.executable, str(script), source, revision or "", str(output)],
+            cwd=scratch,
+            env={**os.environ, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        if completed.returncode != 0:
+            raise ValueError(
+                f"{source} does not load with trust_remote_code=True in a fresh process:\n{completed.stderr[-2000:]}"
+            )
+        return json.loads(output.read_text())
+
+
+def max_difference(first: dict, second: dict) -> float:
+    import torch
+
+    if first.keys() != second.keys():
+        raise ValueError(f"outputs differ in kind: {sorted(first)} vs {sorted(second)}")
+    return max(float((torch.tensor(first[key]) - torch.tensor(second[key])).abs().max()) for key in first)
+
+
+# ------------------------------------------------------------------------------------ model card
+def load_card_template() -> str:
+    return resources.files("e2_hf.conversion").joinpath(CARD_TEMPLATE).read_text(encoding="utf-8")
+
+
+def eval_results(metrics: dict[str, Any], dataset_name: str) -> list:
+    """`model-index` entries from an `e2-hf evaluate` file or a demo report (its `"e2"` part)."""
+    from huggingface_hub import EvalResult
+
+    metrics = metrics.get("e2", metrics)
+    results = []
+    for protocol in ("full", "sample100"):
+        if protocol not in metrics:
+            continue
+        block = metrics[protocol]
+        for direction in ("image_to_text", "text_to_image"):
+            for k, value in block.get(direction, {}).items():
+                results.append(
+                    EvalResult(
+                        task_type="image-text-retrieval",
+                        task_name="Image-text retrieval",
+                        dataset_type=dataset_name.lower().replace(" ", "-"),
+                        dataset_name=dataset_name,
+                        metric_type=f"recall@{k.split('@')[-1]}",
+                        metric_name=f"{protocol} {direction} {k}",
+                        metric_value=float(value),
+                    )
+                )
+        if "sumr" in block:
+            results.append(
+                EvalResult(
+                    task_type="image-text-retrieval",
+                    task_name="Image-text retrieval",
+                    dataset_type=dataset_name.lower().replace(" ", "-"),
+                    dataset_name=dataset_name,
+                    metric_type="sumr",
+                    metric_name=f"{protocol} SumR",
+                    metric_value=float(block["sumr"]),
+                )
+            )
+    return results
+
+
+def render_model_card(
+    folder: str | Path,
+    repo_id: str,
+    metrics: dict[str, Any] | None = None,
+    base_model: str | None = None,
+    license: str | None = None,
+    datasets: list[str] | None = None,
+    dataset_name: str = "evaluation set",
+) -> str:
+    """The repo's README.md: `model_card.md` with metadata, model-index and the model's facts."""
+    from huggingface_hub import ModelCardData
+
+    from e2_hf.modeling import E2CLIPConfig
+    from e2_hf.parameters import count_for_config
+
+    folder = Path(folder)
+    config = E2CLIPConfig.from_pretrained(folder)
+    model_name = repo_id.split("/")[-1]
+    card_data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag="zero-shot-image-classification",
+        tags=["e2", "clip", "fashion", "custom_code"],
+        base_model=base_model,
+        datasets=datasets or None,
+        license=license,
+        inference=False,
+        model_name=model_name,
+        eval_results=eval_results(metrics, dataset_name) if metrics else None,
+    )
+    report = count_for_config(config)
+    values = {
+        "card_data": card_data.to_yaml(),
+        "model_name": model_name,
+        "repo_id": repo_id,
+        "entities": ", ".join(config.entities) or "none (plain CLIP)",
+        "tokens_per_entity": ", ".join(str(count) for count in config.tokens_per_entity) or "0",
+        "fusion_layers": ", ".join(str(index) for index in config.fusion_layers),
+        "parameter_summary": f"{report.clip_parameters:,} CLIP parameters + {report.e2_new_parameters:,} added by E2 "
+        f"({100 * report.share_of_clip:.2f}%)",
+        "training": _training_section(folder),
+        "evaluation": _evaluation_section(metrics, dataset_name),
+    }
+    card = load_card_template()
+    for key, value in values.items():
+        card = card.replace("{{ " + key + " }}", value)
+    if "{{" in card:
+        raise ValueError(f"the model card template has unknown placeholders: {card[card.index('{{') :][:60]}")
+    return card
+
+
+def _training_section(folder: Path) -> str:
+    arguments = folder / "training_args.json"
+    if not arguments.exists():
+        return (
+            "No training record (`training_args.json`) was published with this model. The E2 recipe: a "
+            "warm-up of the new parameters, then all parameters, with the global and region contrastive losses."
+        )
+    settings = json.loads(arguments.read_text())
+    rows = "\n".join(f"| {key} | {json.dumps(value)} |" for key, value in sorted(settings.items()))
+    return f"Training settings (`training_args.json`):\n\n| setting | value |\n| --- | --- |\n{rows}"
+
+
+def _evaluation_section(metrics: dict[str, Any] | None, dataset_name: str) -> str:
+    if not metrics:
+        return "No evaluation results were published with this model."
+    metrics = metrics.get("e2", metrics)
+    lines = [
+        f"Retrieval on {dataset_name}, recalls in percent:",
+        "",
+        "| protocol | direction | R@1 | R@5 | R@10 |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
+    for protocol in ("full", "sample100"):
+        for direction in ("image_to_text", "text_to_image"):
+            row = metrics.get(protocol, {}).get(direction)
+            if row:
+                cells = " | ".join(f"{row.get(k, float('nan')):.2f}" for k in ("R@1", "R@5", "R@10"))
+                lines.append(f"| {protocol} | {direction.replace('_', ' ')} | {cells} |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------ pushing
+def push_to_hub(
+    model_dir: str | Path,
+    repo_id: str,
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str = "Upload E2 model",
+    metrics: dict[str, Any] | None = None,
+    base_model: str | None = None,
+    license: str | None = None,
+    datasets: list[str] | None = None,
+    dataset_name: str = "evaluation set",
+    log=print,
+) -> PushResult:
+    """Validates, uploads in one commit, and verifies `model_dir` as `repo_id` (see module doc)."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    model_dir = Path(model_dir)
+    validate_model_folder(model_dir)
+    log(f"validated {model_dir}: files, safetensors weights, no local paths")
+    local_outputs = fresh_process_outputs(str(model_dir.resolve()))
+    log("loads with trust_remote_code=True in a fresh process")
+    card = render_model_card(model_dir, repo_id, metrics, base_model, license, datasets, dataset_name)
+
+    api = HfApi()
+    branch = revision or "main"
+    with tempfile.TemporaryDirectory() as staging:
+        _stage(model_dir, Path(staging), card)
+        try:
+            repo_url = api.create_repo(repo_id, private=private, exist_ok=True)
+            if branch != "main":
+                api.create_branch(repo_id, branch=branch, exist_ok=True)
+            head_before = api.repo_info(repo_id, revision=branch).sha
+        except HfHubHTTPError as error:
+            raise PushError(f"cannot prepare {repo_id}@{branch} on {api.endpoint}: {error}") from error
+        try:
+            commit = api.upload_folder(
+                repo_id=repo_id, folder_path=staging, revision=branch, commit_message=commit_message
+            )
+        except (HfHubHTTPError, OSError) as error:
+            head_now = _head_or_none(api, repo_id, branch)
+            state = "unchanged" if head_now == head_before else f"now at {head_now}"
+            raise PushError(
+                f"upload to {repo_id}@{branch} failed: {error}\nThe remote repo is {state} "
+                f"(it was at {head_before}); nothing was half-committed, since the upload is one commit."
+            ) from error
+    changed = commit.oid != head_before
+    log(f"committed {commit.oid} to {repo_id}@{branch}" if changed else "nothing changed: no commit was made")
+
+    with tempfile.TemporaryDirectory() as fresh_cache:
+        remote_outputs = fresh_process_outputs(
+            repo_id, branch, env={"HF_HUB_CACHE": fresh_cache, "HF_MODULES_CACHE": os.path.join(fresh_cache, "modules")}
+        )
+    difference = max_difference(local_outputs, remote_outputs)
+    if difference > OUTPUT_TOLERANCE:
+        raise PushError(f"{repo_id}@{branch} was uploaded, but its outputs differ from the local ones by {difference}")
+    log(f"verified: {repo_id}@{branch} in a fresh cache gives the local model's outputs (max diff {difference:.1e})")
+    return PushResult(str(repo_url), commit.oid, changed, difference)
+
+
+def _stage(model_dir: Path, staging: Path, card: str) -> None:
+    for path in model_dir.iterdir():
+        if path.is_file() and path.name != "README.md":
+            shutil.copy2(path, staging / path.name)
+    (staging / "README.md").write_text(card, encoding="utf-8")
+
+
+def _head_or_none(api, repo_id: str, branch: str) -> str | None:
+    try:
+        return api.repo_info(repo_id, revision=branch).sha
+    except Exception:  # the repo may be unreachable: report what is known
+        return None
+
+
+# ------------------------------------------------------------------------------------ command line
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--model", required=True, help="a folder written by save_pretrained (model + processor)")
+    parser.add_argument("--repo-id", required=True, help="namespace/name on the Hub")
+    parser.add_argument("--private", action="store_true", help="create the repo private")
+    parser.add_argument("--revision", help="branch to push to (created from main if missing; default main)")
+    parser.add_argument("--commit-message", default="Upload E2 model")
+    parser.add_argument("--metrics", help="metrics JSON from `e2-hf evaluate` or the demo's report.json")
+    parser.add_argument("--dataset-name", default="evaluation set", help="name of the evaluation data in the card")
+    parser.add_argument("--base-model", help="Hub id of the model this one was trained from")
+    parser.add_argument("--license", help="license id for the card, e.g. mit or apache-2.0")
+    parser.add_argument("--dataset", action="append", dest="datasets", help="training dataset id (repeatable)")
+    return parser
+
+
+def run(args: argparse.Namespace) -> None:
+    metrics = json.loads(Path(args.metrics).read_text()) if args.metrics else None
+    try:
+        push_to_hub(
+            args.model,
+            args.repo_id,
+            private=args.private,
+            revision=args.revision,
+            commit_message=args.commit_message,
+            metrics=metrics,
+            base_model=args.base_model,
+            license=args.license,
+            datasets=args.datasets,
+            dataset_name=args.dataset_name,
+        )
+    except PushError as error:
+        raise ValueError(str(error)) from None
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = add_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    try:
+        run(parser.parse_args(argv))
+    except (ValueError, FileNotFoundError, OSError) as error:
+        sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    main()
