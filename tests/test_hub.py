@@ -237,10 +237,14 @@ def test_model_push_to_hub_and_missing_repos(hub, model_dir, tmp_path):
         import sys
         from huggingface_hub import hf_hub_download, model_info
         from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
-        from e2_hf import E2CLIPModel
+        from transformers import AutoProcessor
+        from e2_hf import E2CLIPModel, E2CLIPProcessor
 
         model = E2CLIPModel.from_pretrained({str(model_dir)!r})
         model.push_to_hub("tester/e2-pushed")
+        E2CLIPProcessor.from_pretrained({str(model_dir)!r}).push_to_hub("tester/e2-pushed")
+        processor = AutoProcessor.from_pretrained("tester/e2-pushed", trust_remote_code=True)
+        assert processor.entities == ["brand", "season", "subcategory", "composition"], processor
         assert "modeling_e2clip.py" in [s.rfilename for s in model_info("tester/e2-pushed").siblings]
         reloaded = E2CLIPModel.from_pretrained("tester/e2-pushed")
         assert all((a == b).all() for a, b in zip(model.state_dict().values(), reloaded.state_dict().values()))
