@@ -89,6 +89,12 @@ class E2CLIPOutput(ModelOutput):
             L2-normalised projected global image embeddings.
         region_embeds (`torch.FloatTensor` of shape `(batch_size, num_entities, projection_dim)`):
             L2-normalised projected regional embedding of each entity.
+        tag_embeds (`torch.FloatTensor` of shape `(batch_size, num_entities, projection_dim)`, *optional*):
+            L2-normalised text embeddings of the tags (given `tag_input_ids`); zeros where missing.
+        tag_present (`torch.BoolTensor` of shape `(batch_size, num_entities)`, *optional*):
+            Which tags are present.
+        tag_groups (`torch.LongTensor` of shape `(batch_size, num_entities)`, *optional*):
+            Equal for equal tag texts (a hash of the tokens), -1 where missing.
         selection_indices (`torch.LongTensor` of shape `(batch_size, num_fusion_blocks, num_selection_tokens)`):
             The patch each selection token chose in each fusion block.
         text_model_output (`BaseModelOutputWithPooling`):
@@ -105,6 +111,9 @@ class E2CLIPOutput(ModelOutput):
     text_embeds: torch.FloatTensor | None = None
     image_embeds: torch.FloatTensor | None = None
     region_embeds: torch.FloatTensor | None = None
+    tag_embeds: torch.FloatTensor | None = None
+    tag_present: torch.BoolTensor | None = None
+    tag_groups: torch.LongTensor | None = None
     selection_indices: torch.LongTensor | None = None
     text_model_output: BaseModelOutputWithPooling | None = None
     vision_model_output: E2CLIPVisionOutput | None = None
@@ -654,9 +663,10 @@ class E2CLIPModel(E2CLIPPreTrainedModel):
                 mask is all zero is missing.
 
         Returns:
-            tag_embeds `[batch, num_entities, projection_dim]` (zeros where missing),
-            tag_present `[batch, num_entities]` bool, and tag_groups `[batch, num_entities]`:
-            equal ids for equal tag texts, -1 where missing.
+            tag_embeds `[batch, num_entities, projection_dim]` (unnormalised, zeros where
+            missing), tag_present `[batch, num_entities]` bool, and tag_groups
+            `[batch, num_entities]`: a hash of the tag's tokens, equal for equal tag texts on every
+            process (so groups stay comparable after gathering across ranks), -1 where missing.
         """
         batch_size, num_entities, _ = tag_input_ids.shape
         token_ids = tag_input_ids.reshape(batch_size * num_entities, -1)
@@ -681,7 +691,7 @@ class E2CLIPModel(E2CLIPPreTrainedModel):
 
         tag_embeds = tag_embeds.to(unique_embeds.dtype)
         tag_embeds[present] = unique_embeds[groups]
-        tag_groups[present] = groups
+        tag_groups[present] = _token_hash(unique_keys)[groups]
         return (
             tag_embeds.view(batch_size, num_entities, -1),
             present.view(batch_size, num_entities),
@@ -709,6 +719,9 @@ class E2CLIPModel(E2CLIPPreTrainedModel):
             tag_input_ids / tag_attention_mask: `[batch, num_entities, tag_length]`, entities in
                 `config.entities` order; an all-zero mask row marks a missing tag.
             return_loss: compute `loss`, `global_loss` and `region_loss`.
+
+        With tags, the output also holds `tag_embeds`, `tag_present` and `tag_groups` (see
+        `encode_tags`), so a training loop can compute the losses over several processes.
         """
         if input_ids is None and pixel_values is None:
             raise ValueError("E2CLIPModel needs input_ids, pixel_values or both.")
@@ -720,10 +733,14 @@ class E2CLIPModel(E2CLIPPreTrainedModel):
         if pixel_values is not None:
             image_embeds, vision_outputs = self._image_embeds(pixel_values, output_hidden_states)
             region_embeds = self._region_embeds(vision_outputs)
+        tag_embeds = tag_present = tag_groups = None
+        if tag_input_ids is not None and region_embeds is not None:
+            self._check_tags(tag_input_ids, tag_attention_mask, region_embeds.shape[0])
+            tag_embeds, tag_present, tag_groups = self.encode_tags(tag_input_ids, tag_attention_mask)
 
-        text_embeds, image_embeds, region_embeds = (
+        text_embeds, image_embeds, region_embeds, tag_embeds = (
             F.normalize(embeds, dim=-1) if embeds is not None else None
-            for embeds in (text_embeds, image_embeds, region_embeds)
+            for embeds in (text_embeds, image_embeds, region_embeds, tag_embeds)
         )
         logits_per_image = logits_per_text = None
         logit_scale = self.logit_scale.exp()
@@ -734,7 +751,7 @@ class E2CLIPModel(E2CLIPPreTrainedModel):
         loss = global_loss = region_loss = None
         if return_loss:
             global_loss, region_loss, loss = self._losses(
-                logits_per_text, region_embeds, tag_input_ids, tag_attention_mask, logit_scale
+                logits_per_text, region_embeds, tag_embeds, tag_present, tag_groups, logit_scale
             )
 
         output = E2CLIPOutput(
@@ -746,13 +763,16 @@ class E2CLIPModel(E2CLIPPreTrainedModel):
             text_embeds=text_embeds,
             image_embeds=image_embeds,
             region_embeds=region_embeds,
+            tag_embeds=tag_embeds,
+            tag_present=tag_present,
+            tag_groups=tag_groups,
             selection_indices=vision_outputs.selection_indices if vision_outputs is not None else None,
             text_model_output=text_outputs,
             vision_model_output=vision_outputs,
         )
         return output if return_dict else output.to_tuple()
 
-    def _losses(self, logits_per_text, region_embeds, tag_input_ids, tag_attention_mask, logit_scale):
+    def _losses(self, logits_per_text, region_embeds, tag_embeds, tag_present, tag_groups, logit_scale):
         if logits_per_text is None:
             raise ValueError("return_loss=True needs both input_ids and pixel_values.")
         if logits_per_text.shape[0] != logits_per_text.shape[1]:
@@ -762,9 +782,7 @@ class E2CLIPModel(E2CLIPPreTrainedModel):
             )
         global_loss = symmetric_contrastive_loss(logits_per_text)
         region_loss = None
-        if tag_input_ids is not None and region_embeds is not None:
-            self._check_tags(tag_input_ids, tag_attention_mask, region_embeds.shape[0])
-            tag_embeds, tag_present, tag_groups = self.encode_tags(tag_input_ids, tag_attention_mask)
+        if tag_embeds is not None:
             region_loss = region_contrastive_loss(
                 region_embeds, tag_embeds, tag_present, logit_scale, self.config.region_loss, tag_groups
             )
@@ -887,6 +905,18 @@ AUTO_MAP = {
     "AutoProcessor": "processing_e2clip.E2CLIPProcessor",
 }
 CODE_FILES = ("configuration_e2clip.py", "modeling_e2clip.py", "processing_e2clip.py")
+
+
+def _token_hash(keys: torch.Tensor) -> torch.Tensor:
+    """`[rows, length]` token ids (-1 = padding) -> `[rows]` non-negative int64 ids, equal for
+    equal rows: two 31-bit polynomial hashes side by side."""
+    modulus = 2_147_483_647  # 2**31 - 1
+    first = torch.zeros(keys.shape[0], dtype=torch.long, device=keys.device)
+    second = torch.zeros_like(first)
+    for column in keys.t():
+        first = (first * 1_000_003 + column + 2) % modulus
+        second = (second * 998_244_353 + column + 2) % modulus
+    return first * modulus + second
 
 
 def _copy_code_files(save_directory) -> None:
