@@ -12,6 +12,25 @@ import sys
 from collections.abc import Callable
 
 from .conversion import convert_clip_to_e2, convert_original_e2, push_to_hub
+from .training import cli as training_cli
+
+
+def _make_synthetic(args: argparse.Namespace) -> None:
+    from .synthetic import make_synthetic
+
+    summary = make_synthetic(args.output_dir, products=args.products, seed=args.seed, views=args.views,
+                             image_size=args.image_size, hard=args.hard, eval_fraction=args.eval_fraction)  # fmt: skip
+    print(json.dumps(summary, indent=2))
+
+
+def _add_make_synthetic(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--products", type=int, default=600)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--views", type=int, default=3, help="images per product")
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--hard", action="store_true", help="products collide on all but logo and trim")
+    parser.add_argument("--eval-fraction", type=float, default=0.2, help="share of products in validation")
 
 
 def _count_params(args: argparse.Namespace) -> None:
@@ -52,6 +71,12 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
         push_to_hub.add_arguments,
         push_to_hub.run,
     ),
+    "make-synthetic": (
+        "write a synthetic fashion catalog (FashionGen HDF5 + JSONL with PNGs)",
+        _add_make_synthetic,
+        _make_synthetic,
+    ),
+    "train": ("fine-tune E2 or the CLIP-FT baseline with Accelerate", training_cli.add_arguments, training_cli.run),
     "count-params": ("print the parameters E2 adds to CLIP and their share", _add_count_params, _count_params),
 }
 

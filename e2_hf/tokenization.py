@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
+from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
 START_TOKEN = "<|startoftext|>"
@@ -83,3 +86,63 @@ def build_clip_tokenizer(bpe_path: str | Path, output_dir: str | Path, context_l
 
     write_clip_tokenizer_files(read_merges(bpe_path), output_dir, context_length)
     return CLIPTokenizer.from_pretrained(str(output_dir))
+
+
+# CLIP's words: letters, single digits, or runs of other symbols (after lower-casing).
+WORD_PATTERN = re.compile(r"[^\W\d_]+|\d|[^\s\w]+|_+")
+
+
+def _byte_to_symbol() -> dict[int, str]:
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    order = printable + [byte for byte in range(256) if byte not in printable]
+    return dict(zip(order, byte_symbols()))
+
+
+def learn_bpe_merges(texts: Iterable[str], num_merges: int = 2000, min_count: int = 2) -> list[tuple[str, str]]:
+    """Learns CLIP-style BPE merges (byte symbols, `</w>` on the last symbol of a word) from texts.
+
+    Deterministic: the most frequent pair wins, ties broken by the pair itself. Stops early when no
+    pair occurs `min_count` times.
+    """
+    to_symbol = _byte_to_symbol()
+    words = Counter(word for text in texts for word in WORD_PATTERN.findall(" ".join(text.lower().split())))
+    vocabulary = {}
+    for word, count in words.items():
+        symbols = [to_symbol[byte] for byte in word.encode("utf-8")]
+        symbols[-1] += END_OF_WORD
+        vocabulary[tuple(symbols)] = count
+    merges = []
+    for _ in range(num_merges):
+        pairs: Counter = Counter()
+        for symbols, count in vocabulary.items():
+            for pair in zip(symbols, symbols[1:]):
+                pairs[pair] += count
+        if not pairs:
+            break
+        best, count = min(pairs.items(), key=lambda item: (-item[1], item[0]))
+        if count < min_count:
+            break
+        merges.append(best)
+        vocabulary = {_merge(symbols, best): count for symbols, count in vocabulary.items()}
+    return merges
+
+
+def _merge(symbols: tuple[str, ...], pair: tuple[str, str]) -> tuple[str, ...]:
+    merged, index = [], 0
+    while index < len(symbols):
+        if index + 1 < len(symbols) and (symbols[index], symbols[index + 1]) == pair:
+            merged.append(symbols[index] + symbols[index + 1])
+            index += 2
+        else:
+            merged.append(symbols[index])
+            index += 1
+    return tuple(merged)
+
+
+def build_tokenizer_from_texts(texts: Iterable[str], output_dir: str | Path, num_merges: int = 2000,
+                               context_length: int = CONTEXT_LENGTH):  # fmt: skip
+    """A CLIP-format tokenizer (vocab.json + merges.txt) learned from `texts`, offline."""
+    from transformers import CLIPTokenizerFast
+
+    write_clip_tokenizer_files(learn_bpe_merges(texts, num_merges), output_dir, context_length)
+    return CLIPTokenizerFast.from_pretrained(str(output_dir))

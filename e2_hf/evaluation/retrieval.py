@@ -1,0 +1,104 @@
+"""Retrieval metrics: full-candidate and sample-100 protocols (spec, section 4).
+
+Ranks come from chunked matrix products: memory is bounded by `chunk_size x N` scores, never a
+per-query sort. Tie rule: a candidate scoring exactly as the positive ranks ahead of it (the
+positive does not win a tie), so a degenerate model cannot score well by giving equal scores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+DIRECTIONS = ("image_to_text", "text_to_image")
+
+
+def positive_ranks(queries: torch.Tensor, candidates: torch.Tensor, chunk_size: int = 1024) -> torch.Tensor:
+    """0-based rank of candidate i for query i, for every i: `[N]`.
+
+    rank = #(candidates scoring above the positive) + #(other candidates scoring equal to it).
+    """
+    ranks = torch.empty(queries.shape[0], dtype=torch.long)
+    for start in range(0, queries.shape[0], chunk_size):
+        end = min(start + chunk_size, queries.shape[0])
+        scores = queries[start:end] @ candidates.t()  # [chunk, N]
+        rows = torch.arange(end - start)
+        positive = scores[rows, rows + start][:, None]  # [chunk, 1]
+        ahead = (scores > positive).sum(dim=1) + (scores == positive).sum(dim=1) - 1
+        ranks[start:end] = ahead.cpu()
+    return ranks
+
+
+def recalls(ranks: torch.Tensor, ks: Sequence[int]) -> dict[str, float]:
+    return {f"R@{k}": 100.0 * float((ranks < k).float().mean()) for k in ks}
+
+
+def retrieval_metrics(
+    image_embeds: torch.Tensor, text_embeds: torch.Tensor, ks: Sequence[int] = (1, 5, 10), chunk_size: int = 1024
+) -> dict:
+    """Full-candidate protocol: row i of each matrix is one product. Recalls in percent.
+
+    Returns `{"image_to_text": {"R@1", ...}, "text_to_image": {...}, "sumr"}`.
+    """
+    if image_embeds.shape[0] != text_embeds.shape[0]:
+        raise ValueError(f"{image_embeds.shape[0]} images but {text_embeds.shape[0]} texts: row i must match row i")
+    images = F.normalize(image_embeds.float(), dim=-1)
+    texts = F.normalize(text_embeds.float(), dim=-1)
+    metrics = {
+        "image_to_text": recalls(positive_ranks(images, texts, chunk_size), ks),
+        "text_to_image": recalls(positive_ranks(texts, images, chunk_size), ks),
+    }
+    metrics["sumr"] = sum(value for direction in DIRECTIONS for value in metrics[direction].values())
+    return metrics
+
+
+def sample100_candidates(
+    subcategories: Sequence[str], query: int, num_negatives: int, rng: np.random.Generator
+) -> np.ndarray:
+    """The positive (first) plus `num_negatives` others of the same sub-category, topped up at
+    random from other sub-categories when there are too few."""
+    labels = np.asarray(subcategories)
+    same = np.flatnonzero((labels == labels[query]) & (np.arange(len(labels)) != query))
+    others = np.flatnonzero(labels != labels[query])
+    if len(same) >= num_negatives:
+        negatives = rng.choice(same, num_negatives, replace=False)
+    else:
+        top_up = rng.choice(others, min(num_negatives - len(same), len(others)), replace=False)
+        negatives = np.concatenate([same, top_up])
+    return np.concatenate([[query], negatives]).astype(np.int64)
+
+
+def sample100_metrics(
+    image_embeds: torch.Tensor,
+    text_embeds: torch.Tensor,
+    subcategories: Sequence[str],
+    num_negatives: int = 100,
+    queries: int = 1000,
+    seeds: int = 5,
+    ks: Sequence[int] = (1, 5, 10),
+) -> dict:
+    """Sample-100 protocol: per query, the positive and 100 same-sub-category negatives; recalls
+    averaged over `seeds` draws of `queries` random queries (all items when fewer)."""
+    images = F.normalize(image_embeds.float(), dim=-1)
+    texts = F.normalize(text_embeds.float(), dim=-1)
+    count = images.shape[0]
+    per_seed = []
+    for seed in range(seeds):
+        rng = np.random.default_rng(seed)
+        chosen = rng.choice(count, min(queries, count), replace=False)
+        ranks = {direction: [] for direction in DIRECTIONS}
+        for query in chosen:
+            candidates = torch.from_numpy(sample100_candidates(subcategories, int(query), num_negatives, rng))
+            for direction, (query_side, candidate_side) in zip(DIRECTIONS, ((images, texts), (texts, images))):
+                scores = candidate_side[candidates] @ query_side[query]  # [1 + negatives]
+                ranks[direction].append(int((scores[1:] >= scores[0]).sum()))
+        per_seed.append({direction: recalls(torch.tensor(values), ks) for direction, values in ranks.items()})
+    metrics = {
+        direction: {key: float(np.mean([run[direction][key] for run in per_seed])) for key in per_seed[0][direction]}
+        for direction in DIRECTIONS
+    }
+    metrics["sumr"] = sum(value for direction in DIRECTIONS for value in metrics[direction].values())
+    return metrics

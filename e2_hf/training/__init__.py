@@ -1,0 +1,6 @@
+"""Fine-tuning E2 with Accelerate, and the loss over all processes."""
+
+from .loss import E2ContrastiveLoss, gather_with_grad
+from .trainer import TrainingArguments, TrainingError, train
+
+__all__ = ["E2ContrastiveLoss", "TrainingArguments", "TrainingError", "gather_with_grad", "train"]

@@ -1,0 +1,467 @@
+"""Fine-tune E2 (or the CLIP-FT baseline) with Accelerate: one GPU or many, or the CPU.
+
+    e2-hf train --model openai/clip-vit-base-patch32 --train-data fashiongen:train.h5 \\
+        --eval-data fashiongen:validation.h5 --output-dir runs/e2
+    accelerate launch --num_processes 8 -m e2_hf.cli train ...
+
+The paper's recipe by default (spec, section 2): a warm-up stage that trains only E2's new
+parameters (5 epochs, lr 5e-4), then everything (20 epochs, lr 5e-5); AdamW (0.9, 0.999), weight
+decay 1e-4 except on norms, biases, selection tokens and the logit scale; cosine schedule with
+100 warm-up steps per stage; batch 64; seed 0. Contrastive negatives span all processes.
+
+Layout of `--output-dir`: `checkpoints/checkpoint-<step>/` (`accelerator.save_state`, every
+`--save-steps` and at the end), `best-model/` (best SumR on the eval data), `model/` (the
+final model), each Hub-ready and written through a temporary folder renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+from tqdm.auto import tqdm
+
+from ..data import E2Collator, ProductDataset, open_catalog, parse_spec
+from ..evaluation import retrieval_metrics
+from ..modeling import E2CLIPConfig, E2CLIPModel, E2CLIPProcessor
+from ..modeling.processing_e2clip import DEFAULT_PRODUCT_TEXT_FIELDS
+from .loss import E2ContrastiveLoss
+
+BASELINES = ("e2", "clip-ft")
+
+
+class TrainingError(RuntimeError):
+    """Training stopped; the message says why and what was kept."""
+
+
+@dataclass
+class TrainingArguments:
+    """Every setting of a run; `e2-hf train --help` documents each flag."""
+
+    model: str
+    train_data: str
+    output_dir: str
+    eval_data: str | None = None
+    baseline: str = "e2"
+    entities: list[str] | None = None
+    tokens_per_entity: int = 2
+    fusion_layers: list[int] | None = None
+    region_loss: str | None = None
+    warmup_epochs: int = 5
+    epochs: int = 20
+    warmup_lr: float = 5e-4
+    lr: float = 5e-5
+    weight_decay: float = 1e-4
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    warmup_steps: int = 100
+    batch_size: int = 64
+    eval_batch_size: int = 128
+    gradient_accumulation_steps: int = 1
+    gradient_checkpointing: bool = False
+    mixed_precision: str = "no"
+    seed: int = 0
+    num_workers: int = 0
+    save_steps: int = 500
+    save_total_limit: int | None = 3
+    resume_from_checkpoint: str | None = None
+    report_to: str = "none"
+    strict: bool = False
+    text_fields: list[str] = field(default_factory=lambda: list(DEFAULT_PRODUCT_TEXT_FIELDS))
+    log_steps: int = 10
+    stop_after_steps: int | None = None  # simulate an interruption (tests); the schedule is unchanged
+
+    def __post_init__(self) -> None:
+        if self.baseline not in BASELINES:
+            raise ValueError(f"baseline must be one of {BASELINES}, got {self.baseline!r}")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        for name in ("epochs", "batch_size", "gradient_accumulation_steps", "save_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides: Any) -> TrainingArguments:
+        """Settings from a JSON or YAML file; `overrides` (e.g. command-line flags) win."""
+        text = Path(path).read_text(encoding="utf-8")
+        if str(path).endswith((".yaml", ".yml")):
+            import yaml
+
+            values = yaml.safe_load(text)
+        else:
+            values = json.loads(text)
+        known = {item.name for item in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown settings {unknown}")
+        return cls(**{**values, **overrides})
+
+
+# ------------------------------------------------------------------------------------ pieces
+class EpochSampler(Sampler[int]):
+    """A permutation drawn from (seed, epoch) only: the same order after a resume."""
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.size
+
+
+class TrainingProgress:
+    """Where the run is; saved with every checkpoint."""
+
+    def __init__(self):
+        self.global_step = 0  # optimizer steps
+        self.epoch = 0
+        self.batches_in_epoch = 0  # micro-batches done in the current epoch
+        self.best_sumr = -1.0
+        self.skipped_images = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+
+def cosine_with_warmup(step: int, total: int, warmup: int) -> float:
+    if total <= 0:
+        return 0.0
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+class TwoStageSchedule:
+    """Learning rate per parameter group: new parameters use `warmup_lr` in stage 1 and `lr` in
+    stage 2; the backbone trains only in stage 2. Each stage is a cosine with linear warm-up
+    (`warmup_steps`, capped at a fifth of the stage)."""
+
+    def __init__(self, args: TrainingArguments, stage1_steps: int, stage2_steps: int):
+        self.args, self.stage1_steps, self.stage2_steps = args, stage1_steps, stage2_steps
+
+    def lr(self, step: int, is_new: bool) -> float:
+        args = self.args
+        if step < self.stage1_steps:
+            warmup = min(args.warmup_steps, max(1, self.stage1_steps // 5))
+            return args.warmup_lr * cosine_with_warmup(step, self.stage1_steps, warmup) if is_new else 0.0
+        warmup = min(args.warmup_steps, max(1, self.stage2_steps // 5))
+        return args.lr * cosine_with_warmup(step - self.stage1_steps, self.stage2_steps, warmup)
+
+
+def parameter_groups(model: E2CLIPModel, weight_decay: float) -> list[dict[str, Any]]:
+    """Four groups: E2's new parameters or the backbone, with or without weight decay."""
+    new_names = set(model.e2_parameter_names())
+    no_decay = model.no_weight_decay()
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, parameter in model.named_parameters():
+        groups.setdefault((name in new_names, name not in no_decay), []).append(parameter)
+    return [
+        {"params": params, "is_new": is_new, "weight_decay": weight_decay if decays else 0.0, "lr": 1.0}
+        for (is_new, decays), params in sorted(groups.items())
+    ]
+
+
+def build_model(args: TrainingArguments) -> E2CLIPModel:
+    """An E2 checkpoint as it is, or a CLIP checkpoint turned into E2 (or plain CLIP for clip-ft)."""
+    config_path = Path(args.model) / "config.json"
+    if config_path.is_file():
+        model_type = json.loads(config_path.read_text()).get("model_type")
+    else:
+        from transformers import AutoConfig
+
+        model_type = AutoConfig.from_pretrained(args.model, trust_remote_code=True).model_type
+    if model_type == E2CLIPConfig.model_type:
+        model = E2CLIPModel.from_pretrained(args.model)
+        if args.baseline == "clip-ft" and model.config.entities:
+            raise ValueError(f"--baseline clip-ft needs a CLIP checkpoint; {args.model} is E2 with entities")
+        return model
+    overrides: dict[str, Any] = {"entities": [] if args.baseline == "clip-ft" else args.entities}
+    if args.baseline == "e2":
+        overrides.update(tokens_per_entity=args.tokens_per_entity, fusion_layers=args.fusion_layers,
+                         region_loss=args.region_loss)  # fmt: skip
+    return E2CLIPModel.from_clip(args.model, **{key: value for key, value in overrides.items() if value is not None})
+
+
+def check_entities(model: E2CLIPModel, catalog, data_spec: str) -> None:
+    available = sorted({entity for product in catalog.products for entity in product.tags})
+    missing = [entity for entity in model.config.entities if entity not in available]
+    if missing:
+        raise ValueError(
+            f"the model's entities {model.config.entities} are not all in {data_spec}: missing {missing}; "
+            f"the data has tag fields {available}"
+        )
+
+
+def save_hub_folder(model: E2CLIPModel, processor: E2CLIPProcessor, target: Path, args: TrainingArguments) -> None:
+    """`save_pretrained` into a temporary folder, then rename it into place: a crash never leaves
+    a half-written model at `target`."""
+    temporary = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(temporary, ignore_errors=True)
+    model.save_pretrained(temporary)
+    processor.save_pretrained(temporary)
+    (temporary / "training_args.json").write_text(json.dumps(portable_args(args), indent=2) + "\n")
+    previous = target.with_name(f".{target.name}.old-{os.getpid()}")
+    if target.exists():
+        os.replace(target, previous)
+    os.replace(temporary, target)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def portable_args(args: TrainingArguments) -> dict[str, Any]:
+    """The settings without this machine's paths (they would leak into a published repo): local
+    paths are reduced to their last component."""
+    values = asdict(args)
+    for key in ("output_dir", "resume_from_checkpoint", "stop_after_steps"):
+        values.pop(key)
+    if os.path.exists(args.model):
+        values["model"] = Path(args.model).name
+    for key in ("train_data", "eval_data"):
+        if values[key]:
+            kind, path, split = parse_spec(values[key])
+            values[key] = f"{kind}:{Path(path).name}" + (f":{split}" if split else "")
+    return values
+
+
+def all_checkpoints(output_dir: Path) -> list[Path]:
+    """`checkpoints/checkpoint-<step>` folders, oldest first."""
+    return sorted((output_dir / "checkpoints").glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    checkpoints = all_checkpoints(output_dir)
+    return checkpoints[-1] if checkpoints else None
+
+
+@torch.no_grad()
+def embed_catalog(model, dataset: ProductDataset, collator: E2Collator, accelerator, batch_size: int):
+    """Global image and text embeddings of every product (first view), gathered over processes."""
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collator, generator=torch.Generator())
+    loader = accelerator.prepare(loader)
+    model.eval()
+    images, texts, indices = [], [], []
+    for batch in tqdm(loader, desc="embedding eval set", disable=not accelerator.is_local_main_process, leave=False):
+        outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                        pixel_values=batch["pixel_values"])  # fmt: skip
+        gathered = accelerator.gather_for_metrics((outputs.image_embeds, outputs.text_embeds, batch["indices"]))
+        images.append(gathered[0].float().cpu())
+        texts.append(gathered[1].float().cpu())
+        indices.append(gathered[2].cpu())
+    model.train()
+    return torch.cat(images), torch.cat(texts), torch.cat(indices)
+
+
+# ------------------------------------------------------------------------------------ the run
+def train(args: TrainingArguments) -> dict[str, Any]:
+    """Runs the whole training; returns a summary (steps, best SumR, final model path, ...)."""
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+    from accelerate.utils import set_seed
+
+    output_dir = Path(args.output_dir)
+    accelerator = Accelerator(
+        mixed_precision=args.mixed_precision,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_dir=str(output_dir),
+        step_scheduler_with_optimizer=False,
+        # stage 1 freezes the backbone, so some parameters get no gradient
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+    set_seed(args.seed)
+
+    # data
+    train_catalog = open_catalog(args.train_data)
+    eval_catalog = open_catalog(args.eval_data) if args.eval_data else None
+
+    # model
+    model = build_model(args)
+    processor = E2CLIPProcessor.from_pretrained(args.model, entities=model.config.entities)
+    for catalog, spec in ((train_catalog, args.train_data), (eval_catalog, args.eval_data)):
+        if catalog is not None:
+            check_entities(model, catalog, spec)
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    entities = model.config.entities
+    train_set = ProductDataset(train_catalog, entities, training=True, seed=args.seed, text_fields=args.text_fields)
+    collator = E2Collator(processor, strict=args.strict)
+    sampler = EpochSampler(len(train_set), args.seed)
+    # The loader's own generator: creating an iterator must not draw from the global RNG, which
+    # drives the Gumbel noise and is restored on resume.
+    train_loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, collate_fn=collator,
+                              num_workers=args.num_workers, drop_last=True,
+                              generator=torch.Generator().manual_seed(args.seed))  # fmt: skip
+    if len(train_loader) == 0:
+        raise ValueError(f"{args.train_data} has {len(train_set)} products, fewer than one batch of {args.batch_size}")
+
+    # optimizer and schedule
+    optimizer = torch.optim.AdamW(
+        parameter_groups(model, args.weight_decay), lr=1.0, betas=(args.adam_beta1, args.adam_beta2)
+    )
+    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    unwrapped = accelerator.unwrap_model(model)
+    # CLIP-FT (no new parameters) trains everything for the same number of epochs as E2's two stages
+    stage1_epochs = args.warmup_epochs if unwrapped.e2_parameter_names() else 0
+    total_epochs = args.warmup_epochs + args.epochs
+    steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
+    schedule = TwoStageSchedule(args, stage1_epochs * steps_per_epoch, (total_epochs - stage1_epochs) * steps_per_epoch)
+    lambdas = [lambda step, is_new=group["is_new"]: schedule.lr(step, is_new) for group in optimizer.param_groups]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer, lambdas
+    )
+    progress = TrainingProgress()
+    accelerator.register_for_checkpointing(scheduler, progress)
+    loss_fn = E2ContrastiveLoss.from_config(unwrapped.config)
+
+    # resume
+    if args.resume_from_checkpoint:
+        checkpoint = (
+            latest_checkpoint(output_dir)
+            if args.resume_from_checkpoint == "latest"
+            else Path(args.resume_from_checkpoint)
+        )
+        if checkpoint is None or not checkpoint.is_dir():
+            raise ValueError(f"no checkpoint to resume from ({args.resume_from_checkpoint}) in {output_dir}")
+        accelerator.load_state(str(checkpoint))
+        accelerator.print(f"resumed from {checkpoint} at step {progress.global_step} (epoch {progress.epoch})")
+
+    if accelerator.is_main_process and args.report_to != "none":
+        accelerator.init_trackers(
+            "e2", config={k: v for k, v in portable_args(args).items() if not isinstance(v, list)}
+        )
+
+    eval_set = eval_collator = None
+    if eval_catalog is not None:
+        eval_set = ProductDataset(eval_catalog, entities, training=False, text_fields=args.text_fields)
+        eval_collator = E2Collator(processor, strict=args.strict)
+
+    history: list[dict[str, Any]] = []
+    last_checkpoint = latest_checkpoint(output_dir)
+    model.train()
+    bar = tqdm(total=total_epochs * steps_per_epoch, initial=progress.global_step, desc=args.baseline,
+               disable=not accelerator.is_local_main_process)  # fmt: skip
+    stopped_early = False
+    for epoch in range(progress.epoch, total_epochs):
+        progress.epoch = epoch
+        entering_stage2 = epoch == stage1_epochs and progress.batches_in_epoch == 0  # not when resuming mid-epoch
+        set_stage(unwrapped, optimizer, stage=1 if epoch < stage1_epochs else 2, reset_backbone=entering_stage2)
+        sampler.set_epoch(epoch)
+        train_set.set_epoch(epoch)
+        loader = train_loader
+        if progress.batches_in_epoch:
+            loader = accelerator.skip_first_batches(train_loader, progress.batches_in_epoch)
+        # Accelerate's loaders pass their own iteration count to the sampler's set_epoch when they
+        # start iterating; a fresh loader after a resume must count from this epoch.
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        for batch in loader:
+            skipped = batch.pop("skipped_images", [])
+            progress.skipped_images += len(skipped)
+            batch.pop("indices", None)
+            batch.pop("return_loss", None)
+            if "input_ids" not in batch:  # every image of the batch was unreadable
+                progress.batches_in_epoch += 1
+                continue
+            with accelerator.accumulate(model):
+                outputs = model(**batch)
+                losses = loss_fn(outputs, unwrapped.logit_scale.exp())
+                if not torch.isfinite(losses["loss"]):
+                    raise TrainingError(
+                        f"non-finite loss ({float(losses['loss'])}) at step {progress.global_step}, epoch {epoch}; "
+                        f"training stopped. The last good checkpoint is {last_checkpoint or 'none (no checkpoint yet)'}."
+                    )
+                accelerator.backward(losses["loss"])
+                optimizer.step()
+                optimizer.zero_grad()
+            progress.batches_in_epoch += 1
+            if not accelerator.sync_gradients:
+                continue
+            scheduler.step()
+            progress.global_step += 1
+            bar.update(1)
+            if progress.global_step % args.log_steps == 0:
+                logs = {name: float(value.detach()) for name, value in losses.items() if value is not None}
+                logs["lr"] = scheduler.get_last_lr()[-1]
+                bar.set_postfix(loss=f"{logs['loss']:.3f}")
+                accelerator.log(logs, step=progress.global_step)
+            if progress.global_step % args.save_steps == 0:
+                last_checkpoint = save_checkpoint(accelerator, output_dir, progress, args.save_total_limit)
+            if args.stop_after_steps is not None and progress.global_step >= args.stop_after_steps:
+                stopped_early = True
+                break
+        if stopped_early:
+            break
+        progress.batches_in_epoch = 0
+        progress.epoch = epoch + 1
+        if eval_set is not None:
+            metrics = evaluate_epoch(model, eval_set, eval_collator, accelerator, args)
+            history.append({"epoch": epoch, **metrics})
+            accelerator.log({"eval/sumr": metrics["sumr"]}, step=progress.global_step)
+            if metrics["sumr"] > progress.best_sumr:
+                progress.best_sumr = metrics["sumr"]
+                if accelerator.is_main_process:
+                    save_hub_folder(unwrapped, processor, output_dir / "best-model", args)
+    bar.close()
+    last_checkpoint = save_checkpoint(accelerator, output_dir, progress, args.save_total_limit)
+    summary = {"global_step": progress.global_step, "epochs": progress.epoch, "best_sumr": progress.best_sumr,
+               "skipped_images": progress.skipped_images, "history": history, "checkpoint": str(last_checkpoint)}  # fmt: skip
+    if not stopped_early:
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            save_hub_folder(unwrapped, processor, output_dir / "model", args)
+        summary["model"] = str(output_dir / "model")
+    if progress.skipped_images:
+        accelerator.print(f"skipped {progress.skipped_images} unreadable images (use --strict to stop on the first)")
+    accelerator.end_training()
+    return summary
+
+
+def set_stage(model: E2CLIPModel, optimizer, stage: int, reset_backbone: bool) -> None:
+    """Stage 1 trains only E2's new parameters; stage 2 everything. Entering stage 2 clears the
+    backbone's optimizer state, so its first steps are Adam's first steps."""
+    new_names = set(model.e2_parameter_names())
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(stage == 2 or name in new_names)
+    if stage == 2 and reset_backbone:
+        inner = optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer
+        for group in inner.param_groups:
+            if not group["is_new"]:
+                for parameter in group["params"]:
+                    inner.state.pop(parameter, None)
+
+
+def save_checkpoint(accelerator, output_dir: Path, progress: TrainingProgress, keep: int | None) -> Path:
+    """`accelerator.save_state` into `checkpoints/checkpoint-<step>`; keeps the newest `keep`."""
+    path = output_dir / "checkpoints" / f"checkpoint-{progress.global_step}"
+    accelerator.save_state(str(path))
+    if keep is not None and accelerator.is_main_process:
+        for old in all_checkpoints(output_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def evaluate_epoch(model, eval_set, collator, accelerator, args) -> dict[str, Any]:
+    images, texts, _ = embed_catalog(model, eval_set, collator, accelerator, args.eval_batch_size)
+    metrics = retrieval_metrics(images, texts)
+    accelerator.print(
+        f"epoch eval: SumR {metrics['sumr']:.1f} | i2t R@1 {metrics['image_to_text']['R@1']:.1f} "
+        f"| t2i R@1 {metrics['text_to_image']['R@1']:.1f}"
+    )
+    return {"full": metrics, "sumr": metrics["sumr"]}

@@ -1,0 +1,144 @@
+"""The Accelerate trainer on a small synthetic catalog (CPU)."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from e2_hf import E2CLIPModel
+from e2_hf.data import ImageLoadError
+from e2_hf.demo import make_small_clip
+from e2_hf.synthetic import all_texts, make_synthetic
+from e2_hf.tokenization import build_tokenizer_from_texts
+from e2_hf.training import TrainingArguments, TrainingError, train
+
+SMALL = dict(fusion_layers=[1, 2], warmup_epochs=1, epochs=1, batch_size=8, eval_batch_size=16, log_steps=1)
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("catalog")
+    make_synthetic(folder, products=50, seed=0, views=2, image_size=32, hard=True, progress=False)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def small_clip(catalog, tmp_path_factory):
+    tokenizer = build_tokenizer_from_texts(all_texts(catalog), tmp_path_factory.mktemp("tokenizer"), 300, 48)
+    folder = tmp_path_factory.mktemp("clip")
+    return make_small_clip(folder, tokenizer, image_size=32, patch_size=8, width=32, layers=4, heads=2,
+                           text_layers=2, projection_dim=16)  # fmt: skip
+
+
+def arguments(small_clip, catalog, output_dir, **overrides) -> TrainingArguments:
+    values = dict(model=str(small_clip), train_data=f"fashiongen:{catalog / 'train.h5'}",
+                  eval_data=f"jsonl:{catalog / 'catalog.jsonl'}:validation", output_dir=str(output_dir), **SMALL)  # fmt: skip
+    values.update(overrides)
+    return TrainingArguments(**values)
+
+
+def weights(folder) -> dict[str, torch.Tensor]:
+    return load_file(folder / "model.safetensors")
+
+
+def test_two_stages_and_hub_ready_outputs(small_clip, catalog, tmp_path):
+    summary = train(arguments(small_clip, catalog, tmp_path / "run", save_steps=100))
+    assert summary["global_step"] == 2 * (40 // 8) and len(summary["history"]) == 2
+    for name in ("model", "best-model"):
+        folder = tmp_path / "run" / name
+        assert (folder / "modeling_e2clip.py").exists() and (folder / "processor_config.json").exists()
+        record = json.loads((folder / "training_args.json").read_text())
+        assert record["train_data"] == "fashiongen:train.h5" and str(tmp_path) not in json.dumps(record)
+    model = E2CLIPModel.from_pretrained(tmp_path / "run" / "model")
+    assert model.config.entities == ["brand", "season", "subcategory", "composition"]
+    assert not list((tmp_path / "run").glob(".*tmp*"))  # no temporary folder left
+
+
+def test_stage_one_trains_only_the_new_parameters(small_clip, catalog, tmp_path):
+    steps_per_epoch = 40 // 8
+    train(arguments(small_clip, catalog, tmp_path / "run", stop_after_steps=steps_per_epoch, save_steps=100))
+    after = weights(tmp_path / "run" / "checkpoints" / f"checkpoint-{steps_per_epoch}")
+    start = E2CLIPModel.from_clip(str(small_clip), fusion_layers=[1, 2]).state_dict()
+    new_names = set(E2CLIPModel.from_clip(str(small_clip), fusion_layers=[1, 2]).e2_parameter_names())
+    for name, tensor in after.items():
+        if name in new_names and name != "vision_model.selection_tokens":
+            continue
+        if name not in new_names:
+            assert torch.equal(tensor, start[name]), f"{name} changed in stage 1"
+    changed = [name for name in new_names if name != "vision_model.selection_tokens" and name in after]
+    assert changed and any(not torch.equal(after[name], start[name]) for name in changed)
+
+
+def test_interrupted_and_resumed_run_ends_like_an_uninterrupted_one(small_clip, catalog, tmp_path):
+    train(arguments(small_clip, catalog, tmp_path / "straight", save_steps=3))
+    interrupted = train(arguments(small_clip, catalog, tmp_path / "resumed", save_steps=3, stop_after_steps=7))
+    assert interrupted["global_step"] == 7 and "model" not in interrupted
+    assert not (tmp_path / "resumed" / "model").exists()
+    resumed = train(arguments(small_clip, catalog, tmp_path / "resumed", save_steps=3, resume_from_checkpoint="latest"))
+    assert resumed["global_step"] == 10
+    straight, again = weights(tmp_path / "straight" / "model"), weights(tmp_path / "resumed" / "model")
+    for name, tensor in straight.items():
+        torch.testing.assert_close(again[name], tensor, rtol=0, atol=1e-6, msg=name)
+    assert len(list((tmp_path / "resumed" / "checkpoints").iterdir())) <= 3  # save_total_limit
+
+
+def test_clip_ft_baseline_is_plain_clip(small_clip, catalog, tmp_path):
+    summary = train(arguments(small_clip, catalog, tmp_path / "clip-ft", baseline="clip-ft", save_steps=100))
+    assert summary["global_step"] == 2 * (40 // 8)  # the same budget as E2's two stages
+    assert E2CLIPModel.from_pretrained(tmp_path / "clip-ft" / "model").config.entities == []
+
+
+def copy_catalog(catalog, destination):
+    shutil.copytree(catalog, destination)
+    return destination
+
+
+def test_unreadable_images_are_skipped_and_counted_or_fail_strictly(small_clip, catalog, tmp_path):
+    broken = copy_catalog(catalog, tmp_path / "broken")
+    records = [json.loads(line) for line in (broken / "catalog.jsonl").read_text().splitlines()]
+    for view in (0, 1):  # product 3's every view is corrupt
+        (broken / records[3]["images"][view]).write_bytes(b"not a png")
+    spec = f"jsonl:{broken / 'catalog.jsonl'}:train"
+    summary = train(arguments(small_clip, catalog, tmp_path / "lenient", train_data=spec, eval_data=None,
+                              warmup_epochs=0, save_steps=100))  # fmt: skip
+    assert summary["skipped_images"] == 1
+    with pytest.raises(ImageLoadError, match=r"catalog.jsonl row 4, view \d: unreadable image"):
+        train(arguments(small_clip, catalog, tmp_path / "strict", train_data=spec, eval_data=None,
+                        warmup_epochs=0, strict=True))  # fmt: skip
+
+
+def test_bad_data_and_settings_fail_before_training(small_clip, catalog, tmp_path):
+    broken = copy_catalog(catalog, tmp_path / "broken")
+    lines = (broken / "catalog.jsonl").read_text().splitlines()
+    record = json.loads(lines[5])
+    record["description"] = "   "
+    lines[5] = json.dumps(record)
+    (broken / "catalog.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"catalog.jsonl row 6: field 'description' \(or 'text'\) is empty"):
+        train(arguments(small_clip, catalog, tmp_path / "a", train_data=f"jsonl:{broken / 'catalog.jsonl'}"))
+    with pytest.raises(ValueError, match=r"entities \['brand', 'fabric'\] are not all in .*missing \['fabric'\].*"
+                                         r"tag fields \['brand', 'category'"):  # fmt: skip
+        train(arguments(small_clip, catalog, tmp_path / "b", entities=["brand", "fabric"], tokens_per_entity=1))
+    with pytest.raises(ValueError, match="must start with one of"):
+        train(arguments(small_clip, catalog, tmp_path / "c", train_data=str(catalog / "train.h5")))
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(small_clip, catalog, tmp_path):
+    train(arguments(small_clip, catalog, tmp_path / "run", stop_after_steps=2, save_steps=2))
+    with pytest.raises(TrainingError, match=r"non-finite loss .* last good checkpoint is .*checkpoint-2"):
+        train(arguments(small_clip, catalog, tmp_path / "run", save_steps=100, warmup_lr=1e30,
+                        resume_from_checkpoint="latest"))  # fmt: skip
+    kept = weights(tmp_path / "run" / "checkpoints" / "checkpoint-2")
+    assert all(torch.isfinite(tensor).all() for tensor in kept.values())
+
+
+def test_settings_from_a_file_with_overrides(tmp_path):
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps({"model": "m", "train_data": "jsonl:x.jsonl", "output_dir": "o", "epochs": 3}))
+    settings = TrainingArguments.from_file(path, epochs=7)
+    assert settings.epochs == 7 and settings.warmup_lr == 5e-4 and settings.batch_size == 64
+    path.write_text(json.dumps({"model": "m", "train_data": "t", "output_dir": "o", "epoch": 3}))
+    with pytest.raises(ValueError, match=r"unknown settings \['epoch'\]"):
+        TrainingArguments.from_file(path)
