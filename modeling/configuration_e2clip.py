@@ -221,6 +221,20 @@ class E2CLIPConfig(PretrainedConfig):
     """
 
     model_type = "e2clip"
+    # transformers.Trainer keeps the other output fields as predictions: (text_embeds, image_embeds)
+    keys_to_ignore_at_inference = [
+        "global_loss",
+        "region_loss",
+        "logits_per_image",
+        "logits_per_text",
+        "region_embeds",
+        "tag_embeds",
+        "tag_present",
+        "tag_groups",
+        "selection_indices",
+        "text_model_output",
+        "vision_model_output",
+    ]
     sub_configs = {"text_config": E2CLIPTextConfig, "vision_config": E2CLIPVisionConfig}
 
     def __init__(
