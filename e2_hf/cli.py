@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from .conversion import convert_clip_to_e2, convert_original_e2, push_to_hub
 from .training import cli as training_cli
@@ -31,6 +32,21 @@ def _add_make_synthetic(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--hard", action="store_true", help="products collide on all but logo and trim")
     parser.add_argument("--eval-fraction", type=float, default=0.2, help="share of products in validation")
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    report = run_demo(args.output_dir, quick=args.quick, base=args.base, seed=args.seed)
+    print((Path(args.output_dir) / "report.md").read_text())
+    print(f"done in {report['seconds']['total']:.0f} s; models, report.json and selection.png in {args.output_dir}")
+
+
+def _add_demo(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--quick", action="store_true", help="a smaller run for smoke tests (under 2 minutes)")
+    parser.add_argument("--base", help="start from this CLIP (Hub id or folder) instead of a small random one")
+    parser.add_argument("--seed", type=int, default=0)
 
 
 def _count_params(args: argparse.Namespace) -> None:
@@ -77,6 +93,11 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
         _make_synthetic,
     ),
     "train": ("fine-tune E2 or the CLIP-FT baseline with Accelerate", training_cli.add_arguments, training_cli.run),
+    "demo": (
+        "synthetic catalog -> E2 and CLIP-FT trained on the same budget -> evaluated -> report",
+        _add_demo,
+        _demo,
+    ),
     "count-params": ("print the parameters E2 adds to CLIP and their share", _add_count_params, _count_params),
 }
 

@@ -1,16 +1,49 @@
 """The main job in one command: synthetic catalog -> tokenizer -> small CLIP -> E2 and CLIP-FT
 trained on the same budget -> both evaluated -> report.
 
-    e2-hf demo --output-dir demo [--quick] [--base NAME_OR_PATH]
+    e2-hf demo --output-dir demo [--quick] [--base NAME_OR_PATH] [--seed 0]
+
+Without `--base` the starting point is a randomly initialised small CLIP (no network needed), so
+the demo uses larger learning rates than the fine-tuning recipe. Written to `--output-dir`:
+`e2-model/`, `clip-ft-model/` (Hub-ready), `report.json`, `report.md`, `selection.png`, and the
+catalog, tokenizer and runs they came from.
 """
 
 from __future__ import annotations
 
+import json
+import shutil
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from .modeling.processing_e2clip import clip_image_processor
+
+ENTITY_COLOURS = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240))
+
+
+@dataclass
+class DemoSize:
+    products: int
+    image_size: int
+    patch_size: int
+    width: int
+    layers: int
+    text_layers: int
+    fusion_layers: list[int]
+    warmup_epochs: int
+    epochs: int
+    batch_size: int
+    merges: int
+
+
+DEFAULT = DemoSize(products=800, image_size=64, patch_size=16, width=128, layers=6, text_layers=3,
+                   fusion_layers=[3, 4], warmup_epochs=2, epochs=10, batch_size=32, merges=1500)  # fmt: skip
+QUICK = DemoSize(products=160, image_size=32, patch_size=8, width=64, layers=4, text_layers=2,
+                 fusion_layers=[1, 2], warmup_epochs=1, epochs=2, batch_size=16, merges=400)  # fmt: skip
 
 
 def make_small_clip(
@@ -55,3 +88,128 @@ def make_small_clip(
     tokenizer.save_pretrained(output_dir)
     clip_image_processor(image_size).save_pretrained(output_dir)
     return output_dir
+
+
+def evaluate_model(model_dir: Path, catalog_spec: str) -> dict[str, Any]:
+    """Full-candidate and sample-100 retrieval of a saved model on a catalog (first views)."""
+    from .evaluation import retrieval_metrics, sample100_metrics
+    from .evaluation.embedding import embed_products
+
+    images, texts, catalog = embed_products(model_dir, catalog_spec)
+    subcategories = [product.tags.get("subcategory") or "" for product in catalog.products]
+    return {
+        "full": retrieval_metrics(images, texts),
+        "sample100": sample100_metrics(images, texts, subcategories, queries=1000, seeds=5),
+    }
+
+
+def draw_selection(model_dir: Path, catalog_spec: str, output_path: Path, count: int = 6, scale: int = 4) -> None:
+    """A few catalog images with the patch each entity's selection tokens chose (last fusion block)."""
+    from PIL import Image, ImageDraw
+
+    from .data import open_catalog
+    from .modeling import E2CLIPModel, E2CLIPProcessor
+
+    model = E2CLIPModel.from_pretrained(model_dir).eval()
+    processor = E2CLIPProcessor.from_pretrained(model_dir)
+    catalog = open_catalog(catalog_spec)
+    images = [catalog.load_image(index).convert("RGB") for index in range(min(count, len(catalog)))]
+    with torch.no_grad():
+        chosen = model(pixel_values=processor(images=images)["pixel_values"]).selection_indices[:, -1]  # [n, tokens]
+    config = model.config.vision_config
+    grid, side = config.image_size // config.patch_size, config.image_size * scale
+    legend_height = 18 * len(model.config.entities) + 8
+    sheet = Image.new("RGB", (side * len(images), side + legend_height), "white")
+    draw = ImageDraw.Draw(sheet)
+    for column, (image, tokens) in enumerate(zip(images, chosen.tolist())):
+        sheet.paste(image.resize((side, side), Image.NEAREST), (column * side, 0))
+        for entity, (start, end) in enumerate(model.config.entity_token_slices):
+            for patch in tokens[start:end]:
+                row, col = divmod(patch, grid)
+                cell = config.patch_size * scale
+                box = (
+                    column * side + col * cell,
+                    row * cell,
+                    column * side + (col + 1) * cell - 1,
+                    (row + 1) * cell - 1,
+                )
+                draw.rectangle(box, outline=ENTITY_COLOURS[entity % len(ENTITY_COLOURS)], width=3)
+    for entity, name in enumerate(model.config.entities):
+        top = side + 4 + 18 * entity
+        draw.rectangle((6, top, 18, top + 12), fill=ENTITY_COLOURS[entity % len(ENTITY_COLOURS)])
+        draw.text((24, top), name, fill="black")
+    sheet.save(output_path)
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    lines = ["# E2 vs CLIP-FT on the synthetic catalog (--hard)", "",
+             f"Catalog: {report['catalog']['train_products']} training and {report['catalog']['validation_products']} "
+             f"validation products, {report['catalog']['views']} views each, {report['catalog']['image_size']} px. "
+             f"Same data, model size and training budget for both. Recalls in percent on the validation products.", "",
+             "| model | protocol | I2T R@1 | I2T R@5 | I2T R@10 | T2I R@1 | T2I R@5 | T2I R@10 | SumR |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    for key, name in (("e2", "E2"), ("clip_ft", "CLIP-FT")):
+        for protocol in ("full", "sample100"):
+            block = report[key][protocol]
+            cells = [
+                block[direction][k] for direction in ("image_to_text", "text_to_image") for k in ("R@1", "R@5", "R@10")
+            ]
+            lines.append(
+                f"| {name} | {protocol} | "
+                + " | ".join(f"{value:.1f}" for value in cells)
+                + f" | {block['sumr']:.1f} |"
+            )
+    seconds = report["seconds"]
+    lines += ["", f"Seconds: catalog {seconds['catalog']:.0f}, E2 training {seconds['train_e2']:.0f}, "
+              f"CLIP-FT training {seconds['train_clip_ft']:.0f}, evaluation {seconds['evaluate']:.0f}, "
+              f"total {seconds['total']:.0f}."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def run_demo(output_dir: str | Path, quick: bool = False, base: str | None = None, seed: int = 0) -> dict[str, Any]:
+    from .conversion.push_to_hub import fresh_process_outputs
+    from .synthetic import all_texts, make_synthetic
+    from .tokenization import build_tokenizer_from_texts
+    from .training import TrainingArguments, train
+
+    size = QUICK if quick else DEFAULT
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+
+    catalog_dir = output_dir / "catalog"
+    catalog = make_synthetic(catalog_dir, products=size.products, seed=seed, views=3, image_size=size.image_size,
+                             hard=True)  # fmt: skip
+    seconds["catalog"] = time.perf_counter() - start
+    if base is None:
+        tokenizer = build_tokenizer_from_texts(all_texts(catalog_dir), output_dir / "tokenizer", size.merges, 64)
+        base = str(make_small_clip(output_dir / "base-clip", tokenizer, image_size=size.image_size,
+                                   patch_size=size.patch_size, width=size.width, layers=size.layers,
+                                   text_layers=size.text_layers, projection_dim=size.width, seed=seed))  # fmt: skip
+    train_spec = f"fashiongen:{catalog_dir / 'train.h5'}"
+    eval_spec = f"jsonl:{catalog_dir / 'catalog.jsonl'}:validation"
+    common = dict(model=base, train_data=train_spec, eval_data=eval_spec, fusion_layers=size.fusion_layers,
+                  warmup_epochs=size.warmup_epochs, epochs=size.epochs, batch_size=size.batch_size,
+                  warmup_lr=2e-3, lr=5e-4, warmup_steps=20, seed=seed, save_steps=10_000, log_steps=5)  # fmt: skip
+    models = {}
+    for key, baseline in (("e2", "e2"), ("clip_ft", "clip-ft")):
+        tick = time.perf_counter()
+        train(TrainingArguments(output_dir=str(output_dir / "runs" / key), baseline=baseline, **common))
+        seconds[f"train_{key}"] = time.perf_counter() - tick
+        target = output_dir / ("e2-model" if key == "e2" else "clip-ft-model")
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(output_dir / "runs" / key / "model", target)
+        models[key] = target
+
+    tick = time.perf_counter()
+    fresh_process_outputs(str(models["e2"].resolve()))  # AutoModel(..., trust_remote_code=True) reloads it
+    report = {key: evaluate_model(path, eval_spec) for key, path in models.items()}
+    seconds["evaluate"] = time.perf_counter() - tick
+    draw_selection(models["e2"], eval_spec, output_dir / "selection.png")
+    seconds["total"] = time.perf_counter() - start
+    report.update(catalog={k: v for k, v in catalog.items() if k != "output_dir"}, seconds=seconds,
+                  quick=quick, base="small random CLIP" if base.startswith(str(output_dir)) else base)  # fmt: skip
+    (output_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (output_dir / "report.md").write_text(report_markdown(report))
+    return report

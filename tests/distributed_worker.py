@@ -11,7 +11,6 @@ from accelerate import Accelerator, DistributedDataParallelKwargs
 
 from e2_hf import E2CLIPModel
 from e2_hf.training import E2ContrastiveLoss
-
 from tests.test_distributed import fixed_batch, tiny_model
 
 

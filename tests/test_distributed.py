@@ -16,9 +16,15 @@ from .conftest import E2CLIPModelTester
 
 # 8 items, brand / season / subcategory / composition; duplicates across the two halves
 TAGS = [
-    [[11], [20], [30], [40]], [[12], [21], [31], None], [[13], [20], [30], [41]], [[14], None, [32], [40]],
-    [[11], [22], [33], [42]], [[15], [21], [30], None], [[12], [23], [34], [43]], [[16], [20], [35], [40]],
-]  # fmt: skip
+    [[11], [20], [30], [40]],
+    [[12], [21], [31], None],
+    [[13], [20], [30], [41]],
+    [[14], None, [32], [40]],
+    [[11], [22], [33], [42]],
+    [[15], [21], [30], None],
+    [[12], [23], [34], [43]],
+    [[16], [20], [35], [40]],
+]
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -32,8 +38,13 @@ def fixed_batch() -> dict[str, torch.Tensor]:
     tester = E2CLIPModelTester()
     input_ids, attention_mask = tester.input_ids(8)
     tag_input_ids, tag_attention_mask = tester.tags(TAGS)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": tester.pixel_values(8),
-            "tag_input_ids": tag_input_ids, "tag_attention_mask": tag_attention_mask}  # fmt: skip
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "pixel_values": tester.pixel_values(8),
+        "tag_input_ids": tag_input_ids,
+        "tag_attention_mask": tag_attention_mask,
+    }
 
 
 def free_port() -> int:
@@ -46,8 +57,20 @@ def free_port() -> int:
 def test_two_processes_match_one_process_with_the_whole_batch(variant, tmp_path):
     output = tmp_path / "rank0.pt"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-               "--master_port", str(free_port()), str(ROOT / "tests" / "distributed_worker.py"), variant, str(output)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        str(ROOT / "tests" / "distributed_worker.py"),
+        variant,
+        str(output),
+    ]
     completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert completed.returncode == 0, completed.stderr[-4000:]
     distributed = torch.load(output)

@@ -28,13 +28,19 @@ def catalog(tmp_path_factory):
 def small_clip(catalog, tmp_path_factory):
     tokenizer = build_tokenizer_from_texts(all_texts(catalog), tmp_path_factory.mktemp("tokenizer"), 300, 48)
     folder = tmp_path_factory.mktemp("clip")
-    return make_small_clip(folder, tokenizer, image_size=32, patch_size=8, width=32, layers=4, heads=2,
-                           text_layers=2, projection_dim=16)  # fmt: skip
+    return make_small_clip(
+        folder, tokenizer, image_size=32, patch_size=8, width=32, layers=4, heads=2, text_layers=2, projection_dim=16
+    )
 
 
 def arguments(small_clip, catalog, output_dir, **overrides) -> TrainingArguments:
-    values = dict(model=str(small_clip), train_data=f"fashiongen:{catalog / 'train.h5'}",
-                  eval_data=f"jsonl:{catalog / 'catalog.jsonl'}:validation", output_dir=str(output_dir), **SMALL)  # fmt: skip
+    values = dict(
+        model=str(small_clip),
+        train_data=f"fashiongen:{catalog / 'train.h5'}",
+        eval_data=f"jsonl:{catalog / 'catalog.jsonl'}:validation",
+        output_dir=str(output_dir),
+        **SMALL,
+    )
     values.update(overrides)
     return TrainingArguments(**values)
 
@@ -101,12 +107,18 @@ def test_unreadable_images_are_skipped_and_counted_or_fail_strictly(small_clip, 
     for view in (0, 1):  # product 3's every view is corrupt
         (broken / records[3]["images"][view]).write_bytes(b"not a png")
     spec = f"jsonl:{broken / 'catalog.jsonl'}:train"
-    summary = train(arguments(small_clip, catalog, tmp_path / "lenient", train_data=spec, eval_data=None,
-                              warmup_epochs=0, save_steps=100))  # fmt: skip
+    summary = train(
+        arguments(
+            small_clip, catalog, tmp_path / "lenient", train_data=spec, eval_data=None, warmup_epochs=0, save_steps=100
+        )
+    )
     assert summary["skipped_images"] == 1
     with pytest.raises(ImageLoadError, match=r"catalog.jsonl row 4, view \d: unreadable image"):
-        train(arguments(small_clip, catalog, tmp_path / "strict", train_data=spec, eval_data=None,
-                        warmup_epochs=0, strict=True))  # fmt: skip
+        train(
+            arguments(
+                small_clip, catalog, tmp_path / "strict", train_data=spec, eval_data=None, warmup_epochs=0, strict=True
+            )
+        )
 
 
 def test_bad_data_and_settings_fail_before_training(small_clip, catalog, tmp_path):
@@ -118,8 +130,11 @@ def test_bad_data_and_settings_fail_before_training(small_clip, catalog, tmp_pat
     (broken / "catalog.jsonl").write_text("\n".join(lines) + "\n")
     with pytest.raises(ValueError, match=r"catalog.jsonl row 6: field 'description' \(or 'text'\) is empty"):
         train(arguments(small_clip, catalog, tmp_path / "a", train_data=f"jsonl:{broken / 'catalog.jsonl'}"))
-    with pytest.raises(ValueError, match=r"entities \['brand', 'fabric'\] are not all in .*missing \['fabric'\].*"
-                                         r"tag fields \['brand', 'category'"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"entities \['brand', 'fabric'\] are not all in .*missing \['fabric'\].*"
+        r"tag fields \['brand', 'category'",
+    ):
         train(arguments(small_clip, catalog, tmp_path / "b", entities=["brand", "fabric"], tokens_per_entity=1))
     with pytest.raises(ValueError, match="must start with one of"):
         train(arguments(small_clip, catalog, tmp_path / "c", train_data=str(catalog / "train.h5")))
@@ -128,8 +143,11 @@ def test_bad_data_and_settings_fail_before_training(small_clip, catalog, tmp_pat
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(small_clip, catalog, tmp_path):
     train(arguments(small_clip, catalog, tmp_path / "run", stop_after_steps=2, save_steps=2))
     with pytest.raises(TrainingError, match=r"non-finite loss .* last good checkpoint is .*checkpoint-2"):
-        train(arguments(small_clip, catalog, tmp_path / "run", save_steps=100, warmup_lr=1e30,
-                        resume_from_checkpoint="latest"))  # fmt: skip
+        train(
+            arguments(
+                small_clip, catalog, tmp_path / "run", save_steps=100, warmup_lr=1e30, resume_from_checkpoint="latest"
+            )
+        )
     kept = weights(tmp_path / "run" / "checkpoints" / "checkpoint-2")
     assert all(torch.isfinite(tensor).all() for tensor in kept.values())
 

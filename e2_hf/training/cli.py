@@ -9,7 +9,8 @@ from .trainer import TrainingArguments
 
 HELP = {
     "model": "E2 checkpoint, or a CLIP checkpoint turned into E2 (Hub id or local folder)",
-    "train_data": "data spec: fashiongen:FILE.h5, amazon:ROOT[:split], jsonl:FILE[:split], csv:FILE[:split], hf:PATH[:split]",
+    "train_data": "data spec: fashiongen:FILE.h5, amazon:ROOT[:split], jsonl:FILE[:split], csv:FILE[:split], "
+    "hf:PATH[:split]",
     "output_dir": "checkpoints/, best-model/ and model/ are written here",
     "eval_data": "data spec evaluated (full-candidate retrieval) after every epoch; best SumR kept",
     "baseline": "e2, or clip-ft: plain CLIP fine-tuning on the same data and budget",

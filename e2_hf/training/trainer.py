@@ -270,28 +270,47 @@ def embed_catalog(model, dataset: ProductDataset, collator: E2Collator, accelera
 
 
 # ------------------------------------------------------------------------------------ the run
-def train(args: TrainingArguments) -> dict[str, Any]:
-    """Runs the whole training; returns a summary (steps, best SumR, final model path, ...)."""
+@dataclass
+class Run:
+    """Everything one training run holds, built by `prepare_run`."""
+
+    args: TrainingArguments
+    accelerator: Any
+    model: Any  # wrapped by Accelerate (DDP, ...)
+    unwrapped: E2CLIPModel
+    processor: E2CLIPProcessor
+    optimizer: Any
+    scheduler: Any
+    progress: TrainingProgress
+    loss_fn: E2ContrastiveLoss
+    train_set: ProductDataset
+    sampler: EpochSampler
+    train_loader: Any
+    eval_set: ProductDataset | None
+    stage1_epochs: int
+    total_epochs: int
+    steps_per_epoch: int
+    last_checkpoint: Path | None = None
+
+
+def prepare_run(args: TrainingArguments) -> Run:
+    """Accelerator -> seed -> data -> model -> optimizer -> schedule -> prepare -> resume."""
     from accelerate import Accelerator, DistributedDataParallelKwargs
     from accelerate.utils import set_seed
 
-    output_dir = Path(args.output_dir)
     accelerator = Accelerator(
         mixed_precision=args.mixed_precision,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=None if args.report_to == "none" else args.report_to,
-        project_dir=str(output_dir),
-        step_scheduler_with_optimizer=False,
+        project_dir=args.output_dir,
+        step_scheduler_with_optimizer=False,  # the schedule counts optimizer steps itself
         # stage 1 freezes the backbone, so some parameters get no gradient
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
     set_seed(args.seed)
-
-    # data
     train_catalog = open_catalog(args.train_data)
     eval_catalog = open_catalog(args.eval_data) if args.eval_data else None
 
-    # model
     model = build_model(args)
     processor = E2CLIPProcessor.from_pretrained(args.model, entities=model.config.entities)
     for catalog, spec in ((train_catalog, args.train_data), (eval_catalog, args.eval_data)):
@@ -301,17 +320,16 @@ def train(args: TrainingArguments) -> dict[str, Any]:
         model.gradient_checkpointing_enable()
     entities = model.config.entities
     train_set = ProductDataset(train_catalog, entities, training=True, seed=args.seed, text_fields=args.text_fields)
-    collator = E2Collator(processor, strict=args.strict)
     sampler = EpochSampler(len(train_set), args.seed)
     # The loader's own generator: creating an iterator must not draw from the global RNG, which
     # drives the Gumbel noise and is restored on resume.
-    train_loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, collate_fn=collator,
-                              num_workers=args.num_workers, drop_last=True,
-                              generator=torch.Generator().manual_seed(args.seed))  # fmt: skip
+    train_loader = DataLoader(
+        train_set, batch_size=args.batch_size, sampler=sampler, collate_fn=E2Collator(processor, strict=args.strict),
+        num_workers=args.num_workers, drop_last=True, generator=torch.Generator().manual_seed(args.seed),
+    )  # fmt: skip
     if len(train_loader) == 0:
         raise ValueError(f"{args.train_data} has {len(train_set)} products, fewer than one batch of {args.batch_size}")
 
-    # optimizer and schedule
     optimizer = torch.optim.AdamW(
         parameter_groups(model, args.weight_decay), lr=1.0, betas=(args.adam_beta1, args.adam_beta2)
     )
@@ -321,116 +339,144 @@ def train(args: TrainingArguments) -> dict[str, Any]:
     stage1_epochs = args.warmup_epochs if unwrapped.e2_parameter_names() else 0
     total_epochs = args.warmup_epochs + args.epochs
     steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
-    schedule = TwoStageSchedule(args, stage1_epochs * steps_per_epoch, (total_epochs - stage1_epochs) * steps_per_epoch)
-    lambdas = [lambda step, is_new=group["is_new"]: schedule.lr(step, is_new) for group in optimizer.param_groups]
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer, lambdas
-    )
+    stage1_steps = stage1_epochs * steps_per_epoch
+    schedule = TwoStageSchedule(args, stage1_steps, total_epochs * steps_per_epoch - stage1_steps)
+    inner_optimizer = optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer
+    lambdas = [lambda step, is_new=group["is_new"]: schedule.lr(step, is_new) for group in inner_optimizer.param_groups]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(inner_optimizer, lambdas)
     progress = TrainingProgress()
     accelerator.register_for_checkpointing(scheduler, progress)
-    loss_fn = E2ContrastiveLoss.from_config(unwrapped.config)
 
-    # resume
-    if args.resume_from_checkpoint:
-        checkpoint = (
-            latest_checkpoint(output_dir)
-            if args.resume_from_checkpoint == "latest"
-            else Path(args.resume_from_checkpoint)
-        )
-        if checkpoint is None or not checkpoint.is_dir():
-            raise ValueError(f"no checkpoint to resume from ({args.resume_from_checkpoint}) in {output_dir}")
-        accelerator.load_state(str(checkpoint))
-        accelerator.print(f"resumed from {checkpoint} at step {progress.global_step} (epoch {progress.epoch})")
-
-    if accelerator.is_main_process and args.report_to != "none":
-        accelerator.init_trackers(
-            "e2", config={k: v for k, v in portable_args(args).items() if not isinstance(v, list)}
-        )
-
-    eval_set = eval_collator = None
+    eval_set = None
     if eval_catalog is not None:
         eval_set = ProductDataset(eval_catalog, entities, training=False, text_fields=args.text_fields)
-        eval_collator = E2Collator(processor, strict=args.strict)
+    run = Run(args, accelerator, model, unwrapped, processor, optimizer, scheduler, progress,
+              E2ContrastiveLoss.from_config(unwrapped.config), train_set, sampler, train_loader, eval_set,
+              stage1_epochs, total_epochs, steps_per_epoch, latest_checkpoint(Path(args.output_dir)))  # fmt: skip
+    if args.resume_from_checkpoint:
+        resume(run)
+    return run
 
+
+def resume(run: Run) -> None:
+    args, output_dir = run.args, Path(run.args.output_dir)
+    if args.resume_from_checkpoint == "latest":
+        checkpoint = latest_checkpoint(output_dir)
+    else:
+        checkpoint = Path(args.resume_from_checkpoint)
+    if checkpoint is None or not checkpoint.is_dir():
+        raise ValueError(f"no checkpoint to resume from ({args.resume_from_checkpoint}) in {output_dir}")
+    run.accelerator.load_state(str(checkpoint))
+    run.accelerator.print(f"resumed from {checkpoint} at step {run.progress.global_step} (epoch {run.progress.epoch})")
+
+
+def train(args: TrainingArguments) -> dict[str, Any]:
+    """Runs the whole training; returns a summary (steps, best SumR, final model path, ...)."""
+    run = prepare_run(args)
+    accelerator, progress, output_dir = run.accelerator, run.progress, Path(args.output_dir)
+    if accelerator.is_main_process and args.report_to != "none":
+        scalars = {key: value for key, value in portable_args(args).items() if not isinstance(value, list)}
+        accelerator.init_trackers("e2", config=scalars)
     history: list[dict[str, Any]] = []
-    last_checkpoint = latest_checkpoint(output_dir)
-    model.train()
-    bar = tqdm(total=total_epochs * steps_per_epoch, initial=progress.global_step, desc=args.baseline,
+    bar = tqdm(total=run.total_epochs * run.steps_per_epoch, initial=progress.global_step, desc=args.baseline,
                disable=not accelerator.is_local_main_process)  # fmt: skip
+    run.model.train()
     stopped_early = False
-    for epoch in range(progress.epoch, total_epochs):
+    for epoch in range(progress.epoch, run.total_epochs):
         progress.epoch = epoch
-        entering_stage2 = epoch == stage1_epochs and progress.batches_in_epoch == 0  # not when resuming mid-epoch
-        set_stage(unwrapped, optimizer, stage=1 if epoch < stage1_epochs else 2, reset_backbone=entering_stage2)
-        sampler.set_epoch(epoch)
-        train_set.set_epoch(epoch)
-        loader = train_loader
-        if progress.batches_in_epoch:
-            loader = accelerator.skip_first_batches(train_loader, progress.batches_in_epoch)
-        # Accelerate's loaders pass their own iteration count to the sampler's set_epoch when they
-        # start iterating; a fresh loader after a resume must count from this epoch.
-        if hasattr(loader, "set_epoch"):
-            loader.set_epoch(epoch)
-        for batch in loader:
-            skipped = batch.pop("skipped_images", [])
-            progress.skipped_images += len(skipped)
-            batch.pop("indices", None)
-            batch.pop("return_loss", None)
-            if "input_ids" not in batch:  # every image of the batch was unreadable
-                progress.batches_in_epoch += 1
-                continue
-            with accelerator.accumulate(model):
-                outputs = model(**batch)
-                losses = loss_fn(outputs, unwrapped.logit_scale.exp())
-                if not torch.isfinite(losses["loss"]):
-                    raise TrainingError(
-                        f"non-finite loss ({float(losses['loss'])}) at step {progress.global_step}, epoch {epoch}; "
-                        f"training stopped. The last good checkpoint is {last_checkpoint or 'none (no checkpoint yet)'}."
-                    )
-                accelerator.backward(losses["loss"])
-                optimizer.step()
-                optimizer.zero_grad()
-            progress.batches_in_epoch += 1
-            if not accelerator.sync_gradients:
-                continue
-            scheduler.step()
-            progress.global_step += 1
-            bar.update(1)
-            if progress.global_step % args.log_steps == 0:
-                logs = {name: float(value.detach()) for name, value in losses.items() if value is not None}
-                logs["lr"] = scheduler.get_last_lr()[-1]
-                bar.set_postfix(loss=f"{logs['loss']:.3f}")
-                accelerator.log(logs, step=progress.global_step)
-            if progress.global_step % args.save_steps == 0:
-                last_checkpoint = save_checkpoint(accelerator, output_dir, progress, args.save_total_limit)
-            if args.stop_after_steps is not None and progress.global_step >= args.stop_after_steps:
-                stopped_early = True
-                break
+        stopped_early = train_epoch(run, epoch, bar)
         if stopped_early:
             break
-        progress.batches_in_epoch = 0
-        progress.epoch = epoch + 1
-        if eval_set is not None:
-            metrics = evaluate_epoch(model, eval_set, eval_collator, accelerator, args)
-            history.append({"epoch": epoch, **metrics})
-            accelerator.log({"eval/sumr": metrics["sumr"]}, step=progress.global_step)
-            if metrics["sumr"] > progress.best_sumr:
-                progress.best_sumr = metrics["sumr"]
-                if accelerator.is_main_process:
-                    save_hub_folder(unwrapped, processor, output_dir / "best-model", args)
+        progress.batches_in_epoch, progress.epoch = 0, epoch + 1
+        if run.eval_set is not None:
+            history.append({"epoch": epoch, **evaluate_and_keep_best(run)})
     bar.close()
-    last_checkpoint = save_checkpoint(accelerator, output_dir, progress, args.save_total_limit)
+    run.last_checkpoint = save_checkpoint(accelerator, output_dir, progress, args.save_total_limit)
     summary = {"global_step": progress.global_step, "epochs": progress.epoch, "best_sumr": progress.best_sumr,
-               "skipped_images": progress.skipped_images, "history": history, "checkpoint": str(last_checkpoint)}  # fmt: skip
+               "skipped_images": progress.skipped_images, "history": history,
+               "checkpoint": str(run.last_checkpoint)}  # fmt: skip
     if not stopped_early:
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            save_hub_folder(unwrapped, processor, output_dir / "model", args)
+            save_hub_folder(run.unwrapped, run.processor, output_dir / "model", args)
         summary["model"] = str(output_dir / "model")
     if progress.skipped_images:
         accelerator.print(f"skipped {progress.skipped_images} unreadable images (use --strict to stop on the first)")
     accelerator.end_training()
     return summary
+
+
+def train_epoch(run: Run, epoch: int, bar) -> bool:
+    """One epoch (or what is left of it after a resume); True when `stop_after_steps` stopped it."""
+    args, accelerator, progress = run.args, run.accelerator, run.progress
+    entering_stage2 = epoch == run.stage1_epochs and progress.batches_in_epoch == 0  # not when resuming mid-epoch
+    set_stage(run.unwrapped, run.optimizer, stage=1 if epoch < run.stage1_epochs else 2, reset_backbone=entering_stage2)
+    run.sampler.set_epoch(epoch)
+    run.train_set.set_epoch(epoch)
+    loader = run.train_loader
+    if progress.batches_in_epoch:
+        loader = accelerator.skip_first_batches(run.train_loader, progress.batches_in_epoch)
+    # Accelerate's loaders pass their own iteration count to the sampler's set_epoch when they
+    # start iterating; a fresh loader after a resume must count from this epoch.
+    if hasattr(loader, "set_epoch"):
+        loader.set_epoch(epoch)
+    for batch in loader:
+        progress.skipped_images += len(batch.pop("skipped_images", []))
+        for key in ("indices", "return_loss"):
+            batch.pop(key, None)
+        progress.batches_in_epoch += 1
+        if "input_ids" not in batch:  # every image of the batch was unreadable
+            continue
+        losses = train_step(run, batch, epoch)
+        if not accelerator.sync_gradients:
+            continue
+        run.scheduler.step()
+        progress.global_step += 1
+        bar.update(1)
+        if progress.global_step % args.log_steps == 0:
+            logs = {name: float(value.detach()) for name, value in losses.items() if value is not None}
+            logs["lr"] = run.scheduler.get_last_lr()[-1]
+            bar.set_postfix(loss=f"{logs['loss']:.3f}")
+            accelerator.log(logs, step=progress.global_step)
+        if progress.global_step % args.save_steps == 0:
+            run.last_checkpoint = save_checkpoint(accelerator, Path(args.output_dir), progress, args.save_total_limit)
+        if args.stop_after_steps is not None and progress.global_step >= args.stop_after_steps:
+            return True
+    return False
+
+
+def train_step(run: Run, batch: dict[str, Any], epoch: int) -> dict[str, torch.Tensor | None]:
+    with run.accelerator.accumulate(run.model):
+        outputs = run.model(**batch)
+        losses = run.loss_fn(outputs, run.unwrapped.logit_scale.exp())
+        if not torch.isfinite(losses["loss"]):
+            checkpoint = run.last_checkpoint or "none (no checkpoint yet)"
+            raise TrainingError(
+                f"non-finite loss ({float(losses['loss'])}) at step {run.progress.global_step}, epoch {epoch}; "
+                f"training stopped. The last good checkpoint is {checkpoint}."
+            )
+        run.accelerator.backward(losses["loss"])
+        run.optimizer.step()
+        run.optimizer.zero_grad()
+    return losses
+
+
+def evaluate_and_keep_best(run: Run) -> dict[str, Any]:
+    """Full-candidate retrieval on the eval data; a better SumR replaces `best-model/`."""
+    accelerator = run.accelerator
+    collator = E2Collator(run.processor, strict=run.args.strict)
+    images, texts, _ = embed_catalog(run.model, run.eval_set, collator, accelerator, run.args.eval_batch_size)
+    metrics = retrieval_metrics(images, texts)
+    accelerator.print(
+        f"epoch eval: SumR {metrics['sumr']:.1f} | i2t R@1 {metrics['image_to_text']['R@1']:.1f} "
+        f"| t2i R@1 {metrics['text_to_image']['R@1']:.1f}"
+    )
+    accelerator.log({"eval/sumr": metrics["sumr"]}, step=run.progress.global_step)
+    if metrics["sumr"] > run.progress.best_sumr:
+        run.progress.best_sumr = metrics["sumr"]
+        if accelerator.is_main_process:
+            save_hub_folder(run.unwrapped, run.processor, Path(run.args.output_dir) / "best-model", run.args)
+    return {"full": metrics, "sumr": metrics["sumr"]}
 
 
 def set_stage(model: E2CLIPModel, optimizer, stage: int, reset_backbone: bool) -> None:
@@ -455,13 +501,3 @@ def save_checkpoint(accelerator, output_dir: Path, progress: TrainingProgress, k
         for old in all_checkpoints(output_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     return path
-
-
-def evaluate_epoch(model, eval_set, collator, accelerator, args) -> dict[str, Any]:
-    images, texts, _ = embed_catalog(model, eval_set, collator, accelerator, args.eval_batch_size)
-    metrics = retrieval_metrics(images, texts)
-    accelerator.print(
-        f"epoch eval: SumR {metrics['sumr']:.1f} | i2t R@1 {metrics['image_to_text']['R@1']:.1f} "
-        f"| t2i R@1 {metrics['text_to_image']['R@1']:.1f}"
-    )
-    return {"full": metrics, "sumr": metrics["sumr"]}
