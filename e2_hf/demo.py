@@ -40,8 +40,8 @@ class DemoSize:
     merges: int
 
 
-DEFAULT = DemoSize(products=800, image_size=64, patch_size=16, width=128, layers=6, text_layers=3,
-                   fusion_layers=[3, 4], warmup_epochs=2, epochs=10, batch_size=32, merges=1500)  # fmt: skip
+DEFAULT = DemoSize(products=1200, image_size=64, patch_size=16, width=128, layers=6, text_layers=3,
+                   fusion_layers=[3, 4], warmup_epochs=2, epochs=18, batch_size=32, merges=1500)  # fmt: skip
 QUICK = DemoSize(products=160, image_size=32, patch_size=8, width=64, layers=4, text_layers=2,
                  fusion_layers=[1, 2], warmup_epochs=1, epochs=2, batch_size=16, merges=400)  # fmt: skip
 

@@ -211,7 +211,9 @@ def write_fashiongen_h5(path: Path, rows: list[tuple[ProductSpec, int, np.ndarra
         return _fixed_bytes(values)
 
     with h5py.File(path, "w") as handle:
-        handle.create_dataset("input_image", data=np.stack([image for _, _, image in rows]), compression="gzip")
+        images = np.stack([image for _, _, image in rows])
+        # one image per chunk: a random read decompresses only that image
+        handle.create_dataset("input_image", data=images, chunks=(1, *images.shape[1:]), compression="gzip")
         products = [product for product, _, _ in rows]
         tags = [product.tags() for product in products]
         handle["input_description"] = text([product.description() for product in products])
