@@ -1,0 +1,56 @@
+"""`e2-hf demo --quick` and `e2-hf make-synthetic` end to end (subprocesses, as a user runs them)."""
+
+import json
+import subprocess
+import sys
+
+from PIL import Image
+
+from e2_hf import E2CLIPModel
+
+KEYS = {"R@1", "R@5", "R@10"}
+
+
+def test_quick_demo_writes_models_and_a_real_report(tmp_path):
+    completed = subprocess.run(
+        [sys.executable, "-m", "e2_hf.cli", "demo", "--output-dir", str(tmp_path), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    for model in ("e2", "clip_ft"):
+        for protocol in ("full", "sample100"):
+            block = report[model][protocol]
+            assert set(block["image_to_text"]) == set(block["text_to_image"]) == KEYS
+            recalls = [block[direction][k] for direction in ("image_to_text", "text_to_image") for k in KEYS]
+            assert all(0 <= value <= 100 for value in recalls)
+            assert abs(block["sumr"] - sum(recalls)) < 1e-6
+    assert report["catalog"]["products"] == 160 and report["seconds"]["total"] > 0
+    assert E2CLIPModel.from_pretrained(tmp_path / "e2-model").config.entities
+    assert E2CLIPModel.from_pretrained(tmp_path / "clip-ft-model").config.entities == []
+    assert "| E2 | full |" in (tmp_path / "report.md").read_text()
+    assert Image.open(tmp_path / "selection.png").size[0] > 0
+
+
+def test_make_synthetic_command(tmp_path):
+    command = [
+        sys.executable,
+        "-m",
+        "e2_hf.cli",
+        "make-synthetic",
+        "--output-dir",
+        str(tmp_path),
+        "--products",
+        "10",
+        "--views",
+        "2",
+        "--image-size",
+        "32",
+        "--hard",
+    ]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    assert json.loads(completed.stdout)["validation_products"] == 2
+    assert (tmp_path / "train.h5").exists() and len(list((tmp_path / "images").glob("*.png"))) == 20
