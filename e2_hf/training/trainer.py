@@ -452,7 +452,8 @@ def train_step(run: Run, batch: dict[str, Any], epoch: int) -> dict[str, torch.T
         if not torch.isfinite(losses["loss"]):
             checkpoint = run.last_checkpoint or "none (no checkpoint yet)"
             raise TrainingError(
-                f"non-finite loss ({float(losses['loss'].detach())}) at step {run.progress.global_step}, epoch {epoch}; "
+                f"non-finite loss ({float(losses['loss'].detach())}) at step {run.progress.global_step}, "
+                f"epoch {epoch}; "
                 f"training stopped. The last good checkpoint is {checkpoint}."
             )
         run.accelerator.backward(losses["loss"])
