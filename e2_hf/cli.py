@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .conversion import convert_clip_to_e2, convert_original_e2, push_to_hub
+from .evaluation import cli as evaluation_cli
 from .training import cli as training_cli
 
 
@@ -93,6 +94,11 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
         _make_synthetic,
     ),
     "train": ("fine-tune E2 or the CLIP-FT baseline with Accelerate", training_cli.add_arguments, training_cli.run),
+    "evaluate": (
+        "retrieval metrics (full or sample-100), region retrieval and linear probes of a model on a catalog",
+        evaluation_cli.add_arguments,
+        evaluation_cli.run,
+    ),
     "demo": (
         "synthetic catalog -> E2 and CLIP-FT trained on the same budget -> evaluated -> report",
         _add_demo,

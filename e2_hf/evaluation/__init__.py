@@ -1,6 +1,20 @@
-"""Evaluation of E2: retrieval protocols and catalog embedding."""
+"""Evaluation of E2: retrieval protocols, per-entity metrics and catalog embedding."""
 
-from .embedding import embed_products
+from .embedding import CatalogEmbeddings, embed_catalog, embed_products, embed_texts, load_for_inference
+from .entities import distinct_tags, linear_probe_accuracy, region_retrieval_metrics
 from .retrieval import positive_ranks, retrieval_metrics, sample100_candidates, sample100_metrics
 
-__all__ = ["embed_products", "positive_ranks", "retrieval_metrics", "sample100_candidates", "sample100_metrics"]
+__all__ = [
+    "CatalogEmbeddings",
+    "distinct_tags",
+    "embed_catalog",
+    "embed_products",
+    "embed_texts",
+    "linear_probe_accuracy",
+    "load_for_inference",
+    "positive_ranks",
+    "region_retrieval_metrics",
+    "retrieval_metrics",
+    "sample100_candidates",
+    "sample100_metrics",
+]

@@ -2,36 +2,58 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..data import E2Collator, ProductDataset, open_catalog
+from ..data import Catalog, E2Collator, ProductDataset, open_catalog
 from ..modeling import E2CLIPModel, E2CLIPProcessor
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}  # fmt: skip
+
+
+@dataclass
+class CatalogEmbeddings:
+    """L2-normalised float32 embeddings on the CPU, one row per product (catalog order)."""
+
+    image_embeds: torch.Tensor  # [products, dim]
+    text_embeds: torch.Tensor  # [products, dim]
+    region_embeds: torch.Tensor | None  # [products, entities, dim]
+    catalog: Catalog
+    entities: list[str]
+
+
+def load_for_inference(
+    model_name_or_path: str | Path, device: str | None = None, dtype: str | torch.dtype = torch.float32
+) -> tuple[E2CLIPModel, E2CLIPProcessor, str, torch.dtype]:
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    model = E2CLIPModel.from_pretrained(model_name_or_path, dtype=dtype).to(device).eval()
+    return model, E2CLIPProcessor.from_pretrained(model_name_or_path), device, dtype
 
 
 @torch.no_grad()
-def embed_products(
-    model_dir: str | Path,
-    catalog_spec: str,
+def embed_catalog(
+    model: E2CLIPModel,
+    processor: E2CLIPProcessor,
+    catalog: Catalog,
     batch_size: int = 128,
-    device: str | None = None,
+    device: str = "cpu",
     dtype: torch.dtype = torch.float32,
     num_workers: int = 0,
-):
-    """Global image and text embeddings (normalised, float32 on the CPU) of every product's first
-    view; returns `(image_embeds, text_embeds, catalog)`, rows in catalog order. Products whose
-    image cannot be read are an error here: evaluation must not silently drop items."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = E2CLIPModel.from_pretrained(model_dir, dtype=dtype).to(device).eval()
-    processor = E2CLIPProcessor.from_pretrained(model_dir)
-    catalog = open_catalog(catalog_spec)
+) -> CatalogEmbeddings:
+    """Every product's first view and product text. An unreadable image is an error here:
+    evaluation must not silently drop items."""
     dataset = ProductDataset(catalog, model.config.entities, training=False)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
                         collate_fn=E2Collator(processor, strict=True))  # fmt: skip
-    images, texts = [], []
+    images, texts, regions = [], [], []
     for batch in tqdm(loader, desc=f"embedding {catalog.name}", leave=False):
         outputs = model(
             input_ids=batch["input_ids"].to(device),
@@ -40,4 +62,30 @@ def embed_products(
         )
         images.append(outputs.image_embeds.float().cpu())
         texts.append(outputs.text_embeds.float().cpu())
-    return torch.cat(images), torch.cat(texts), catalog
+        if outputs.region_embeds is not None:
+            regions.append(outputs.region_embeds.float().cpu())
+    return CatalogEmbeddings(
+        torch.cat(images), torch.cat(texts), torch.cat(regions) if regions else None, catalog, model.config.entities
+    )
+
+
+@torch.no_grad()
+def embed_texts(
+    model: E2CLIPModel, processor: E2CLIPProcessor, texts: Sequence[str], batch_size: int = 256, device: str = "cpu"
+) -> torch.Tensor:
+    """L2-normalised text embeddings `[len(texts), dim]` (float32, CPU)."""
+    rows = []
+    for start in range(0, len(texts), batch_size):
+        encoded = processor(text=list(texts[start : start + batch_size]))
+        features = model.get_text_features(encoded["input_ids"].to(device), encoded["attention_mask"].to(device))
+        features = features.pooler_output if hasattr(features, "pooler_output") else features
+        rows.append(F.normalize(features.float(), dim=-1).cpu())
+    return torch.cat(rows)
+
+
+def embed_products(model_dir: str | Path, catalog_spec: str, batch_size: int = 128, device: str | None = None,
+                   dtype: str | torch.dtype = torch.float32):  # fmt: skip
+    """`(image_embeds, text_embeds, catalog)` of a saved model on a catalog spec."""
+    model, processor, device, dtype = load_for_inference(model_dir, device, dtype)
+    embeddings = embed_catalog(model, processor, open_catalog(catalog_spec), batch_size, device, dtype)
+    return embeddings.image_embeds, embeddings.text_embeds, embeddings.catalog

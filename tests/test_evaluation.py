@@ -1,0 +1,89 @@
+"""Evaluation: region retrieval, linear probes, `e2-hf evaluate` and the `evaluate` metric module."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from e2_hf.evaluation import distinct_tags, linear_probe_accuracy, region_retrieval_metrics, retrieval_metrics
+from e2_hf.metrics import metric_path
+
+from .test_training import catalog, small_clip  # noqa: F401  (module fixtures)
+
+
+def test_region_retrieval_on_planted_embeddings():
+    tags = ["Gucci", "Prada", None, "Gucci", "Zara"]
+    names, labels, present = distinct_tags(tags)
+    assert names == ["Gucci", "Prada", "Zara"] and labels.tolist() == [0, 1, -1, 0, 2]
+    tag_embeds = torch.eye(3, 4)
+    regions = tag_embeds[labels.clamp_min(0)] + 0.01 * torch.randn(5, 4)  # each item near its tag
+    metrics = region_retrieval_metrics(regions, tag_embeds, labels)
+    assert metrics["image_to_tag"]["R@1"] == 100.0 and metrics["tag_to_image"]["R@1"] == 100.0
+    assert metrics["items"] == 4 and metrics["distinct_tags"] == 3
+    swapped = region_retrieval_metrics(regions, tag_embeds[[1, 2, 0]], labels)  # wrong texts
+    assert swapped["image_to_tag"]["R@1"] == 0.0
+
+
+def test_linear_probe_learns_a_planted_label_and_not_noise():
+    generator = torch.Generator().manual_seed(0)
+    labels = [f"class {i % 4}" for i in range(200)]
+    centres = torch.randn(4, 16, generator=generator)
+    features = centres[torch.tensor([i % 4 for i in range(200)])] + 0.3 * torch.randn(200, 16, generator=generator)
+    assert linear_probe_accuracy(features, labels)["accuracy"] > 95
+    noise = torch.randn(200, 16, generator=generator)
+    assert linear_probe_accuracy(noise, labels)["accuracy"] < 50
+
+
+def test_evaluate_command(small_clip, catalog, tmp_path):  # noqa: F811
+    from e2_hf import E2CLIPModel, E2CLIPProcessor
+
+    model_dir = tmp_path / "e2"
+    E2CLIPModel.from_clip(str(small_clip), fusion_layers=[1, 2]).save_pretrained(model_dir)
+    E2CLIPProcessor.from_pretrained(
+        str(small_clip), entities=["brand", "season", "subcategory", "composition"]
+    ).save_pretrained(model_dir)
+    output = tmp_path / "metrics.json"
+    data = f"jsonl:{catalog / 'catalog.jsonl'}"
+    for protocol in ("full", "sample100"):
+        command = [
+            sys.executable,
+            "-m",
+            "e2_hf.cli",
+            "evaluate",
+            "--model",
+            str(model_dir),
+            "--data",
+            data,
+            "--protocol",
+            protocol,
+            "--queries",
+            "20",
+            "--seeds",
+            "2",
+            "--output",
+            str(output),
+            "--regions",
+            "--linear-probe",
+        ]
+        completed = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        assert completed.returncode == 0, completed.stderr[-3000:]
+        results = json.loads(output.read_text())
+        assert set(results[protocol]["image_to_text"]) == {"R@1", "R@5", "R@10"}
+        assert f"| {protocol} | image_to_text |" in completed.stdout
+        assert (
+            set(results["region"]) == set(results["linear_probe"]) == {"brand", "season", "subcategory", "composition"}
+        )
+
+
+def test_evaluate_metric_module_loads_offline_by_path():
+    evaluate = pytest.importorskip("evaluate")
+    metric = evaluate.load(metric_path("retrieval_recall"))
+    generator = torch.Generator().manual_seed(0)
+    images, texts = torch.randn(30, 8, generator=generator), torch.randn(30, 8, generator=generator)
+    result = metric.compute(predictions=images.tolist(), references=texts.tolist())
+    expected = retrieval_metrics(images, texts)
+    assert result["query_to_candidate_R@5"] == pytest.approx(expected["image_to_text"]["R@5"])
+    assert result["candidate_to_query_R@1"] == pytest.approx(expected["text_to_image"]["R@1"])
+    assert result["sumr"] == pytest.approx(expected["sumr"])
