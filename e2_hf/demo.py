@@ -40,10 +40,32 @@ class DemoSize:
     merges: int
 
 
-DEFAULT = DemoSize(products=1200, image_size=64, patch_size=16, width=128, layers=6, text_layers=3,
-                   fusion_layers=[3, 4], warmup_epochs=2, epochs=18, batch_size=32, merges=1500)  # fmt: skip
-QUICK = DemoSize(products=160, image_size=32, patch_size=8, width=64, layers=4, text_layers=2,
-                 fusion_layers=[1, 2], warmup_epochs=1, epochs=2, batch_size=16, merges=400)  # fmt: skip
+DEFAULT = DemoSize(
+    products=1200,
+    image_size=64,
+    patch_size=16,
+    width=128,
+    layers=6,
+    text_layers=3,
+    fusion_layers=[3, 4],
+    warmup_epochs=2,
+    epochs=18,
+    batch_size=32,
+    merges=1500,
+)
+QUICK = DemoSize(
+    products=160,
+    image_size=32,
+    patch_size=8,
+    width=64,
+    layers=4,
+    text_layers=2,
+    fusion_layers=[1, 2],
+    warmup_epochs=1,
+    epochs=2,
+    batch_size=16,
+    merges=400,
+)
 
 
 def make_small_clip(
@@ -142,12 +164,16 @@ def draw_selection(model_dir: Path, catalog_spec: str, output_path: Path, count:
 
 
 def report_markdown(report: dict[str, Any]) -> str:
-    lines = ["# E2 vs CLIP-FT on the synthetic catalog (--hard)", "",
-             f"Catalog: {report['catalog']['train_products']} training and {report['catalog']['validation_products']} "
-             f"validation products, {report['catalog']['views']} views each, {report['catalog']['image_size']} px. "
-             f"Same data, model size and training budget for both. Recalls in percent on the validation products.", "",
-             "| model | protocol | I2T R@1 | I2T R@5 | I2T R@10 | T2I R@1 | T2I R@5 | T2I R@10 | SumR |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    lines = [
+        "# E2 vs CLIP-FT on the synthetic catalog (--hard)",
+        "",
+        f"Catalog: {report['catalog']['train_products']} training and {report['catalog']['validation_products']} "
+        f"validation products, {report['catalog']['views']} views each, {report['catalog']['image_size']} px. "
+        f"Same data, model size and training budget for both. Recalls in percent on the validation products.",
+        "",
+        "| model | protocol | I2T R@1 | I2T R@5 | I2T R@10 | T2I R@1 | T2I R@5 | T2I R@10 | SumR |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for key, name in (("e2", "E2"), ("clip_ft", "CLIP-FT")):
         for protocol in ("full", "sample100"):
             block = report[key][protocol]
@@ -160,17 +186,65 @@ def report_markdown(report: dict[str, Any]) -> str:
                 + f" | {block['sumr']:.1f} |"
             )
     seconds = report["seconds"]
-    lines += ["", f"Seconds: catalog {seconds['catalog']:.0f}, E2 training {seconds['train_e2']:.0f}, "
-              f"CLIP-FT training {seconds['train_clip_ft']:.0f}, evaluation {seconds['evaluate']:.0f}, "
-              f"total {seconds['total']:.0f}."]  # fmt: skip
+    lines += [
+        "",
+        f"Seconds: catalog {seconds['catalog']:.0f}, E2 training {seconds['train_e2']:.0f}, "
+        f"CLIP-FT training {seconds['train_clip_ft']:.0f}, evaluation {seconds['evaluate']:.0f}, "
+        f"total {seconds['total']:.0f}.",
+    ]
     return "\n".join(lines) + "\n"
+
+
+def prepare_base(output_dir: Path, catalog_dir: Path, size: DemoSize, seed: int) -> str:
+    """A CLIP-format tokenizer learned from the catalog and a small random CLIP using it."""
+    from .synthetic import all_texts
+    from .tokenization import build_tokenizer_from_texts
+
+    tokenizer = build_tokenizer_from_texts(all_texts(catalog_dir), output_dir / "tokenizer", size.merges, 64)
+    return str(
+        make_small_clip(
+            output_dir / "base-clip",
+            tokenizer,
+            image_size=size.image_size,
+            patch_size=size.patch_size,
+            width=size.width,
+            layers=size.layers,
+            text_layers=size.text_layers,
+            projection_dim=size.width,
+            seed=seed,
+        )
+    )
+
+
+def demo_training_arguments(base: str, catalog_dir: Path, output_dir: Path, size: DemoSize, seed: int, **overrides):
+    """The demo's training settings: the paper's two stages, with learning rates for a small
+    randomly initialised CLIP."""
+    from .training import TrainingArguments
+
+    settings = dict(
+        model=base,
+        train_data=f"fashiongen:{catalog_dir / 'train.h5'}",
+        eval_data=f"jsonl:{catalog_dir / 'catalog.jsonl'}:validation",
+        output_dir=str(output_dir),
+        fusion_layers=size.fusion_layers,
+        warmup_epochs=size.warmup_epochs,
+        epochs=size.epochs,
+        batch_size=size.batch_size,
+        warmup_lr=2e-3,
+        lr=5e-4,
+        warmup_steps=20,
+        seed=seed,
+        save_steps=10_000,
+        log_steps=5,
+    )
+    settings.update(overrides)
+    return TrainingArguments(**settings)
 
 
 def run_demo(output_dir: str | Path, quick: bool = False, base: str | None = None, seed: int = 0) -> dict[str, Any]:
     from .conversion.push_to_hub import fresh_process_outputs
-    from .synthetic import all_texts, make_synthetic
-    from .tokenization import build_tokenizer_from_texts
-    from .training import TrainingArguments, train
+    from .synthetic import make_synthetic
+    from .training import train
 
     size = QUICK if quick else DEFAULT
     output_dir = Path(output_dir)
@@ -179,23 +253,17 @@ def run_demo(output_dir: str | Path, quick: bool = False, base: str | None = Non
     start = time.perf_counter()
 
     catalog_dir = output_dir / "catalog"
-    catalog = make_synthetic(catalog_dir, products=size.products, seed=seed, views=3, image_size=size.image_size,
-                             hard=True)  # fmt: skip
+    catalog = make_synthetic(
+        catalog_dir, products=size.products, seed=seed, views=3, image_size=size.image_size, hard=True
+    )
     seconds["catalog"] = time.perf_counter() - start
     if base is None:
-        tokenizer = build_tokenizer_from_texts(all_texts(catalog_dir), output_dir / "tokenizer", size.merges, 64)
-        base = str(make_small_clip(output_dir / "base-clip", tokenizer, image_size=size.image_size,
-                                   patch_size=size.patch_size, width=size.width, layers=size.layers,
-                                   text_layers=size.text_layers, projection_dim=size.width, seed=seed))  # fmt: skip
-    train_spec = f"fashiongen:{catalog_dir / 'train.h5'}"
+        base = prepare_base(output_dir, catalog_dir, size, seed)
     eval_spec = f"jsonl:{catalog_dir / 'catalog.jsonl'}:validation"
-    common = dict(model=base, train_data=train_spec, eval_data=eval_spec, fusion_layers=size.fusion_layers,
-                  warmup_epochs=size.warmup_epochs, epochs=size.epochs, batch_size=size.batch_size,
-                  warmup_lr=2e-3, lr=5e-4, warmup_steps=20, seed=seed, save_steps=10_000, log_steps=5)  # fmt: skip
     models = {}
     for key, baseline in (("e2", "e2"), ("clip_ft", "clip-ft")):
         tick = time.perf_counter()
-        train(TrainingArguments(output_dir=str(output_dir / "runs" / key), baseline=baseline, **common))
+        train(demo_training_arguments(base, catalog_dir, output_dir / "runs" / key, size, seed, baseline=baseline))
         seconds[f"train_{key}"] = time.perf_counter() - tick
         target = output_dir / ("e2-model" if key == "e2" else "clip-ft-model")
         shutil.rmtree(target, ignore_errors=True)
@@ -208,8 +276,12 @@ def run_demo(output_dir: str | Path, quick: bool = False, base: str | None = Non
     seconds["evaluate"] = time.perf_counter() - tick
     draw_selection(models["e2"], eval_spec, output_dir / "selection.png")
     seconds["total"] = time.perf_counter() - start
-    report.update(catalog={k: v for k, v in catalog.items() if k != "output_dir"}, seconds=seconds,
-                  quick=quick, base="small random CLIP" if base.startswith(str(output_dir)) else base)  # fmt: skip
+    report.update(
+        catalog={k: v for k, v in catalog.items() if k != "output_dir"},
+        seconds=seconds,
+        quick=quick,
+        base="small random CLIP" if base.startswith(str(output_dir)) else base,
+    )
     (output_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (output_dir / "report.md").write_text(report_markdown(report))
     return report

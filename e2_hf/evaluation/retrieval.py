@@ -27,7 +27,7 @@ def positive_ranks(queries: torch.Tensor, candidates: torch.Tensor, chunk_size: 
         scores = queries[start:end] @ candidates.t()  # [chunk, N]
         rows = torch.arange(end - start)
         positive = scores[rows, rows + start][:, None]  # [chunk, 1]
-        ahead = (scores > positive).sum(dim=1) + (scores == positive).sum(dim=1) - 1
+        ahead = (scores >= positive).sum(dim=1) - 1  # ties count against the positive; -1: itself
         ranks[start:end] = ahead.cpu()
     return ranks
 
