@@ -17,8 +17,6 @@ the archive's own `encode_text`), and the new parameters are listed.
 from __future__ import annotations
 
 import argparse
-import pickle
-import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -28,7 +26,7 @@ import torch
 from e2_hf.modeling import E2CLIPConfig, E2CLIPModel, E2CLIPProcessor
 from e2_hf.parameters import count_new_parameters
 
-from .common import int_list, name_list, processor_with_tokenizer
+from .common import command_main, int_list, load_weights_only, name_list, processor_with_tokenizer
 from .openai_layout import convert_clip_key, infer_clip_sizes, strip_prefixes
 
 # Non-weight entries of OpenAI's archives (sizes stored as tensors) and open_clip buffers.
@@ -63,15 +61,7 @@ def load_openai_layout(path: str | Path) -> tuple[dict[str, torch.Tensor], Any]:
         scripted = torch.jit.load(str(path), map_location="cpu").eval()
         state_dict = dict(scripted.state_dict())
     else:
-        try:
-            state_dict = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as error:
-            raise ValueError(
-                f"{path}: refusing to load; it holds pickled objects beyond tensors, so it cannot be read with "
-                f"torch.load(weights_only=True). Details: {error}"
-            ) from None
-        if isinstance(state_dict, dict) and "state_dict" in state_dict:
-            state_dict = state_dict["state_dict"]
+        state_dict = load_weights_only(path)
     state_dict = strip_prefixes(state_dict, ("module.",))
     state_dict = {key: value for key, value in state_dict.items() if key not in OPENAI_NON_WEIGHT_KEYS}
     return state_dict, scripted
@@ -280,11 +270,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = add_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
-    try:
-        run(parser.parse_args(argv))
-    except (ValueError, FileNotFoundError, OSError) as error:
-        sys.exit(f"error: {error}")
+    command_main(add_arguments, run, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

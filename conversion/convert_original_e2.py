@@ -12,9 +12,7 @@ table; an unexpected or missing key is an error, except the reference's document
 from __future__ import annotations
 
 import argparse
-import pickle
 import re
-import sys
 from pathlib import Path
 
 import torch
@@ -22,7 +20,7 @@ import torch
 from e2_hf.modeling import E2CLIPConfig, E2CLIPModel, clip_image_processor
 from e2_hf.modeling.processing_e2clip import save_image_processor
 
-from .common import int_list, name_list, processor_with_tokenizer
+from .common import command_main, int_list, load_weights_only, name_list, processor_with_tokenizer
 from .openai_layout import convert_clip_key, infer_clip_sizes, strip_prefixes
 
 # Tensors the reference creates but never uses in its forward pass.
@@ -48,16 +46,7 @@ def load_original_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise ValueError(
-            f"{path}: refusing to load; it holds pickled objects other than tensors and argparse.Namespace, "
-            f"so it cannot be read with torch.load(weights_only=True). Details: {error}"
-        ) from None
-    if isinstance(checkpoint, dict) and "state_dict" in checkpoint:
-        checkpoint = checkpoint["state_dict"]
+    checkpoint = load_weights_only(path, allowed=[argparse.Namespace])  # the reference stores its args
     if not isinstance(checkpoint, dict) or not all(isinstance(value, torch.Tensor) for value in checkpoint.values()):
         raise ValueError(f"{path}: expected a state dict of tensors (or {{'state_dict': ...}}).")
     return strip_prefixes(checkpoint)
@@ -258,11 +247,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = add_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
-    try:
-        run(parser.parse_args(argv))
-    except (ValueError, FileNotFoundError) as error:
-        sys.exit(f"error: {error}")
+    command_main(add_arguments, run, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

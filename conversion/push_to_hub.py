@@ -31,6 +31,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .common import command_main
+
 CODE_FILES = ("configuration_e2clip.py", "modeling_e2clip.py", "processing_e2clip.py")
 REQUIRED_FILES = (
     "config.json",
@@ -162,36 +164,26 @@ def eval_results(metrics: dict[str, Any], dataset_name: str) -> list:
     from huggingface_hub import EvalResult
 
     metrics = metrics.get("e2", metrics)
+
+    def result(metric_type: str, metric_name: str, value: float) -> EvalResult:
+        return EvalResult(
+            task_type="image-text-retrieval",
+            task_name="Image-text retrieval",
+            dataset_type=dataset_name.lower().replace(" ", "-"),
+            dataset_name=dataset_name,
+            metric_type=metric_type,
+            metric_name=metric_name,
+            metric_value=float(value),
+        )
+
     results = []
     for protocol in ("full", "sample100"):
-        if protocol not in metrics:
-            continue
-        block = metrics[protocol]
+        block = metrics.get(protocol, {})
         for direction in ("image_to_text", "text_to_image"):
             for k, value in block.get(direction, {}).items():
-                results.append(
-                    EvalResult(
-                        task_type="image-text-retrieval",
-                        task_name="Image-text retrieval",
-                        dataset_type=dataset_name.lower().replace(" ", "-"),
-                        dataset_name=dataset_name,
-                        metric_type=f"recall@{k.split('@')[-1]}",
-                        metric_name=f"{protocol} {direction} {k}",
-                        metric_value=float(value),
-                    )
-                )
+                results.append(result(f"recall@{k.split('@')[-1]}", f"{protocol} {direction} {k}", value))
         if "sumr" in block:
-            results.append(
-                EvalResult(
-                    task_type="image-text-retrieval",
-                    task_name="Image-text retrieval",
-                    dataset_type=dataset_name.lower().replace(" ", "-"),
-                    dataset_name=dataset_name,
-                    metric_type="sumr",
-                    metric_name=f"{protocol} SumR",
-                    metric_value=float(block["sumr"]),
-                )
-            )
+            results.append(result("sumr", f"{protocol} SumR", block["sumr"]))
     return results
 
 
@@ -386,11 +378,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = add_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
-    try:
-        run(parser.parse_args(argv))
-    except (ValueError, FileNotFoundError, OSError) as error:
-        sys.exit(f"error: {error}")
+    command_main(add_arguments, run, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":
