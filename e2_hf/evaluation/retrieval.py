@@ -1,8 +1,9 @@
 """Retrieval metrics: full-candidate and sample-100 protocols (spec, section 4).
 
-Ranks come from chunked matrix products: memory is bounded by `chunk_size x N` scores, never a
-per-query sort. Tie rule: a candidate scoring exactly as the positive ranks ahead of it (the
-positive does not win a tie), so a degenerate model cannot score well by giving equal scores.
+Ranks come from chunked matrix products and counting: memory is bounded by `chunk_size x N`
+scores, never a per-query sort, and one product serves both directions. Tie rule: a candidate
+scoring as the positive (within float rounding, `TIE_TOLERANCE`) ranks ahead of it (the positive
+does not win a tie), so a degenerate model cannot score well by giving equal scores.
 """
 
 from __future__ import annotations
@@ -14,22 +15,36 @@ import torch
 import torch.nn.functional as F
 
 DIRECTIONS = ("image_to_text", "text_to_image")
+TIE_TOLERANCE = 1e-6  # scores this close to the positive's count as ties (float rounding)
+
+
+def ranks_both_ways(
+    images: torch.Tensor, texts: torch.Tensor, chunk_size: int = 1024, tolerance: float = TIE_TOLERANCE
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """0-based rank of the positive for every image (among texts) and every text (among images).
+
+    One pass of chunked products `images[chunk] @ texts.T` serves both directions: rows give the
+    image ranks, column counts accumulate the text ranks. rank = number of *other* candidates
+    scoring at least the positive's score minus `tolerance` (ties, up to float rounding, count
+    against the positive). Memory: `chunk_size x N` scores.
+    """
+    positives = (images * texts).sum(dim=-1)  # [N], image i with text i
+    thresholds = positives - tolerance
+    image_ranks = torch.empty(images.shape[0], dtype=torch.long)
+    text_ranks = torch.zeros(texts.shape[0], dtype=torch.long)
+    for start in range(0, images.shape[0], chunk_size):
+        end = min(start + chunk_size, images.shape[0])
+        scores = images[start:end] @ texts.t()  # [chunk, N]
+        rows = torch.arange(end - start)
+        scores[rows, rows + start] = float("-inf")  # leave the positives themselves out
+        image_ranks[start:end] = (scores >= thresholds[start:end, None]).sum(dim=1).cpu()
+        text_ranks += (scores >= thresholds[None, :]).sum(dim=0).cpu()
+    return image_ranks, text_ranks
 
 
 def positive_ranks(queries: torch.Tensor, candidates: torch.Tensor, chunk_size: int = 1024) -> torch.Tensor:
-    """0-based rank of candidate i for query i, for every i: `[N]`.
-
-    rank = #(candidates scoring above the positive) + #(other candidates scoring equal to it).
-    """
-    ranks = torch.empty(queries.shape[0], dtype=torch.long)
-    for start in range(0, queries.shape[0], chunk_size):
-        end = min(start + chunk_size, queries.shape[0])
-        scores = queries[start:end] @ candidates.t()  # [chunk, N]
-        rows = torch.arange(end - start)
-        positive = scores[rows, rows + start][:, None]  # [chunk, 1]
-        ahead = (scores >= positive).sum(dim=1) - 1  # ties count against the positive; -1: itself
-        ranks[start:end] = ahead.cpu()
-    return ranks
+    """0-based rank of candidate i for query i, for every i: `[N]` (see `ranks_both_ways`)."""
+    return ranks_both_ways(queries, candidates, chunk_size)[0]
 
 
 def recalls(ranks: torch.Tensor, ks: Sequence[int]) -> dict[str, float]:
@@ -47,10 +62,8 @@ def retrieval_metrics(
         raise ValueError(f"{image_embeds.shape[0]} images but {text_embeds.shape[0]} texts: row i must match row i")
     images = F.normalize(image_embeds.float(), dim=-1)
     texts = F.normalize(text_embeds.float(), dim=-1)
-    metrics = {
-        "image_to_text": recalls(positive_ranks(images, texts, chunk_size), ks),
-        "text_to_image": recalls(positive_ranks(texts, images, chunk_size), ks),
-    }
+    image_ranks, text_ranks = ranks_both_ways(images, texts, chunk_size)
+    metrics = {"image_to_text": recalls(image_ranks, ks), "text_to_image": recalls(text_ranks, ks)}
     metrics["sumr"] = sum(value for direction in DIRECTIONS for value in metrics[direction].values())
     return metrics
 
