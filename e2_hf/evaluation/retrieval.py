@@ -1,7 +1,7 @@
 """Retrieval metrics: full-candidate and sample-100 protocols (spec, section 4).
 
-Ranks come from chunked matrix products and counting: memory is bounded by `chunk_size x N`
-scores, never a per-query sort, and one product serves both directions. Tie rule: a candidate
+Ranks come from tiled matrix products and counting: memory is one tile of scores, never a
+per-query sort, and one product serves both directions. Tie rule: a candidate
 scoring as the positive (within float rounding, `TIE_TOLERANCE`) ranks ahead of it (the positive
 does not win a tie), so a degenerate model cannot score well by giving equal scores.
 """
@@ -19,30 +19,39 @@ TIE_TOLERANCE = 1e-6  # scores this close to the positive's count as ties (float
 
 
 def ranks_both_ways(
-    images: torch.Tensor, texts: torch.Tensor, chunk_size: int = 1024, tolerance: float = TIE_TOLERANCE
+    images: torch.Tensor,
+    texts: torch.Tensor,
+    chunk_size: int = 256,
+    column_chunk: int = 2048,
+    tolerance: float = TIE_TOLERANCE,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """0-based rank of the positive for every image (among texts) and every text (among images).
 
-    One pass of chunked products `images[chunk] @ texts.T` serves both directions: rows give the
-    image ranks, column counts accumulate the text ranks. rank = number of *other* candidates
-    scoring at least the positive's score minus `tolerance` (ties, up to float rounding, count
-    against the positive). Memory: `chunk_size x N` scores.
+    One pass over tiles `images[rows] @ texts[columns].T` serves both directions: row counts give
+    the image ranks, column counts the text ranks. rank = number of *other* candidates scoring at
+    least the positive's score minus `tolerance` (ties, up to float rounding, count against the
+    positive). Tiles of `chunk_size x column_chunk` scores stay in the CPU cache while they are
+    counted, so counting costs little beyond the product itself; memory is one tile.
     """
-    positives = (images * texts).sum(dim=-1)  # [N], image i with text i
-    thresholds = positives - tolerance
-    image_ranks = torch.empty(images.shape[0], dtype=torch.long)
-    text_ranks = torch.zeros(texts.shape[0], dtype=torch.long)
-    for start in range(0, images.shape[0], chunk_size):
-        end = min(start + chunk_size, images.shape[0])
-        scores = images[start:end] @ texts.t()  # [chunk, N]
-        rows = torch.arange(end - start)
-        scores[rows, rows + start] = float("-inf")  # leave the positives themselves out
-        image_ranks[start:end] = (scores >= thresholds[start:end, None]).sum(dim=1).cpu()
-        text_ranks += (scores >= thresholds[None, :]).sum(dim=0).cpu()
-    return image_ranks, text_ranks
+    count = images.shape[0]
+    thresholds = (images * texts).sum(dim=-1) - tolerance  # [N]: positive score of item i, minus the tolerance
+    image_ranks = torch.zeros(count, dtype=torch.long, device=images.device)
+    text_ranks = torch.zeros(count, dtype=torch.long, device=images.device)
+    for row in range(0, count, chunk_size):
+        row_end = min(row + chunk_size, count)
+        for column in range(0, count, column_chunk):
+            column_end = min(column + column_chunk, count)
+            scores = images[row:row_end] @ texts[column:column_end].t()  # [rows, columns]
+            first, last = max(row, column), min(row_end, column_end)
+            if first < last:  # this tile holds some positives: leave them out
+                diagonal = torch.arange(first, last, device=images.device)
+                scores[diagonal - row, diagonal - column] = float("-inf")
+            image_ranks[row:row_end] += (scores >= thresholds[row:row_end, None]).sum(dim=1)
+            text_ranks[column:column_end] += (scores >= thresholds[None, column:column_end]).sum(dim=0)
+    return image_ranks.cpu(), text_ranks.cpu()
 
 
-def positive_ranks(queries: torch.Tensor, candidates: torch.Tensor, chunk_size: int = 1024) -> torch.Tensor:
+def positive_ranks(queries: torch.Tensor, candidates: torch.Tensor, chunk_size: int = 256) -> torch.Tensor:
     """0-based rank of candidate i for query i, for every i: `[N]` (see `ranks_both_ways`)."""
     return ranks_both_ways(queries, candidates, chunk_size)[0]
 
@@ -52,7 +61,7 @@ def recalls(ranks: torch.Tensor, ks: Sequence[int]) -> dict[str, float]:
 
 
 def retrieval_metrics(
-    image_embeds: torch.Tensor, text_embeds: torch.Tensor, ks: Sequence[int] = (1, 5, 10), chunk_size: int = 1024
+    image_embeds: torch.Tensor, text_embeds: torch.Tensor, ks: Sequence[int] = (1, 5, 10), chunk_size: int = 256
 ) -> dict:
     """Full-candidate protocol: row i of each matrix is one product. Recalls in percent.
 
@@ -107,7 +116,7 @@ def sample100_metrics(
             candidates = torch.from_numpy(sample100_candidates(subcategories, int(query), num_negatives, rng))
             for direction, (query_side, candidate_side) in zip(DIRECTIONS, ((images, texts), (texts, images))):
                 scores = candidate_side[candidates] @ query_side[query]  # [1 + negatives]
-                ranks[direction].append(int((scores[1:] >= scores[0]).sum()))
+                ranks[direction].append(int((scores[1:] >= scores[0] - TIE_TOLERANCE).sum()))
         per_seed.append({direction: recalls(torch.tensor(values), ks) for direction, values in ranks.items()})
     metrics = {
         direction: {key: float(np.mean([run[direction][key] for run in per_seed])) for key in per_seed[0][direction]}
