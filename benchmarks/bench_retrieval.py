@@ -4,7 +4,8 @@ d = 512, random unit embeddings (image i paired with a noisy copy as text i), N 
 FashionGen validation size) and N = 100,000. Ours: tiled matrix products and counting, one
 product for both directions. The reference-style loop scores and sorts all N candidates per
 query, both directions; it is timed on a subset of queries and scaled to N (stated in the
-output). The bare N x N x d matrix product (once) is the lower bound. Target: at least 50x faster than the loop at N = 32,528.
+output). The bare N x N x d matrix product (once) is the lower bound. Target: at least 50x
+faster than the loop at N = 32,528.
 
     python benchmarks/bench_retrieval.py
 """
