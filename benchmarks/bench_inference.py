@@ -13,7 +13,7 @@ import torch
 from transformers import CLIPConfig, CLIPModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import interleaved, parser, write_result  # noqa: E402
+from common import TOY_FUSION_LAYERS, TOY_TEXT, TOY_VISION, interleaved, parser, write_result  # noqa: E402
 
 from e2_hf import E2CLIPConfig, E2CLIPModel  # noqa: E402
 from e2_hf.parameters import count_new_parameters  # noqa: E402
@@ -24,16 +24,10 @@ TARGET = 1.10
 def main() -> None:
     args = parser(__doc__.splitlines()[0]).parse_args()
     if args.toy:
-        vision = {
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 4,
-            "num_attention_heads": 4,
-            "image_size": 32,
-            "patch_size": 8,
-        }
-        text = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
-        e2_config = E2CLIPConfig(text_config=text, vision_config=vision, projection_dim=16, fusion_layers=[1, 2])
+        vision, text = TOY_VISION, TOY_TEXT
+        e2_config = E2CLIPConfig(
+            text_config=text, vision_config=vision, projection_dim=16, fusion_layers=TOY_FUSION_LAYERS
+        )
         batch, repeats = 4, 2
     else:
         e2_config, batch, repeats = E2CLIPConfig(), 32, 7

@@ -20,7 +20,7 @@ import torch
 from transformers import CLIPConfig, CLIPModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import interleaved, parser, write_result  # noqa: E402
+from common import TOY_FUSION_LAYERS, TOY_TEXT, TOY_VISION, interleaved, parser, write_result  # noqa: E402
 
 from e2_hf import E2CLIPConfig, E2CLIPModel, E2CLIPProcessor, build_product_text  # noqa: E402
 from e2_hf.modeling.modeling_e2clip import region_contrastive_loss  # noqa: E402
@@ -65,16 +65,8 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp())
     tok, tokenizer_name = tokenizer(folder, args.toy)
     if args.toy:
-        vision = {
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 4,
-            "num_attention_heads": 4,
-            "image_size": 32,
-            "patch_size": 8,
-        }
-        text = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
-        fusion, projection, batch, repeats = [1, 2], 16, 8, 2
+        vision, text = TOY_VISION, TOY_TEXT
+        fusion, projection, batch, repeats = TOY_FUSION_LAYERS, 16, 8, 2
     else:
         vision, text, fusion, projection, batch, repeats = {}, {}, [7, 10], 512, 32, 5
     text = {

@@ -12,6 +12,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# --toy sizes of the model benchmarks (smoke tests only)
+TOY_VISION = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "image_size": 32,
+    "patch_size": 8,
+}
+TOY_TEXT = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
+TOY_FUSION_LAYERS = [1, 2]
 
 
 def machine() -> dict[str, object]:

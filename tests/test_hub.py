@@ -117,9 +117,7 @@ def local_outputs(model_dir, tiny_processor):
 def test_push_then_load_through_the_endpoint(hub, model_dir, tmp_path, tiny_processor):
     metrics_path = tmp_path / "metrics.json"
     metrics_path.write_text(json.dumps(METRICS))
-    completed = run_cli(
-        hub,
-        tmp_path / "home",
+    push = [
         "push",
         "--model",
         str(model_dir),
@@ -131,7 +129,8 @@ def test_push_then_load_through_the_endpoint(hub, model_dir, tmp_path, tiny_proc
         "openai/clip-vit-base-patch32",
         "--license",
         "mit",
-    )
+    ]
+    completed = run_cli(hub, tmp_path / "home", *push)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "verified" in completed.stdout
 
@@ -171,21 +170,7 @@ def test_push_then_load_through_the_endpoint(hub, model_dir, tmp_path, tiny_proc
 
     # a second push of the unchanged folder makes no commit
     commits = hub.commit_count("tester/e2-tiny")
-    again = run_cli(
-        hub,
-        tmp_path / "home",
-        "push",
-        "--model",
-        str(model_dir),
-        "--repo-id",
-        "tester/e2-tiny",
-        "--metrics",
-        str(metrics_path),
-        "--base-model",
-        "openai/clip-vit-base-patch32",
-        "--license",
-        "mit",
-    )
+    again = run_cli(hub, tmp_path / "home", *push)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "nothing changed" in again.stdout
     assert hub.commit_count("tester/e2-tiny") == commits
