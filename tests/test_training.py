@@ -160,3 +160,21 @@ def test_settings_from_a_file_with_overrides(tmp_path):
     path.write_text(json.dumps({"model": "m", "train_data": "t", "output_dir": "o", "epoch": 3}))
     with pytest.raises(ValueError, match=r"unknown settings \['epoch'\]"):
         TrainingArguments.from_file(path)
+
+
+def test_mixed_precision_accumulation_and_checkpointing(small_clip, catalog, tmp_path):
+    summary = train(
+        arguments(
+            small_clip,
+            catalog,
+            tmp_path / "run",
+            mixed_precision="bf16",
+            gradient_checkpointing=True,
+            gradient_accumulation_steps=2,
+            eval_data=None,
+            save_steps=100,
+        )
+    )
+    assert summary["global_step"] == 2 * ((40 // 8) // 2 + (40 // 8) % 2)
+    model = E2CLIPModel.from_pretrained(tmp_path / "run" / "model")
+    assert all(torch.isfinite(parameter).all() for parameter in model.parameters())

@@ -316,8 +316,9 @@ def prepare_run(args: TrainingArguments) -> Run:
     for catalog, spec in ((train_catalog, args.train_data), (eval_catalog, args.eval_data)):
         if catalog is not None:
             check_entities(model, catalog, spec)
-    if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+    if args.gradient_checkpointing:  # transformers 5.x renamed the method; 4.x has only the old name
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable()
     entities = model.config.entities
     train_set = ProductDataset(train_catalog, entities, training=True, seed=args.seed, text_fields=args.text_fields)
     sampler = EpochSampler(len(train_set), args.seed)
