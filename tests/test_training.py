@@ -1,7 +1,10 @@
 """The Accelerate trainer on a small synthetic catalog (CPU)."""
 
 import json
+import math
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -162,19 +165,37 @@ def test_settings_from_a_file_with_overrides(tmp_path):
         TrainingArguments.from_file(path)
 
 
-def test_mixed_precision_accumulation_and_checkpointing(small_clip, catalog, tmp_path):
-    summary = train(
-        arguments(
-            small_clip,
-            catalog,
-            tmp_path / "run",
-            mixed_precision="bf16",
-            gradient_checkpointing=True,
-            gradient_accumulation_steps=2,
-            eval_data=None,
-            save_steps=100,
-        )
-    )
-    assert summary["global_step"] == 2 * ((40 // 8) // 2 + (40 // 8) % 2)
+def test_command_line_with_mixed_precision_accumulation_and_checkpointing(small_clip, catalog, tmp_path):
+    """Through `e2-hf train` in a fresh process (Accelerate's precision is fixed once per process)."""
+    settings = tmp_path / "settings.yaml"
+    settings.write_text(f"model: {small_clip}\ntrain_data: fashiongen:{catalog / 'train.h5'}\nwarmup_epochs: 1\n")
+    command = [
+        sys.executable,
+        "-m",
+        "e2_hf.cli",
+        "train",
+        "--config",
+        str(settings),
+        "--output-dir",
+        str(tmp_path / "run"),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--fusion-layers",
+        "1,2",
+        "--mixed-precision",
+        "bf16",
+        "--gradient-checkpointing",
+        "--gradient-accumulation-steps",
+        "2",
+        "--save-steps",
+        "100",
+    ]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    summary = json.loads(completed.stdout[completed.stdout.index("{") :])
+    assert summary["global_step"] == 2 * math.ceil((40 // 8) / 2)
     model = E2CLIPModel.from_pretrained(tmp_path / "run" / "model")
+    assert model.config.fusion_layers == [1, 2]
     assert all(torch.isfinite(parameter).all() for parameter in model.parameters())
