@@ -177,18 +177,8 @@ def test_push_then_load_through_the_endpoint(hub, model_dir, tmp_path, tiny_proc
 
 
 def test_push_to_a_branch_and_a_failed_upload(hub, model_dir, tmp_path):
-    completed = run_cli(
-        hub,
-        tmp_path / "home",
-        "push",
-        "--model",
-        str(model_dir),
-        "--repo-id",
-        "tester/e2-branch",
-        "--revision",
-        "experiment",
-        "--private",
-    )
+    push = ["push", "--model", str(model_dir), "--repo-id", "tester/e2-branch", "--revision", "experiment"]
+    completed = run_cli(hub, tmp_path / "home", *push, "--private")
     assert completed.returncode == 0, completed.stderr[-3000:]
     repo = hub.hub.repos["tester/e2-branch"]
     assert repo.private and set(repo.branches) == {"main", "experiment"}
@@ -198,17 +188,7 @@ def test_push_to_a_branch_and_a_failed_upload(hub, model_dir, tmp_path):
     (model_dir / "notes.txt").write_text("a change")
     before = dict(repo.branches)
     hub.hub.fail_commits = True
-    failed = run_cli(
-        hub,
-        tmp_path / "home",
-        "push",
-        "--model",
-        str(model_dir),
-        "--repo-id",
-        "tester/e2-branch",
-        "--revision",
-        "experiment",
-    )
+    failed = run_cli(hub, tmp_path / "home", *push)
     assert failed.returncode != 0
     assert (
         "upload to tester/e2-branch@experiment failed" in failed.stderr and "remote repo is unchanged" in failed.stderr

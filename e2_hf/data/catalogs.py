@@ -181,41 +181,49 @@ def _images_of(record: Mapping[str, Any], separator: str | None = None) -> list[
     return [str(image) for image in images]
 
 
-class JsonlCatalog(FileCatalog):
+class TabularCatalog(FileCatalog):
+    """One product per row of a file; image paths relative to the file; `split` filters rows."""
+
+    kind = "tabular"
+
     def __init__(self, path: str | Path, split: str | None = None):
         self.path = Path(path)
         if not self.path.is_file():
-            raise FileNotFoundError(f"JSONL catalog not found: {self.path}")
-        self.name, self.products, self.image_paths = self.path.name, [], []
-        with open(self.path, encoding="utf-8") as handle:
-            for row, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                source = f"{self.path.name} row {row}"
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise ValueError(f"{source}: not valid JSON ({error})") from None
-                if split is not None and record.get("split") != split:
-                    continue
-                self._add_record(record, source, self.path.parent, _images_of(record))
-        if not self.products:
-            raise ValueError(f"{self.path}: no products" + (f" in split {split!r}" if split else ""))
-
-
-class CsvCatalog(FileCatalog):
-    def __init__(self, path: str | Path, split: str | None = None):
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"CSV catalog not found: {self.path}")
+            raise FileNotFoundError(f"{self.kind} catalog not found: {self.path}")
         self.name, self.products, self.image_paths = self.path.name, [], []
         with open(self.path, encoding="utf-8", newline="") as handle:
-            for row, record in enumerate(csv.DictReader(handle), start=2):  # row 1 is the header
-                if split is not None and record.get("split") != split:
-                    continue
-                self._add_record(record, f"{self.path.name} row {row}", self.path.parent, _images_of(record, ";"))
+            for source, record, images in self._rows(handle):
+                if split is None or record.get("split") == split:
+                    self._add_record(record, source, self.path.parent, images)
         if not self.products:
             raise ValueError(f"{self.path}: no products" + (f" in split {split!r}" if split else ""))
+
+    def _rows(self, handle):
+        """Yields `(source for error messages, record, image paths)`."""
+        raise NotImplementedError
+
+
+class JsonlCatalog(TabularCatalog):
+    kind = "JSONL"
+
+    def _rows(self, handle):
+        for row, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            source = f"{self.path.name} row {row}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{source}: not valid JSON ({error})") from None
+            yield source, record, _images_of(record)
+
+
+class CsvCatalog(TabularCatalog):
+    kind = "CSV"
+
+    def _rows(self, handle):
+        for row, record in enumerate(csv.DictReader(handle), start=2):  # row 1 is the header
+            yield f"{self.path.name} row {row}", record, _images_of(record, ";")
 
 
 class AmazonCatalog(FileCatalog):
