@@ -53,6 +53,10 @@ class E2CLIPVisionOutput(ModelOutput):
             `post_layernorm` of the CLS token.
         hidden_states (`tuple(torch.FloatTensor)`, *optional*):
             The embeddings and each layer's output (`output_hidden_states=True`).
+        attentions (`tuple(torch.FloatTensor)`, *optional*):
+            Each layer's attention probabilities `(batch_size, num_heads, sequence_length,
+            sequence_length)` (`output_attentions=True`); layers after the patches were dropped have
+            the shorter sequence `[selection tokens, CLS]`.
         selection_indices (`torch.LongTensor`, *optional*):
             Shape `(batch_size, num_fusion_blocks, num_selection_tokens)`: the patch (0-based,
             row-major over the patch grid) each selection token chose in each fusion block;
@@ -62,6 +66,7 @@ class E2CLIPVisionOutput(ModelOutput):
     last_hidden_state: torch.FloatTensor | None = None
     pooler_output: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
     selection_indices: torch.LongTensor | None = None
 
 
@@ -274,16 +279,31 @@ class E2CLIPAttention(nn.Module):
         states = states.view(batch_size, sequence_length, self.num_heads, self.head_dim)
         return states.transpose(1, 2)  # [batch, heads, sequence, head_dim]
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def _attention_weights(self, query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None):
+        """Softmax attention probabilities `[batch, heads, sequence, sequence]` (what SDPA computes inside)."""
+        scores = query @ key.transpose(-1, -2) * self.head_dim**-0.5
+        if attention_mask is not None:
+            scores = scores.masked_fill(~attention_mask, float("-inf"))
+        return scores.softmax(dim=-1)
+
+    def forward(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`attention_mask`: boolean, True where a query may attend to a key. With `output_attentions`
+        the attention is computed explicitly so that its probabilities can be returned."""
         batch_size, sequence_length, _ = hidden_states.shape
         query = self._split_heads(self.q_proj(hidden_states))
         key = self._split_heads(self.k_proj(hidden_states))
         value = self._split_heads(self.v_proj(hidden_states))
-        attended = F.scaled_dot_product_attention(
-            query, key, value, attn_mask=attention_mask, dropout_p=self.dropout if self.training else 0.0
-        )  # [batch, heads, sequence, head_dim]
-        attended = attended.transpose(1, 2).reshape(batch_size, sequence_length, self.embed_dim)
-        return self.out_proj(attended)
+        dropout = self.dropout if self.training else 0.0
+        weights = None
+        if output_attentions:
+            weights = self._attention_weights(query, key, attention_mask)
+            attended = F.dropout(weights, p=dropout) @ value
+        else:
+            attended = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=dropout)
+        attended = attended.transpose(1, 2).reshape(batch_size, sequence_length, self.embed_dim)  # [batch, seq, width]
+        return self.out_proj(attended), weights
 
 
 class E2CLIPMLP(nn.Module):
@@ -308,11 +328,13 @@ class E2CLIPEncoderLayer(nn.Module):
         self.layer_norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.mlp = E2CLIPMLP(config)
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        residual = hidden_states
-        hidden_states = residual + self.self_attn(self.layer_norm1(hidden_states), attention_mask)
-        residual = hidden_states
-        return residual + self.mlp(self.layer_norm2(hidden_states))
+    def forward(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attended, attention_weights = self.self_attn(self.layer_norm1(hidden_states), attention_mask, output_attentions)
+        hidden_states = hidden_states + attended
+        hidden_states = hidden_states + self.mlp(self.layer_norm2(hidden_states))
+        return hidden_states, attention_weights
 
 
 class E2CLIPEncoder(nn.Module):
@@ -330,15 +352,22 @@ class E2CLIPEncoder(nn.Module):
         start: int = 0,
         end: int | None = None,
         all_hidden_states: list[torch.Tensor] | None = None,
+        all_attentions: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Runs layers `start..end-1`; appends each output to `all_hidden_states` when given."""
+        """Runs layers `start..end-1`; appends each output to `all_hidden_states` and each layer's
+        attention probabilities to `all_attentions` when given."""
+        output_attentions = all_attentions is not None
         for layer in self.layers[start:end]:
             if self.gradient_checkpointing and self.training:
-                hidden_states = self._gradient_checkpointing_func(layer.__call__, hidden_states, attention_mask)
+                hidden_states, attention_weights = self._gradient_checkpointing_func(
+                    layer.__call__, hidden_states, attention_mask, output_attentions
+                )
             else:
-                hidden_states = layer(hidden_states, attention_mask)
+                hidden_states, attention_weights = layer(hidden_states, attention_mask, output_attentions)
             if all_hidden_states is not None:
                 all_hidden_states.append(hidden_states)
+            if output_attentions:
+                all_attentions.append(attention_weights)
         return hidden_states
 
 
@@ -440,11 +469,15 @@ class E2CLIPTextTransformer(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         output_hidden_states: bool = False,
+        output_attentions: bool = False,
     ) -> BaseModelOutputWithPooling:
         hidden_states = self.embeddings(input_ids)  # [batch, seq, width]
         mask = self._attention_mask(attention_mask, input_ids.shape[-1], input_ids.device)
         all_hidden_states = [hidden_states] if output_hidden_states else None
-        hidden_states = self.encoder(hidden_states, mask, all_hidden_states=all_hidden_states)
+        all_attentions = [] if output_attentions else None
+        hidden_states = self.encoder(
+            hidden_states, mask, all_hidden_states=all_hidden_states, all_attentions=all_attentions
+        )
         last_hidden_state = self.final_layer_norm(hidden_states)
         batch_index = torch.arange(input_ids.shape[0], device=input_ids.device)
         pooled_output = last_hidden_state[batch_index, self._end_positions(input_ids, attention_mask)]
@@ -452,6 +485,7 @@ class E2CLIPTextTransformer(nn.Module):
             last_hidden_state=last_hidden_state,
             pooler_output=pooled_output,
             hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
+            attentions=tuple(all_attentions) if output_attentions else None,
         )
 
 
@@ -486,29 +520,32 @@ class E2CLIPVisionTransformer(nn.Module):
         selection = self.selection_tokens.to(embeddings.dtype).expand(embeddings.shape[0], -1, -1)
         return torch.cat([selection, embeddings], dim=1)  # [batch, num_selection + 1 + num_patches, width]
 
-    def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool = False) -> E2CLIPVisionOutput:
+    def forward(
+        self, pixel_values: torch.Tensor, output_hidden_states: bool = False, output_attentions: bool = False
+    ) -> E2CLIPVisionOutput:
         hidden_states = self._prepend_selection_tokens(self.embeddings(pixel_values))
         hidden_states = self.pre_layrnorm(hidden_states)
         all_hidden_states = [hidden_states] if output_hidden_states else None
+        all_attentions = [] if output_attentions else None
+        tower_outputs = {"all_hidden_states": all_hidden_states, "all_attentions": all_attentions}
 
         selection_indices = []
         start = 0
         for fusion_layer, fusion_block in zip(self.fusion_layers, self.fusion_blocks):
-            hidden_states = self.encoder(
-                hidden_states, start=start, end=fusion_layer + 1, all_hidden_states=all_hidden_states
-            )
+            hidden_states = self.encoder(hidden_states, start=start, end=fusion_layer + 1, **tower_outputs)
             hidden_states, chosen = fusion_block(hidden_states)
             selection_indices.append(chosen)
             start = fusion_layer + 1
         if self.fusion_layers and self.drop_patches_after_fusion:
             hidden_states = hidden_states[:, : self.num_selection_tokens + 1]  # [batch, num_selection + 1, width]
-        hidden_states = self.encoder(hidden_states, start=start, all_hidden_states=all_hidden_states)
+        hidden_states = self.encoder(hidden_states, start=start, **tower_outputs)
 
         pooled_output = self.post_layernorm(hidden_states[:, self.num_selection_tokens])  # CLS
         return E2CLIPVisionOutput(
             last_hidden_state=hidden_states,
             pooler_output=pooled_output,
             hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
+            attentions=tuple(all_attentions) if output_attentions else None,
             selection_indices=torch.stack(selection_indices, dim=1) if selection_indices else None,
         )
 
@@ -610,12 +647,12 @@ class E2CLIPModel(E2CLIPPreTrainedModel):
         return names
 
     # ----------------------------------------------------------------- towers
-    def _text_embeds(self, input_ids, attention_mask=None, output_hidden_states=False):
-        text_outputs = self.text_model(input_ids, attention_mask, output_hidden_states=output_hidden_states)
+    def _text_embeds(self, input_ids, attention_mask=None, output_hidden_states=False, output_attentions=False):
+        text_outputs = self.text_model(input_ids, attention_mask, output_hidden_states, output_attentions)
         return self.text_projection(text_outputs.pooler_output), text_outputs
 
-    def _image_embeds(self, pixel_values, output_hidden_states=False):
-        vision_outputs = self.vision_model(pixel_values, output_hidden_states=output_hidden_states)
+    def _image_embeds(self, pixel_values, output_hidden_states=False, output_attentions=False):
+        vision_outputs = self.vision_model(pixel_values, output_hidden_states, output_attentions)
         return self.visual_projection(vision_outputs.pooler_output), vision_outputs
 
     def _region_embeds(self, vision_outputs: E2CLIPVisionOutput) -> torch.Tensor | None:
@@ -708,6 +745,7 @@ class E2CLIPModel(E2CLIPPreTrainedModel):
         tag_attention_mask: torch.Tensor | None = None,
         return_loss: bool | None = None,
         output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         return_dict: bool | None = None,
     ) -> E2CLIPOutput | tuple:
         """Embeds whatever is given (texts, images or both); with `return_loss=True`, texts and
@@ -719,6 +757,9 @@ class E2CLIPModel(E2CLIPPreTrainedModel):
             tag_input_ids / tag_attention_mask: `[batch, num_entities, tag_length]`, entities in
                 `config.entities` order; an all-zero mask row marks a missing tag.
             return_loss: compute `loss`, `global_loss` and `region_loss`.
+            output_hidden_states / output_attentions: each layer's output / attention probabilities
+                in `text_model_output` and `vision_model_output` (attention is then computed
+                explicitly instead of with SDPA).
 
         With tags, the output also holds `tag_embeds`, `tag_present` and `tag_groups` (see
         `encode_tags`), so a training loop can compute the losses over several processes.
@@ -726,12 +767,12 @@ class E2CLIPModel(E2CLIPPreTrainedModel):
         if input_ids is None and pixel_values is None:
             raise ValueError("E2CLIPModel needs input_ids, pixel_values or both.")
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        output_hidden_states = bool(output_hidden_states)
+        tower_outputs = (bool(output_hidden_states), bool(output_attentions))
         text_embeds = text_outputs = image_embeds = vision_outputs = region_embeds = None
         if input_ids is not None:
-            text_embeds, text_outputs = self._text_embeds(input_ids, attention_mask, output_hidden_states)
+            text_embeds, text_outputs = self._text_embeds(input_ids, attention_mask, *tower_outputs)
         if pixel_values is not None:
-            image_embeds, vision_outputs = self._image_embeds(pixel_values, output_hidden_states)
+            image_embeds, vision_outputs = self._image_embeds(pixel_values, *tower_outputs)
             region_embeds = self._region_embeds(vision_outputs)
         tag_embeds = tag_present = tag_groups = None
         if tag_input_ids is not None and region_embeds is not None:

@@ -333,13 +333,50 @@ def test_sdpa_attention_matches_the_explicit_formula(tiny_model):
     attention = tiny_model.vision_model.encoder.layers[0].self_attn
     hidden_states = torch.randn(2, 5, 32)
     with torch.no_grad():
-        actual = attention(hidden_states)
+        actual, no_weights = attention(hidden_states)
+        explicit, returned_weights = attention(hidden_states, output_attentions=True)
         q, k, v = (
             attention._split_heads(p(hidden_states)) for p in (attention.q_proj, attention.k_proj, attention.v_proj)
         )
         weights = (q @ k.transpose(-1, -2) / attention.head_dim**0.5).softmax(-1)
         expected = attention.out_proj((weights @ v).transpose(1, 2).reshape(2, 5, 32))
+    assert no_weights is None
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(explicit, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(returned_weights, weights, rtol=1e-5, atol=1e-6)
+
+
+def test_output_attentions_returns_each_layers_probabilities_and_changes_nothing_else(tester, tiny_model):
+    input_ids, attention_mask = tester.input_ids()
+    pixel_values = tester.pixel_values()
+    with torch.no_grad():
+        plain = tiny_model(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values)
+        explicit = tiny_model(
+            input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values, output_attentions=True
+        )
+    for key in ("text_embeds", "image_embeds", "region_embeds"):
+        torch.testing.assert_close(explicit[key], plain[key], rtol=1e-5, atol=1e-6)
+    assert torch.equal(explicit.selection_indices, plain.selection_indices)
+    assert plain.vision_model_output.attentions is None
+
+    config = tiny_model.config
+    vision_attentions = explicit.vision_model_output.attentions
+    assert len(vision_attentions) == config.vision_config.num_hidden_layers
+    num_patches = (config.vision_config.image_size // config.vision_config.patch_size) ** 2
+    full_length = config.num_selection_tokens + 1 + num_patches
+    last_fusion = max(config.fusion_layers)
+    for layer, weights in enumerate(vision_attentions):
+        length = full_length if layer <= last_fusion else config.num_selection_tokens + 1  # patches dropped
+        assert weights.shape == (tester.batch_size, config.vision_config.num_attention_heads, length, length)
+        torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:-1]))
+
+    text_attentions = explicit.text_model_output.attentions
+    assert len(text_attentions) == config.text_config.num_hidden_layers
+    padded_keys = attention_mask == 0  # [batch, seq]: no real token attends to padding
+    for weights in text_attentions:
+        attended_padding = weights.sum(dim=1) * padded_keys[:, None, :]  # [batch, query, key]
+        assert attended_padding[attention_mask.bool()].abs().max() == 0
+        assert torch.all(weights.triu(diagonal=1) == 0)  # causal
 
 
 def test_config_defaults_build_vit_b32_shapes():
