@@ -17,6 +17,17 @@ from .evaluation import cli as evaluation_cli
 from .training import cli as training_cli
 
 
+def _lazy(module: str, function: str) -> Callable:
+    """`function` of `e2_hf.<module>`, imported when the subcommand runs."""
+
+    def call(*args):
+        from importlib import import_module
+
+        return getattr(import_module(f"e2_hf.{module}"), function)(*args)
+
+    return call
+
+
 def _make_synthetic(args: argparse.Namespace) -> None:
     from .synthetic import make_synthetic
 
@@ -105,6 +116,11 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
         _demo,
     ),
     "count-params": ("print the parameters E2 adds to CLIP and their share", _add_count_params, _count_params),
+    "visualize": (
+        "draw the patches each entity's selection tokens chose, next to the CLS token's attention",
+        _lazy("visualization", "add_arguments"),
+        _lazy("visualization", "run"),
+    ),
 }
 
 

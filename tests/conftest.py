@@ -145,3 +145,37 @@ def tokenized_tester(tiny_processor) -> E2CLIPModelTester:
 def make_images(count: int, size: int = 40) -> list[Image.Image]:
     rng = np.random.default_rng(0)
     return [Image.fromarray(rng.integers(0, 256, (size, size + 6, 3), dtype=np.uint8)) for _ in range(count)]
+
+
+@pytest.fixture(scope="session")
+def catalog(tmp_path_factory) -> Path:
+    """A small hard synthetic catalog: FashionGen HDF5 files and catalog.jsonl with PNGs."""
+    from e2_hf.synthetic import make_synthetic
+
+    folder = tmp_path_factory.mktemp("catalog")
+    make_synthetic(folder, products=50, seed=0, views=2, image_size=32, hard=True, progress=False)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def small_clip(catalog, tmp_path_factory) -> Path:
+    """A small random CLIP (transformers' CLIPModel folder) with a tokenizer learned on the catalog."""
+    from e2_hf.demo import make_small_clip
+    from e2_hf.synthetic import all_texts
+    from e2_hf.tokenization import build_tokenizer_from_texts
+
+    tokenizer = build_tokenizer_from_texts(all_texts(catalog), tmp_path_factory.mktemp("tokenizer"), 300, 48)
+    folder = tmp_path_factory.mktemp("clip")
+    return make_small_clip(
+        folder, tokenizer, image_size=32, patch_size=8, width=32, layers=4, heads=2, text_layers=2, projection_dim=16
+    )
+
+
+@pytest.fixture(scope="session")
+def e2_model_dir(small_clip, tmp_path_factory) -> Path:
+    """A saved (untrained) E2 model and processor made from `small_clip`."""
+    folder = tmp_path_factory.mktemp("e2")
+    torch.manual_seed(0)
+    E2CLIPModel.from_clip(str(small_clip), fusion_layers=[1, 2]).save_pretrained(folder)
+    E2CLIPProcessor.from_pretrained(str(small_clip), entities=TAG_ENTITIES).save_pretrained(folder)
+    return folder

@@ -10,8 +10,6 @@ import torch
 from e2_hf.evaluation import distinct_tags, linear_probe_accuracy, region_retrieval_metrics, retrieval_metrics
 from e2_hf.metrics import metric_path
 
-from .test_training import catalog, small_clip  # noqa: F401  (module fixtures)
-
 
 def test_region_retrieval_on_planted_embeddings():
     tags = ["Gucci", "Prada", None, "Gucci", "Zara"]
@@ -36,14 +34,8 @@ def test_linear_probe_learns_a_planted_label_and_not_noise():
     assert linear_probe_accuracy(noise, labels)["accuracy"] < 50
 
 
-def test_evaluate_command(small_clip, catalog, tmp_path):  # noqa: F811
-    from e2_hf import E2CLIPModel, E2CLIPProcessor
-
-    model_dir = tmp_path / "e2"
-    E2CLIPModel.from_clip(str(small_clip), fusion_layers=[1, 2]).save_pretrained(model_dir)
-    E2CLIPProcessor.from_pretrained(
-        str(small_clip), entities=["brand", "season", "subcategory", "composition"]
-    ).save_pretrained(model_dir)
+def test_evaluate_command(e2_model_dir, catalog, tmp_path):
+    model_dir = e2_model_dir
     output = tmp_path / "metrics.json"
     data = f"jsonl:{catalog / 'catalog.jsonl'}"
     for protocol in ("full", "sample100"):

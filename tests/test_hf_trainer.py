@@ -8,10 +8,8 @@ from e2_hf import E2CLIPModel, E2CLIPProcessor
 from e2_hf.data import ProductDataset, open_catalog
 from e2_hf.hf_trainer import retrieval_compute_metrics, trainer_collator
 
-from .test_training import catalog, small_clip  # noqa: F401  (module fixtures)
 
-
-def test_trainer_loss_goes_down_and_recall_is_reported(catalog, small_clip, tmp_path):  # noqa: F811
+def test_trainer_loss_goes_down_and_recall_is_reported(catalog, small_clip, tmp_path):
     model = E2CLIPModel.from_clip(str(small_clip), fusion_layers=[1, 2])
     processor = E2CLIPProcessor.from_pretrained(str(small_clip), entities=model.config.entities)
     train_catalog = open_catalog(f"fashiongen:{catalog / 'train.h5'}")

@@ -12,28 +12,9 @@ from safetensors.torch import load_file
 
 from e2_hf import E2CLIPModel
 from e2_hf.data import ImageLoadError
-from e2_hf.demo import make_small_clip
-from e2_hf.synthetic import all_texts, make_synthetic
-from e2_hf.tokenization import build_tokenizer_from_texts
 from e2_hf.training import TrainingArguments, TrainingError, train
 
 SMALL = dict(fusion_layers=[1, 2], warmup_epochs=1, epochs=1, batch_size=8, eval_batch_size=16, log_steps=1)
-
-
-@pytest.fixture(scope="module")
-def catalog(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("catalog")
-    make_synthetic(folder, products=50, seed=0, views=2, image_size=32, hard=True, progress=False)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def small_clip(catalog, tmp_path_factory):
-    tokenizer = build_tokenizer_from_texts(all_texts(catalog), tmp_path_factory.mktemp("tokenizer"), 300, 48)
-    folder = tmp_path_factory.mktemp("clip")
-    return make_small_clip(
-        folder, tokenizer, image_size=32, patch_size=8, width=32, layers=4, heads=2, text_layers=2, projection_dim=16
-    )
 
 
 def arguments(small_clip, catalog, output_dir, **overrides) -> TrainingArguments:

@@ -1,0 +1,133 @@
+"""`e2-hf visualize` and `selection_maps`: the figure marks the patches the model really chose."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from e2_hf.visualization import (
+    BOX_STEP,
+    box_outlines,
+    display_scale,
+    draw_selection_panel,
+    entity_colour,
+    render_selection_figure,
+    selection_maps,
+)
+
+from .conftest import make_images
+
+
+def grey_images(count: int, size: int = 40) -> list[Image.Image]:
+    """Grey-level images: no pixel can be mistaken for an entity colour."""
+    return [image.convert("L").convert("RGB") for image in make_images(count, size)]
+
+
+@pytest.fixture
+def maps(tiny_model, tiny_processor):
+    return selection_maps(tiny_model, tiny_processor, grey_images(3))
+
+
+def test_maps_hold_the_models_own_selection_indices(tiny_model, tiny_processor, maps):
+    images = grey_images(3)
+    with torch.no_grad():
+        chosen = tiny_model(pixel_values=tiny_processor(images=images)["pixel_values"]).selection_indices
+    config = tiny_model.config
+    for index, selection_map in enumerate(maps):
+        for entity, (start, end) in zip(config.entities, config.entity_token_slices):
+            for block in range(len(config.fusion_layers)):
+                assert selection_map.patches[entity][block] == chosen[index, block, start:end].tolist()
+        side = config.vision_config.image_size
+        assert selection_map.image.size == (side, side)
+        grid = side // config.vision_config.patch_size
+        assert selection_map.cls_attention.shape == (grid, grid)
+        assert np.isclose(selection_map.cls_attention.sum(), 1.0)
+        assert selection_map.cls_attention_layer == max(config.fusion_layers)  # patches dropped after it
+
+
+def test_boxes_are_the_chosen_patches_pixels(maps):
+    selection_map = maps[0]
+    size, grid = selection_map.patch_size, selection_map.grid
+    for entity in selection_map.entities:
+        for patch, box in zip(selection_map.patches[entity][-1], selection_map.boxes(entity)):
+            row, column = divmod(patch, grid)
+            assert box == (column * size, row * size, (column + 1) * size, (row + 1) * size)
+
+
+def test_the_view_is_what_the_model_saw(tiny_processor, maps):
+    restored = tiny_processor(images=[maps[0].image])["pixel_values"]
+    original = tiny_processor(images=grey_images(1))["pixel_values"]
+    torch.testing.assert_close(restored, original, atol=0.02, rtol=0)  # uint8 rounding only
+
+
+def outline_pixel(panel: Image.Image, box) -> tuple[int, int, int]:
+    left, top, right, bottom = box
+    return panel.getpixel(((left + right) // 2, top))  # the middle of the box's top edge
+
+
+def test_panels_outline_exactly_the_selected_patches_in_entity_colours(maps):
+    for selection_map in maps:
+        for block in range(len(selection_map.fusion_layers)):
+            panel = draw_selection_panel(selection_map, block)
+            scale = display_scale(selection_map)
+            outlines = box_outlines(selection_map, block, scale)
+            assert len(outlines) == sum(len(selection_map.patches[e][block]) for e in selection_map.entities)
+            for entity_index, box in outlines:
+                assert panel.getpixel((box[0], (box[1] + box[3]) // 2)) == entity_colour(entity_index)
+                assert outline_pixel(panel, box) == entity_colour(entity_index)
+            chosen = {patch for e in selection_map.entities for patch in selection_map.patches[e][block]}
+            for patch in set(range(selection_map.grid**2)) - chosen:
+                box = tuple(value * scale for value in selection_map.patch_box(patch))
+                red, green, blue = outline_pixel(panel, box)
+                assert red == green == blue  # still the grey image: nothing drawn on unchosen patches
+
+
+def test_tokens_on_the_same_patch_get_nested_boxes(maps):
+    selection_map = maps[0]
+    first_entity, second_entity = selection_map.entities[:2]
+    selection_map.patches[first_entity][-1] = [5, 5]
+    selection_map.patches[second_entity][-1] = [5, 6]
+    scale = display_scale(selection_map)
+    outlines = box_outlines(selection_map, -1, scale)
+    left, top, right, bottom = (value * scale for value in selection_map.patch_box(5))
+    for order, (_, box) in enumerate(outlines[:3]):  # three tokens on patch 5
+        inset = order * BOX_STEP
+        assert box == (left + inset, top + inset, right - 1 - inset, bottom - 1 - inset)
+    assert outlines[3][1][0] == selection_map.patch_box(6)[0] * scale  # patch 6: no inset
+    panel = draw_selection_panel(selection_map, -1)
+    for entity_index, box in outlines[:4]:
+        assert panel.getpixel((box[0], (box[1] + box[3]) // 2)) == entity_colour(entity_index)
+
+
+def test_figure_places_each_panel_and_the_cls_map(maps):
+    figure = render_selection_figure(maps, titles=["a", "b", "c"])
+    blocks = len(maps[0].fusion_layers)
+    assert len(figure.panel_origins) == 3 and len(figure.panel_origins[0]) == blocks + 1
+    for row, selection_map in enumerate(maps):
+        for block in range(blocks):
+            expected = draw_selection_panel(selection_map, block)
+            assert np.array_equal(np.asarray(figure.panel(row, block)), np.asarray(expected))
+        cls_panel = np.asarray(figure.panel(row, blocks)).astype(int)
+        assert (np.abs(cls_panel[..., 0] - cls_panel[..., 2]) > 10).any()  # coloured by the heat map
+
+
+def test_visualize_command_writes_the_figure(e2_model_dir, tmp_path):
+    paths = []
+    for index, image in enumerate(grey_images(2, size=48)):
+        paths += ["--image", str(tmp_path / f"item{index}.png")]
+        image.save(paths[-1])
+    output = tmp_path / "figure.png"
+    command = [sys.executable, "-m", "e2_hf.cli", "visualize", "--model", str(e2_model_dir), *paths]
+    completed = subprocess.run([*command, "--output", str(output)], capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "item0.png: last fusion block chose patches brand [" in completed.stdout
+    with Image.open(output) as figure:
+        assert figure.width > 2 * 224 and figure.height > 2 * 224
+
+    missing = subprocess.run([*command, "--image", str(tmp_path / "nope.png"), "--output", str(output)],
+                             capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert missing.returncode != 0
+    assert "nope.png does not exist" in missing.stderr and "Traceback" not in missing.stderr
