@@ -22,8 +22,6 @@ import torch
 
 from .modeling.processing_e2clip import clip_image_processor
 
-ENTITY_COLOURS = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240))
-
 
 @dataclass
 class DemoSize:
@@ -125,42 +123,20 @@ def evaluate_model(model_dir: Path, catalog_spec: str) -> dict[str, Any]:
     }
 
 
-def draw_selection(model_dir: Path, catalog_spec: str, output_path: Path, count: int = 6, scale: int = 4) -> None:
-    """A few catalog images with the patch each entity's selection tokens chose (last fusion block)."""
-    from PIL import Image, ImageDraw
-
+def draw_selection(model_dir: Path, catalog_spec: str, output_path: Path, count: int = 3) -> None:
+    """`e2-hf visualize` on the first catalog images: each entity's chosen patches per fusion
+    block, beside the CLS token's attention."""
     from .data import open_catalog
     from .modeling import E2CLIPModel, E2CLIPProcessor
+    from .visualization import render_selection_figure, selection_maps
 
     model = E2CLIPModel.from_pretrained(model_dir).eval()
     processor = E2CLIPProcessor.from_pretrained(model_dir)
     catalog = open_catalog(catalog_spec)
-    images = [catalog.load_image(index).convert("RGB") for index in range(min(count, len(catalog)))]
-    with torch.no_grad():
-        chosen = model(pixel_values=processor(images=images)["pixel_values"]).selection_indices[:, -1]  # [n, tokens]
-    config = model.config.vision_config
-    grid, side = config.image_size // config.patch_size, config.image_size * scale
-    legend_height = 18 * len(model.config.entities) + 8
-    sheet = Image.new("RGB", (side * len(images), side + legend_height), "white")
-    draw = ImageDraw.Draw(sheet)
-    for column, (image, tokens) in enumerate(zip(images, chosen.tolist())):
-        sheet.paste(image.resize((side, side), Image.NEAREST), (column * side, 0))
-        for entity, (start, end) in enumerate(model.config.entity_token_slices):
-            for patch in tokens[start:end]:
-                row, col = divmod(patch, grid)
-                cell = config.patch_size * scale
-                box = (
-                    column * side + col * cell,
-                    row * cell,
-                    column * side + (col + 1) * cell - 1,
-                    (row + 1) * cell - 1,
-                )
-                draw.rectangle(box, outline=ENTITY_COLOURS[entity % len(ENTITY_COLOURS)], width=3)
-    for entity, name in enumerate(model.config.entities):
-        top = side + 4 + 18 * entity
-        draw.rectangle((6, top, 18, top + 12), fill=ENTITY_COLOURS[entity % len(ENTITY_COLOURS)])
-        draw.text((24, top), name, fill="black")
-    sheet.save(output_path)
+    indices = range(min(count, len(catalog)))
+    images = [catalog.load_image(index) for index in indices]
+    titles = [catalog[index].product_id for index in indices]
+    render_selection_figure(selection_maps(model, processor, images), titles).image.save(output_path)
 
 
 def report_markdown(report: dict[str, Any]) -> str:
