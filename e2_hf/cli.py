@@ -121,6 +121,16 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
         _lazy("visualization", "add_arguments"),
         _lazy("visualization", "run"),
     ),
+    "index": (
+        "store a catalog's global and regional image embeddings in an index folder (or add to one)",
+        _lazy("search.cli", "add_index_arguments"),
+        _lazy("search.cli", "run_index"),
+    ),
+    "search": (
+        "text search of an index by the global or one entity's regional embedding -> PNG grid or HTML",
+        _lazy("search.cli", "add_search_arguments"),
+        _lazy("search.cli", "run_search"),
+    ),
 }
 
 

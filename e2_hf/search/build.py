@@ -1,0 +1,119 @@
+"""Embedding catalogs into an index: images in batches, with a progress bar, any device and dtype."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from ..data import Catalog, open_catalog
+from ..modeling import E2CLIPModel, E2CLIPProcessor
+from .index import EmbeddingIndex, EmbeddingIndexError, IndexItem, letterbox, model_fingerprint
+
+DEFAULT_THUMBNAIL_SIZE = 128
+DEFAULT_SHARD_ROWS = 20_000
+
+
+class _CatalogImages(Dataset):
+    """`(pixel_values [3, size, size], thumbnail [t, t, 3] uint8)` of each chosen product's first view."""
+
+    def __init__(self, catalog: Catalog, positions: list[int], processor: E2CLIPProcessor, thumbnail_size: int):
+        self.catalog, self.positions, self.processor = catalog, positions, processor
+        self.thumbnail_size = thumbnail_size
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, index: int):
+        image = self.catalog.load_image(self.positions[index])  # ImageLoadError names the file and row
+        pixel_values = self.processor.preprocess_images(image)[0]
+        return pixel_values, torch.from_numpy(letterbox(image, self.thumbnail_size))
+
+
+@dataclass
+class IndexingReport:
+    added: int
+    skipped_existing: int
+    total: int
+
+
+def open_or_create_index(folder: str | Path, model: E2CLIPModel, model_name: str,
+                         thumbnail_size: int = DEFAULT_THUMBNAIL_SIZE) -> EmbeddingIndex:  # fmt: skip
+    """The index in `folder`, checked to come from `model`; a new one where there is none."""
+    fingerprint = model_fingerprint(model)
+    if (Path(folder) / "index.json").exists():
+        index = EmbeddingIndex(folder)
+        index.check_model(fingerprint, model_name)
+        return index
+    if not model.config.entities:
+        raise EmbeddingIndexError(f"{model_name} has no entities, so no regional embeddings to index")
+    return EmbeddingIndex.create(folder, model_name, fingerprint, model.config.entities, model.config.projection_dim,
+                                 thumbnail_size)  # fmt: skip
+
+
+@torch.no_grad()
+def add_catalog(
+    index: EmbeddingIndex,
+    model: E2CLIPModel,
+    processor: E2CLIPProcessor,
+    spec: str,
+    batch_size: int = 64,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    num_workers: int = 0,
+    skip_existing: bool = False,
+    shard_rows: int = DEFAULT_SHARD_ROWS,
+) -> IndexingReport:
+    """Embeds every product of the catalog `spec` (first view) and appends it to `index`.
+
+    A product id already in the index is an error, unless `skip_existing`, which leaves those
+    products out (so that re-running on a grown catalog adds only the new products)."""
+    catalog = open_catalog(spec)
+    existing = index.product_ids()
+    duplicates = [product.product_id for product in catalog.products if product.product_id in existing]
+    if duplicates and not skip_existing:
+        shown = ", ".join(duplicates[:5]) + (", ..." if len(duplicates) > 5 else "")
+        raise EmbeddingIndexError(
+            f"{len(duplicates)} products of {spec} are already in {index.folder} (product ids {shown}); "
+            "pass --skip-existing to add only the new ones"
+        )
+    positions = [row for row, product in enumerate(catalog.products) if product.product_id not in existing]
+    dataset = _CatalogImages(catalog, positions, processor, index.thumbnail_size)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+    pending: dict[str, list] = {"image_embeds": [], "region_embeds": [], "thumbnails": [], "items": []}
+    done = 0
+    for pixel_values, thumbnails in tqdm(loader, desc=f"indexing {catalog.name}", unit="batch"):
+        outputs = model(pixel_values=pixel_values.to(device, dtype))
+        pending["image_embeds"].append(outputs.image_embeds.float().cpu())
+        pending["region_embeds"].append(outputs.region_embeds.float().cpu())
+        pending["thumbnails"].append(thumbnails.numpy())
+        pending["items"] += [_item(catalog, position) for position in positions[done : done + len(thumbnails)]]
+        done += len(thumbnails)
+        if len(pending["items"]) >= shard_rows:
+            _flush(index, pending, spec)
+    _flush(index, pending, spec)
+    return IndexingReport(added=len(positions), skipped_existing=len(catalog) - len(positions), total=len(index))
+
+
+def _item(catalog: Catalog, position: int) -> IndexItem:
+    product = catalog.products[position]
+    return IndexItem(row=-1, product_id=product.product_id, description=product.description,
+                     tags=dict(product.tags), source=product.source)  # fmt: skip
+
+
+def _flush(index: EmbeddingIndex, pending: dict[str, list], source: str) -> None:
+    if not pending["items"]:
+        return
+    index.add(
+        torch.cat(pending["image_embeds"]),
+        torch.cat(pending["region_embeds"]),
+        np.concatenate(pending["thumbnails"]),
+        pending["items"],
+        source=source,
+    )
+    for values in pending.values():
+        values.clear()

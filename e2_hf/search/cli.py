@@ -1,0 +1,65 @@
+"""`e2-hf index` and `e2-hf search`."""
+
+from __future__ import annotations
+
+import argparse
+
+from .build import DEFAULT_THUMBNAIL_SIZE
+
+
+def add_index_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--model", required=True, help="E2 model: Hub id or local folder")
+    parser.add_argument("--data", action="append", required=True,
+                        help="data spec, e.g. jsonl:catalog.jsonl; repeat to add several catalogs")  # fmt: skip
+    parser.add_argument("--output", required=True, help="index folder; an existing index is extended")
+    parser.add_argument("--skip-existing", action="store_true", help="leave out products already in the index")
+    parser.add_argument("--thumbnail-size", type=int, default=DEFAULT_THUMBNAIL_SIZE, help="for a new index")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--num-workers", type=int, default=0, help="image-loading processes")
+    parser.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    return parser
+
+
+def run_index(args: argparse.Namespace) -> None:
+    from ..evaluation.embedding import load_for_inference
+    from .build import add_catalog, open_or_create_index
+
+    model, processor, device, dtype = load_for_inference(args.model, args.device, args.dtype)
+    index = open_or_create_index(args.output, model, args.model, args.thumbnail_size)
+    for spec in args.data:
+        report = add_catalog(index, model, processor, spec, args.batch_size, device, dtype, args.num_workers,
+                             skip_existing=args.skip_existing)  # fmt: skip
+        skipped = f", {report.skipped_existing} already there" if report.skipped_existing else ""
+        print(f"{spec}: added {report.added} products{skipped}; the index has {report.total}")
+    print(f"index in {args.output}")
+
+
+def add_search_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--model", required=True, help="the E2 model the index was built with")
+    parser.add_argument("--index", required=True, help="index folder from e2-hf index")
+    parser.add_argument("--query", required=True, help='text, e.g. "Gucci" or "black wool coat"')
+    parser.add_argument("--entity", help="match this entity's regional embedding (default: the global one)")
+    parser.add_argument("--top-k", type=int, default=10)
+    parser.add_argument("--output", required=True, help="FILE.png (image grid) or FILE.html (page)")
+    parser.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
+    return parser
+
+
+def run_search(args: argparse.Namespace) -> None:
+    from ..evaluation.embedding import load_for_inference
+    from .index import EmbeddingIndex
+    from .query import search_text
+    from .render import write_results
+
+    if not args.output.lower().endswith((".png", ".html", ".htm")):
+        raise ValueError(f"--output must end in .png or .html, got {args.output}")
+    index = EmbeddingIndex(args.index)
+    if args.entity is not None:
+        index.entity_index(args.entity)  # fail on a wrong name before loading the model
+    model, processor, _, _ = load_for_inference(args.model, args.device)
+    hits = search_text(model, processor, index, args.query, args.entity, args.top_k)
+    write_results(args.output, hits, index, args.query, args.entity)
+    for hit in hits:
+        print(f"#{hit.rank}  {hit.score:.3f}  {hit.item.product_id}  {hit.item.description[:70]}")
+    print(f"wrote {args.output}")
