@@ -150,12 +150,36 @@ def data_section(result: dict) -> list[str]:
     ]
 
 
+def tagging_section(result: dict) -> list[str]:
+    mean = result["mean"]
+    rows = [
+        f"| {entity} | {row['candidates']} | {row['e2_region']:.1f} | {row['e2_global']:.1f} | "
+        f"{row['clip_ft_global']:.1f} | {row['chance']:.1f} |"
+        for entity, row in result["per_entity"].items()
+    ]
+    return [
+        "## 6. Zero-shot tagging per entity: regional vs global embedding",
+        "",
+        f"Setting: {result['setting']}.",
+        "",
+        "| entity | candidates | E2 regional | E2 global | CLIP-FT global | chance |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        *rows,
+        f"| mean | | {mean['e2_region']:.1f} | {mean['e2_global']:.1f} | {mean['clip_ft_global']:.1f} | "
+        f"{mean['chance']:.1f} |",
+        "",
+        f"Top-1 accuracy in percent. E2 regional / E2 global (mean): {result['ratio_region_over_global']:.2f}x.",
+        "",
+    ]
+
+
 SECTIONS = {
     "inference": inference_section,
     "train_step": train_step_section,
     "retrieval": retrieval_section,
     "quality": quality_section,
     "data": data_section,
+    "tagging": tagging_section,
 }
 COMMANDS = {
     "inference": "bench_inference.py",
@@ -163,6 +187,7 @@ COMMANDS = {
     "retrieval": "bench_retrieval.py",
     "quality": "bench_quality.py --seeds 3",
     "data": "bench_data.py",
+    "tagging": "bench_tagging.py --demo-dir DIR",
 }
 
 

@@ -131,6 +131,11 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
         _lazy("search.cli", "add_search_arguments"),
         _lazy("search.cli", "run_search"),
     ),
+    "tag": (
+        "zero-shot tags per entity from the regional embeddings; with --data, accuracy vs the global embedding",
+        _lazy("tagging", "add_arguments"),
+        _lazy("tagging", "run"),
+    ),
 }
 
 

@@ -209,27 +209,29 @@ def render_selection_figure(maps: Sequence[SelectionMap], titles: Sequence[str] 
     panel_side = first.image.width * display_scale(first)
     blocks = len(first.fusion_layers)
     columns = blocks + 1
-    font = _font(14)
+    font = _font(13)
     legend_height = 24 * (len(first.entities) + 1) + PADDING
-    row_height = TITLE_HEIGHT + panel_side + PADDING
+    title_height = TITLE_HEIGHT if titles else 0
+    row_height = title_height + TITLE_HEIGHT + panel_side + PADDING
     width = PADDING + columns * (panel_side + PADDING)
     height = PADDING + len(maps) * row_height + legend_height
     figure = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(figure)
+    captions = [
+        f"fusion block {block + 1} (after layer {layer + 1})" for block, layer in enumerate(first.fusion_layers)
+    ]
     origins = []
     for row, selection_map in enumerate(maps):
         top = PADDING + row * row_height
+        if titles:
+            draw.text((PADDING, top + 3), str(titles[row]), fill="black", font=_font(15))
+            top += title_height
         panels = [draw_selection_panel(selection_map, block) for block in range(blocks)]
         panels.append(draw_cls_attention_panel(selection_map))
-        captions = [
-            f"fusion block {block + 1} (after layer {layer + 1})" for block, layer in enumerate(first.fusion_layers)
-        ]
-        captions.append(f"CLS attention (layer {selection_map.cls_attention_layer + 1})")
+        row_captions = [*captions, f"CLS attention (layer {selection_map.cls_attention_layer + 1})"]
         row_origins = []
-        for column, (panel, caption) in enumerate(zip(panels, captions)):
+        for column, (panel, caption) in enumerate(zip(panels, row_captions)):
             x = PADDING + column * (panel_side + PADDING)
-            if column == 0 and titles:
-                caption = f"{titles[row]}: {caption}"
             draw.text((x, top + 3), caption, fill="black", font=font)
             figure.paste(panel, (x, top + TITLE_HEIGHT))
             row_origins.append((x, top + TITLE_HEIGHT))

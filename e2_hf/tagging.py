@@ -1,0 +1,249 @@
+"""Zero-shot tagging per entity: each entity's regional embedding against that entity's candidate tags.
+
+    candidates = {"brand": ["Gucci", "Prada"], "season": ["FW2016", "SS2017"]}
+    predictions = zero_shot_tags(model, processor, images, candidates)
+    predictions[0]["brand"]   # [TagScore("Gucci", 0.83, ...), TagScore("Prada", 0.17, ...)]
+
+The tag texts are embedded with the text tower exactly as the region loss embedded them in
+training (the bare tag text). `source="global"` scores the global image embedding instead: the
+baseline that `tagging_accuracy` and `e2-hf tag --data` compare against.
+
+    e2-hf tag --model M --image a.jpg --candidates tags.json        # predictions per image
+    e2-hf tag --model M --data jsonl:catalog.jsonl:validation       # accuracy, regional vs global
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .evaluation.embedding import CatalogEmbeddings, embed_texts
+from .modeling import E2CLIPModel, E2CLIPProcessor
+
+SOURCES = ("region", "global")
+
+
+@dataclass(frozen=True)
+class TagScore:
+    tag: str
+    probability: float  # softmax over the entity's candidates at the model's logit scale
+    similarity: float  # cosine similarity
+
+
+def check_candidates(candidates: Mapping[str, Sequence[str]], entities: Sequence[str]) -> dict[str, list[str]]:
+    """Candidates restricted to known entities, each a non-empty list of distinct non-empty texts."""
+    unknown = [name for name in candidates if name not in entities]
+    if unknown:
+        raise ValueError(f"unknown entities {unknown}; this model's entities are {list(entities)}")
+    checked = {}
+    for entity, tags in candidates.items():
+        tags = [str(tag).strip() for tag in tags]
+        if not tags or any(not tag for tag in tags):
+            raise ValueError(f"the candidate tags of {entity!r} must be a non-empty list of non-empty texts")
+        if len(set(tags)) != len(tags):
+            raise ValueError(f"the candidate tags of {entity!r} repeat a tag")
+        checked[entity] = tags
+    if not checked:
+        raise ValueError("no candidate tags given")
+    return checked
+
+
+def catalog_candidates(catalog, entities: Sequence[str]) -> dict[str, list[str]]:
+    """Each entity's distinct tags in a catalog, sorted; entities without any tag are left out."""
+    candidates = {entity: sorted({tag for tag in catalog.tag_values(entity) if tag}) for entity in entities}
+    return {entity: tags for entity, tags in candidates.items() if tags}
+
+
+def candidate_embeddings(model: E2CLIPModel, processor: E2CLIPProcessor, candidates: Mapping[str, Sequence[str]],
+                         device: str = "cpu") -> dict[str, torch.Tensor]:  # fmt: skip
+    """`{entity: [candidates, dim]}` L2-normalised text embeddings of the tag texts."""
+    return {entity: embed_texts(model, processor, list(tags), device=device) for entity, tags in candidates.items()}
+
+
+def tag_similarities(image_embeds: torch.Tensor, region_embeds: torch.Tensor, entities: Sequence[str],
+                     tag_embeds: Mapping[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:  # fmt: skip
+    """`{entity: [images, candidates]}` cosine similarities from the entity's region or the global embedding."""
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+    similarities = {}
+    for entity, tags in tag_embeds.items():
+        images = image_embeds if source == "global" else region_embeds[:, list(entities).index(entity)]
+        similarities[entity] = torch.nn.functional.normalize(images.float(), dim=-1) @ tags.T
+    return similarities
+
+
+@torch.no_grad()
+def zero_shot_tags(
+    model: E2CLIPModel,
+    processor: E2CLIPProcessor,
+    images: Sequence[Any],
+    candidates: Mapping[str, Sequence[str]],
+    top_k: int | None = None,
+    source: str = "region",
+) -> list[dict[str, list[TagScore]]]:
+    """For each image and entity, the candidates ranked by score (the `top_k` best, or all)."""
+    candidates = check_candidates(candidates, model.config.entities)
+    parameter = next(model.parameters())
+    pixel_values = processor(images=list(images))["pixel_values"].to(parameter.device, parameter.dtype)
+    outputs = model(pixel_values=pixel_values)
+    tag_embeds = candidate_embeddings(model, processor, candidates, device=str(parameter.device))
+    similarities = tag_similarities(outputs.image_embeds.cpu(), outputs.region_embeds.cpu(), model.config.entities,
+                                    tag_embeds, source)  # fmt: skip
+    scale = model.logit_scale.exp().float().cpu()
+    predictions = [{} for _ in range(pixel_values.shape[0])]
+    for entity, scores in similarities.items():
+        probabilities = (scale * scores).softmax(dim=-1)
+        order = scores.argsort(dim=-1, descending=True)[:, :top_k]
+        for row, ranked in enumerate(order.tolist()):
+            predictions[row][entity] = [
+                TagScore(candidates[entity][column], float(probabilities[row, column]), float(scores[row, column]))
+                for column in ranked
+            ]
+    return predictions
+
+
+def tagging_accuracy(
+    model: E2CLIPModel,
+    processor: E2CLIPProcessor,
+    embeddings: CatalogEmbeddings,
+    candidates: Mapping[str, Sequence[str]] | None = None,
+    device: str = "cpu",
+) -> dict[str, dict[str, Any]]:
+    """Top-1 accuracy (percent) of zero-shot tagging per entity, regional vs global embedding.
+
+    Candidates default to each entity's distinct tags in the catalog. Products whose tag is
+    missing, or not among the candidates, are left out (`items` counts the rest). A prediction is
+    right only when the true tag scores strictly higher than every other candidate.
+
+    A model without entities (CLIP, CLIP-FT) is scored with its global embedding only; it then
+    needs explicit `candidates`."""
+    catalog = embeddings.catalog
+    has_regions = embeddings.region_embeds is not None
+    if not has_regions and not candidates:
+        raise ValueError("a model without entities needs explicit candidates (entity -> tags)")
+    entities = embeddings.entities if has_regions else list(candidates)
+    candidates = check_candidates(candidates or catalog_candidates(catalog, entities), entities)
+    tag_embeds = candidate_embeddings(model, processor, candidates, device)
+    results = {}
+    for entity, tags in candidates.items():
+        truth = [tags.index(tag) if tag in tags else -1 for tag in catalog.tag_values(entity)]
+        truth = torch.tensor(truth, dtype=torch.long)
+        kept = truth >= 0
+        result: dict[str, Any] = {"items": int(kept.sum()), "candidates": len(tags), "chance": 100.0 / len(tags)}
+        for source in SOURCES if has_regions else ("global",):
+            scores = tag_similarities(embeddings.image_embeds, embeddings.region_embeds, entities,
+                                      {entity: tag_embeds[entity]}, source)[entity][kept]  # fmt: skip
+            true_scores = scores.gather(1, truth[kept, None])
+            others = scores.scatter(1, truth[kept, None], float("-inf"))
+            correct = true_scores[:, 0] > others.max(dim=1).values
+            result[source] = 100.0 * correct.float().mean().item() if len(correct) else float("nan")
+        results[entity] = result
+    return results
+
+
+def accuracy_table(results: Mapping[str, Mapping[str, Any]]) -> str:
+    lines = ["| entity | candidates | items | regional embedding | global embedding | chance |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    for entity, result in results.items():
+        lines.append(
+            f"| {entity} | {result['candidates']} | {result['items']} | {result['region']:.1f} | "
+            f"{result['global']:.1f} | {result['chance']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+def load_candidates(value: str | None, entities: Sequence[str]) -> dict[str, list[str]] | None:
+    """`--candidates`: a JSON file `{"brand": ["Gucci", ...], ...}`, or a data spec whose distinct
+    tags of `entities` are used."""
+    if value is None:
+        return None
+    if ":" in value and not Path(value).is_file():
+        from .data import open_catalog
+
+        return catalog_candidates(open_catalog(value), entities)
+    try:
+        candidates = json.loads(Path(value).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"candidates file {value} does not exist") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"candidates file {value} is not valid JSON: {error}") from None
+    if not isinstance(candidates, dict) or not all(isinstance(tags, list) for tags in candidates.values()):
+        raise ValueError(f'candidates file {value} must hold an object of lists: {{"brand": ["Gucci", ...]}}')
+    return candidates
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--model", required=True, help="E2 model: Hub id or local folder")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--image", action="append", help="tag this image; repeat for more")
+    source.add_argument("--data", help="measure accuracy on this catalog (data spec), regional vs global")
+    parser.add_argument("--candidates", help="JSON file {entity: [tags]} or a data spec to take distinct tags from "
+                                             "(default with --data: that catalog's tags)")  # fmt: skip
+    parser.add_argument("--entity", action="append", help="only these entities (default: all with candidates)")
+    parser.add_argument("--top-k", type=int, default=3, help="--image: tags shown per entity")
+    parser.add_argument("--source", choices=SOURCES, default="region", help="--image: embedding to score")
+    parser.add_argument("--output", help="write the predictions or accuracies to this JSON file")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
+    return parser
+
+
+def run(args: argparse.Namespace) -> None:
+    from .evaluation.embedding import load_for_inference
+
+    if args.image and args.candidates is None:
+        raise ValueError("--image needs --candidates (a JSON file of tags per entity, or a data spec)")
+    model, processor, device, dtype = load_for_inference(args.model, args.device)
+    unknown = [entity for entity in args.entity or () if entity not in model.config.entities]
+    if unknown:
+        raise ValueError(f"--entity {unknown[0]} is not an entity of {args.model}: {model.config.entities}")
+    candidates = load_candidates(args.candidates, args.entity or model.config.entities)
+    if candidates is not None and args.entity:
+        missing = [entity for entity in args.entity if entity not in candidates]
+        if missing:
+            raise ValueError(f"--entity {missing[0]}: no candidate tags for it in {args.candidates}")
+        candidates = {entity: candidates[entity] for entity in args.entity}
+    if args.image:
+        result = _tag_images(args, model, processor, candidates)
+    else:
+        result = _measure(args, model, processor, candidates, device, dtype)
+    if args.output:
+        Path(args.output).write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        print(f"wrote {args.output}")
+
+
+def _tag_images(args, model, processor, candidates) -> list[dict[str, Any]]:
+    from .visualization import load_images
+
+    predictions = zero_shot_tags(model, processor, load_images(args.image), candidates, args.top_k, args.source)
+    result = []
+    for path, prediction in zip(args.image, predictions):
+        print(path)
+        for entity, scores in prediction.items():
+            print(f"  {entity}: " + ", ".join(f"{score.tag} ({score.probability:.2f})" for score in scores))
+        result.append(
+            {"image": path, "tags": {entity: [vars(s) for s in scores] for entity, scores in prediction.items()}}
+        )
+    return result
+
+
+def _measure(args, model, processor, candidates, device, dtype) -> dict[str, Any]:
+    from .data import open_catalog
+    from .evaluation.embedding import embed_catalog
+
+    embeddings = embed_catalog(model, processor, open_catalog(args.data), args.batch_size, device, dtype)
+    if candidates is None and args.entity:
+        candidates = catalog_candidates(embeddings.catalog, args.entity)
+    results = tagging_accuracy(model, processor, embeddings, candidates, device)
+    print(f"zero-shot tagging top-1 accuracy (%) on {args.data}, {len(embeddings.catalog)} products:")
+    print(accuracy_table(results))
+    return {"model": str(args.model), "data": args.data, "accuracy": results}
