@@ -8,8 +8,8 @@ from pathlib import Path
 
 from transformers import AutoConfig, AutoModel, AutoModelForZeroShotImageClassification, AutoProcessor
 
-# In a source checkout `e2_hf.modeling` and `e2_hf.conversion` are the top-level `modeling/` and
-# `conversion/` folders (setup.cfg maps them into the package on install), so the checkout
+# In a source checkout `e2_hf.modeling`, `e2_hf.conversion` and `e2_hf.space` are the top-level `modeling/`,
+# `conversion/` and `space/` folders (setup.cfg maps them into the package on install), so the checkout
 # imports like the installed package, e.g. when pytest puts the checkout first on sys.path.
 _CHECKOUT = Path(__file__).resolve().parent.parent
 if not (Path(__file__).parent / "modeling").is_dir() and (_CHECKOUT / "modeling" / "modeling_e2clip.py").is_file():

@@ -136,6 +136,11 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
         _lazy("tagging", "add_arguments"),
         _lazy("tagging", "run"),
     ),
+    "build-space": (
+        "lay out a Gradio Space: app, model, a bundled search index and a copy of e2_hf",
+        _lazy("space_bundle", "add_arguments"),
+        _lazy("space_bundle", "run"),
+    ),
 }
 
 

@@ -1,0 +1,120 @@
+"""E2 in the browser: what the selection tokens look at, zero-shot tags per entity, entity-aware search.
+
+The Hub's hosted inference widget does not run custom code, so this Gradio app is how a visitor
+tries E2: upload an image to see the patches each entity's selection tokens chose (beside the CLS
+token's attention) and its tags per entity; type a query to search a small bundled index, by the
+whole image or by one entity's region.
+
+    python space/app.py --model MODEL --index INDEX_DIR [--host 127.0.0.1] [--port 7860]
+
+On a Space, `e2-hf build-space` lays out `app.py` with `model/`, `index/` and a copy of `e2_hf`
+beside it; the arguments then default to those folders (or to $E2_MODEL and $E2_INDEX).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import gradio as gr
+import torch
+
+from e2_hf.evaluation.embedding import load_for_inference
+from e2_hf.search import EmbeddingIndex, search_text
+from e2_hf.tagging import zero_shot_tags
+from e2_hf.visualization import render_selection_figure, selection_maps
+
+HERE = Path(__file__).resolve().parent
+WHOLE_IMAGE = "whole image"
+TAGS_SHOWN = 5
+IMAGE_HEIGHT = 420
+
+
+def index_candidates(index: EmbeddingIndex) -> dict[str, list[str]]:
+    """Each entity's distinct tags among the indexed products: the zero-shot tagging candidates."""
+    candidates = {entity: sorted({item.tags.get(entity) for item in index.items} - {None}) for entity in index.entities}
+    return {entity: tags for entity, tags in candidates.items() if tags}
+
+
+class E2Space:
+    """The model, its processor and the bundled index, with what the two tabs do."""
+
+    def __init__(self, model: str, index_dir: str, candidates: dict[str, list[str]] | None = None):
+        self.model_name = model
+        self.model, self.processor, _, _ = load_for_inference(model, "cuda" if torch.cuda.is_available() else "cpu")
+        self.index = EmbeddingIndex(index_dir)
+        self.candidates = candidates or index_candidates(self.index)
+        self.entities = list(self.model.config.entities)
+
+    def look(self, image) -> tuple:
+        """An uploaded image -> (selection-map figure, {tag: probability} per entity)."""
+        if image is None:
+            raise gr.Error("Upload an image first.")
+        figure = render_selection_figure(selection_maps(self.model, self.processor, [image])).image
+        tags = zero_shot_tags(self.model, self.processor, [image], self.candidates, top_k=TAGS_SHOWN)[0]
+        labels = [{score.tag: score.probability for score in tags.get(entity, [])} for entity in self.entities]
+        return (figure, *labels)
+
+    def search(self, query: str, target: str, top_k: float) -> list[tuple]:
+        """A text query -> gallery of (thumbnail, caption) from the bundled index."""
+        if not query or not query.strip():
+            raise gr.Error("Type a query first.")
+        entity = None if target == WHOLE_IMAGE else target
+        hits = search_text(self.model, self.processor, self.index, query, entity, int(top_k))
+        return [
+            (self.index.thumbnail(hit.row), f"#{hit.rank} ({hit.score:.3f}) {hit.item.description}") for hit in hits
+        ]
+
+
+def build_demo(space: E2Space) -> gr.Blocks:
+    with gr.Blocks(title="E2: fashion representations that look at the details") as demo:
+        gr.Markdown(
+            "# E2: what a fashion model looks at\n"
+            f"Model `{space.model_name}`; entities: {', '.join(space.entities)}; "
+            f"{len(space.index)} products in the bundled index."
+        )
+        with gr.Tab("Selection map and tags"):
+            with gr.Row():
+                image = gr.Image(type="pil", sources=["upload"], label="Product image", height=IMAGE_HEIGHT,
+                                 elem_id="upload-image")  # fmt: skip
+                figure = gr.Image(type="pil", label="Patches each entity chose | CLS attention", height=IMAGE_HEIGHT,
+                                  elem_id="selection-map")  # fmt: skip
+            look = gr.Button("Show what E2 looks at", variant="primary", elem_id="look-button")
+            with gr.Row():
+                labels = [gr.Label(num_top_classes=TAGS_SHOWN, label=entity, elem_id=f"tags-{entity}")
+                          for entity in space.entities]  # fmt: skip
+            look.click(space.look, inputs=image, outputs=[figure, *labels])
+        with gr.Tab("Search", elem_id="search-tab"):
+            with gr.Row():
+                query = gr.Textbox(label="Query", placeholder='e.g. "Gucci" or "black wool coat"', elem_id="query")
+                target = gr.Dropdown([WHOLE_IMAGE, *space.entities], value=WHOLE_IMAGE, label="Match against")
+                top_k = gr.Slider(1, 24, value=8, step=1, label="Results")
+            find = gr.Button("Search", variant="primary", elem_id="search-button")
+            gallery = gr.Gallery(label="Results", columns=4, elem_id="results")
+            find.click(space.search, inputs=[query, target, top_k], outputs=gallery)
+            query.submit(space.search, inputs=[query, target, top_k], outputs=gallery)
+    return demo
+
+
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=os.environ.get("E2_MODEL", str(HERE / "model")))
+    parser.add_argument("--index", default=os.environ.get("E2_INDEX", str(HERE / "index")))
+    parser.add_argument("--candidates", help="JSON file {entity: [tags]} (default: the index's tags)")
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_arguments(argv)
+    candidates = json.loads(Path(args.candidates).read_text(encoding="utf-8")) if args.candidates else None
+    demo = build_demo(E2Space(args.model, args.index, candidates))
+    theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["monospace"])  # no web fonts to fetch
+    demo.launch(server_name=args.host, server_port=args.port, theme=theme, ssr_mode=False)
+
+
+if __name__ == "__main__":
+    main()
