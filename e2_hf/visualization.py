@@ -194,7 +194,8 @@ class SelectionFigure:
         return self.image.crop((x, y, x + self.panel_side, y + self.panel_side))
 
 
-def _font(size: int) -> ImageFont.ImageFont:
+def load_font(size: int) -> ImageFont.ImageFont:
+    """PIL's default font at `size` pixels (a fixed bitmap font on Pillow < 10.1)."""
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1 has only the fixed bitmap font
@@ -209,7 +210,7 @@ def render_selection_figure(maps: Sequence[SelectionMap], titles: Sequence[str] 
     panel_side = first.image.width * display_scale(first)
     blocks = len(first.fusion_layers)
     columns = blocks + 1
-    font = _font(13)
+    font = load_font(13)
     legend_height = 24 * (len(first.entities) + 1) + PADDING
     title_height = TITLE_HEIGHT if titles else 0
     row_height = title_height + TITLE_HEIGHT + panel_side + PADDING
@@ -224,7 +225,7 @@ def render_selection_figure(maps: Sequence[SelectionMap], titles: Sequence[str] 
     for row, selection_map in enumerate(maps):
         top = PADDING + row * row_height
         if titles:
-            draw.text((PADDING, top + 3), str(titles[row]), fill="black", font=_font(15))
+            draw.text((PADDING, top + 3), str(titles[row]), fill="black", font=load_font(15))
             top += title_height
         panels = [draw_selection_panel(selection_map, block) for block in range(blocks)]
         panels.append(draw_cls_attention_panel(selection_map))

@@ -19,11 +19,10 @@ import os
 from pathlib import Path
 
 import gradio as gr
-import torch
 
 from e2_hf.evaluation.embedding import load_for_inference
 from e2_hf.search import EmbeddingIndex, search_text
-from e2_hf.tagging import zero_shot_tags
+from e2_hf.tagging import catalog_candidates, zero_shot_tags
 from e2_hf.visualization import render_selection_figure, selection_maps
 
 HERE = Path(__file__).resolve().parent
@@ -32,20 +31,15 @@ TAGS_SHOWN = 5
 IMAGE_HEIGHT = 420
 
 
-def index_candidates(index: EmbeddingIndex) -> dict[str, list[str]]:
-    """Each entity's distinct tags among the indexed products: the zero-shot tagging candidates."""
-    candidates = {entity: sorted({item.tags.get(entity) for item in index.items} - {None}) for entity in index.entities}
-    return {entity: tags for entity, tags in candidates.items() if tags}
-
-
 class E2Space:
     """The model, its processor and the bundled index, with what the two tabs do."""
 
     def __init__(self, model: str, index_dir: str, candidates: dict[str, list[str]] | None = None):
         self.model_name = model
-        self.model, self.processor, _, _ = load_for_inference(model, "cuda" if torch.cuda.is_available() else "cpu")
+        self.model, self.processor, _, _ = load_for_inference(model)  # on the GPU when there is one
         self.index = EmbeddingIndex(index_dir)
-        self.candidates = candidates or index_candidates(self.index)
+        # zero-shot tagging candidates: each entity's distinct tags among the indexed products
+        self.candidates = candidates or catalog_candidates(self.index, self.index.entities)
         self.entities = list(self.model.config.entities)
 
     def look(self, image) -> tuple:

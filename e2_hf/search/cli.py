@@ -50,10 +50,9 @@ def run_search(args: argparse.Namespace) -> None:
     from ..evaluation.embedding import load_for_inference
     from .index import EmbeddingIndex
     from .query import search_text
-    from .render import write_results
+    from .render import results_format, write_results
 
-    if not args.output.lower().endswith((".png", ".html", ".htm")):
-        raise ValueError(f"--output must end in .png or .html, got {args.output}")
+    results_format(args.output)  # fail on a wrong file name before loading the model
     index = EmbeddingIndex(args.index)
     if args.entity is not None:
         index.entity_index(args.entity)  # fail on a wrong name before loading the model

@@ -163,6 +163,10 @@ class EmbeddingIndex:
                 )
         return self._items
 
+    def tag_values(self, entity: str) -> list[str | None]:
+        """Each row's tag of `entity` (as `Catalog.tag_values`)."""
+        return [item.tags.get(entity) for item in self.items]
+
     def product_ids(self) -> set[str]:
         return {item.product_id for item in self.items}
 

@@ -9,8 +9,9 @@ import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
+from ..visualization import load_font
 from .index import EmbeddingIndex
 from .query import SearchHit
 
@@ -25,13 +26,6 @@ def target_name(entity: str | None) -> str:
     return "whole image (global embedding)" if entity is None else f"{entity} region (regional embedding)"
 
 
-def _font(size: int) -> ImageFont.ImageFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1
-        return ImageFont.load_default()
-
-
 def render_grid(hits: Sequence[SearchHit], index: EmbeddingIndex, query: str, entity: str | None) -> Image.Image:
     """Thumbnails in rank order, `GRID_COLUMNS` per row, each with rank, score, id and text."""
     columns = max(1, min(GRID_COLUMNS, len(hits)))
@@ -41,7 +35,7 @@ def render_grid(hits: Sequence[SearchHit], index: EmbeddingIndex, query: str, en
     header = 2 * LINE_HEIGHT + MARGIN
     sheet = Image.new("RGB", (MARGIN + columns * cell_width, header + rows * cell_height + MARGIN), "white")
     draw = ImageDraw.Draw(sheet)
-    font, small = _font(14), _font(11)
+    font, small = load_font(14), load_font(11)
     draw.text((MARGIN, MARGIN // 2), f'"{query}" - {target_name(entity)}', fill="black", font=font)
     if not hits:
         draw.text((MARGIN, header), "no results", fill="black", font=font)
@@ -104,15 +98,21 @@ def render_html(hits: Sequence[SearchHit], index: EmbeddingIndex, query: str, en
     )
 
 
-def write_results(path: str | Path, hits: Sequence[SearchHit], index: EmbeddingIndex, query: str,
-                  entity: str | None) -> None:  # fmt: skip
-    """`.png` -> image grid, `.html` / `.htm` -> page; anything else is an error."""
-    path = Path(path)
-    suffix = path.suffix.lower()
+def results_format(path: str | Path) -> str:
+    """ "png" or "html" from the file name; anything else is an error."""
+    suffix = Path(path).suffix.lower()
     if suffix not in (".png", ".html", ".htm"):
         raise ValueError(f"--output must end in .png or .html, got {path}")
+    return "png" if suffix == ".png" else "html"
+
+
+def write_results(path: str | Path, hits: Sequence[SearchHit], index: EmbeddingIndex, query: str,
+                  entity: str | None) -> None:  # fmt: skip
+    """`.png` -> image grid, `.html` / `.htm` -> page."""
+    path = Path(path)
+    output_format = results_format(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if suffix == ".png":
+    if output_format == "png":
         render_grid(hits, index, query, entity).save(path)
     else:
         path.write_text(render_html(hits, index, query, entity), encoding="utf-8")
