@@ -28,13 +28,13 @@ def search_embedding(index: EmbeddingIndex, query: torch.Tensor, entity: str | N
         raise ValueError(f"top_k must be at least 1, got {top_k}")
     if query.shape != (index.dim,):
         raise EmbeddingIndexError(f"the query embedding has shape {tuple(query.shape)}, the index stores {index.dim}")
-    query = torch.nn.functional.normalize(query.float(), dim=-1)
+    query = torch.nn.functional.normalize(query.float(), dim=-1).numpy()
     entity_position = None if entity is None else index.entity_index(entity)
     name = "image_embeds" if entity is None else "region_embeds"
     best_scores, best_rows = torch.empty(0), torch.empty(0, dtype=torch.long)
     for first_row, block in index.iter_blocks(name):
         vectors = block if entity_position is None else block[:, entity_position]  # [rows, dim]
-        scores = torch.from_numpy(np.ascontiguousarray(vectors)) @ query  # [rows]
+        scores = torch.from_numpy(vectors @ query)  # [rows]; numpy reads the memory map in place
         rows = torch.arange(first_row, first_row + len(scores))
         best_scores, best_rows = _keep_best(torch.cat([best_scores, scores]), torch.cat([best_rows, rows]), top_k)
     items = index.items
