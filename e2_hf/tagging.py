@@ -86,13 +86,18 @@ def zero_shot_tags(
     candidates: Mapping[str, Sequence[str]],
     top_k: int | None = None,
     source: str = "region",
+    tag_embeds: Mapping[str, torch.Tensor] | None = None,
 ) -> list[dict[str, list[TagScore]]]:
-    """For each image and entity, the candidates ranked by score (the `top_k` best, or all)."""
+    """For each image and entity, the candidates ranked by score (the `top_k` best, or all).
+
+    `tag_embeds`: `candidate_embeddings(model, processor, candidates)` computed once, for callers
+    that tag many images against the same candidates (the Space does)."""
     candidates = check_candidates(candidates, model.config.entities)
     parameter = next(model.parameters())
     pixel_values = processor(images=list(images))["pixel_values"].to(parameter.device, parameter.dtype)
     outputs = model(pixel_values=pixel_values)
-    tag_embeds = candidate_embeddings(model, processor, candidates, device=str(parameter.device))
+    if tag_embeds is None:
+        tag_embeds = candidate_embeddings(model, processor, candidates, device=str(parameter.device))
     similarities = tag_similarities(outputs.image_embeds.cpu(), outputs.region_embeds.cpu(), model.config.entities,
                                     tag_embeds, source)  # fmt: skip
     scale = model.logit_scale.exp().float().cpu()

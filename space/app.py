@@ -22,7 +22,7 @@ import gradio as gr
 
 from e2_hf.evaluation.embedding import load_for_inference
 from e2_hf.search import EmbeddingIndex, search_text
-from e2_hf.tagging import catalog_candidates, zero_shot_tags
+from e2_hf.tagging import candidate_embeddings, catalog_candidates, zero_shot_tags
 from e2_hf.visualization import render_selection_figure, selection_maps
 
 HERE = Path(__file__).resolve().parent
@@ -40,6 +40,7 @@ class E2Space:
         self.index = EmbeddingIndex(index_dir)
         # zero-shot tagging candidates: each entity's distinct tags among the indexed products
         self.candidates = candidates or catalog_candidates(self.index, self.index.entities)
+        self.tag_embeds = candidate_embeddings(self.model, self.processor, self.candidates, str(self.model.device))
         self.entities = list(self.model.config.entities)
 
     def look(self, image) -> tuple:
@@ -47,7 +48,8 @@ class E2Space:
         if image is None:
             raise gr.Error("Upload an image first.")
         figure = render_selection_figure(selection_maps(self.model, self.processor, [image])).image
-        tags = zero_shot_tags(self.model, self.processor, [image], self.candidates, top_k=TAGS_SHOWN)[0]
+        tags = zero_shot_tags(self.model, self.processor, [image], self.candidates, TAGS_SHOWN,
+                              tag_embeds=self.tag_embeds)[0]  # fmt: skip
         labels = [{score.tag: score.probability for score in tags.get(entity, [])} for entity in self.entities]
         return (figure, *labels)
 

@@ -10,7 +10,13 @@ import torch
 from e2_hf import E2CLIPModel, E2CLIPProcessor
 from e2_hf.data import open_catalog
 from e2_hf.evaluation.embedding import CatalogEmbeddings, embed_texts
-from e2_hf.tagging import catalog_candidates, check_candidates, tagging_accuracy, zero_shot_tags
+from e2_hf.tagging import (
+    candidate_embeddings,
+    catalog_candidates,
+    check_candidates,
+    tagging_accuracy,
+    zero_shot_tags,
+)
 
 from .conftest import make_images
 
@@ -38,6 +44,10 @@ def test_tags_rank_the_candidates_by_the_entitys_regional_embedding(model_and_pr
             assert prediction[entity][0].similarity == pytest.approx(expected[row].max().item(), abs=1e-5)
     top_one = zero_shot_tags(model, processor, images, CANDIDATES, top_k=1, source="global")
     assert all(len(prediction["brand"]) == 1 for prediction in top_one)
+    reused = zero_shot_tags(
+        model, processor, images, CANDIDATES, tag_embeds=candidate_embeddings(model, processor, CANDIDATES)
+    )
+    assert reused == predictions
 
 
 def test_candidates_are_checked():

@@ -46,7 +46,7 @@ class EmbeddingIndexError(ValueError):
 class IndexItem:
     """What is stored about one indexed product besides its embeddings."""
 
-    row: int
+    row: int  # position in the index; not stored (-1 for an item not yet added)
     product_id: str
     description: str
     tags: dict[str, str | None]
