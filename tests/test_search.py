@@ -236,3 +236,23 @@ def test_html_results_render_as_a_grid_in_headless_chromium(model_and_processor,
     expected = Image.fromarray(index.thumbnail(hits[0].row)).resize(crop.size, Image.BILINEAR)
     difference = np.abs(np.asarray(crop, dtype=float) - np.asarray(expected, dtype=float)).mean()
     assert difference < 25  # the screenshot shows the top hit's picture where its card's image is
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_an_unreadable_image_stops_indexing_with_its_file_and_row(model_and_processor, tmp_path, num_workers):
+    from e2_hf.data import ImageLoadError
+
+    model, processor = model_and_processor
+    Image.new("RGB", (40, 40), "red").save(tmp_path / "good.png")
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    lines = [
+        {"product_id": "good", "images": ["good.png"], "description": "a red shirt", "brand": "Aurel"},
+        {"product_id": "broken", "images": ["broken.png"], "description": "a blue shirt", "brand": "Kato"},
+    ]
+    (tmp_path / "catalog.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    index = open_or_create_index(tmp_path / "index", model, "e2", thumbnail_size=16)
+    with pytest.raises(ImageLoadError) as raised:
+        add_catalog(index, model, processor, f"jsonl:{tmp_path / 'catalog.jsonl'}", num_workers=num_workers)
+    assert str(raised.value).startswith("catalog.jsonl row 2, view 0: unreadable image")
+    assert "Traceback" not in str(raised.value)  # raised in this process, also with loader workers
+    assert len(EmbeddingIndex(index.folder)) == 0  # nothing of the catalog committed

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ..data import Catalog, open_catalog
+from ..data import Catalog, ImageLoadError, open_catalog
 from ..modeling import E2CLIPModel, E2CLIPProcessor
 from .index import EmbeddingIndex, EmbeddingIndexError, IndexItem, letterbox, model_fingerprint
 
@@ -19,7 +20,9 @@ DEFAULT_SHARD_ROWS = 20_000
 
 
 class _CatalogImages(Dataset):
-    """`(pixel_values [3, size, size], thumbnail [t, t, 3] uint8)` of each chosen product's first view."""
+    """`{"pixel_values": [3, size, size], "thumbnail": [t, t, 3] uint8}` of each chosen product's
+    first view, or `{"error": message}` for an unreadable image, so that the error is raised in the
+    main process (a clean message naming the file and row), not inside a loader worker."""
 
     def __init__(self, catalog: Catalog, positions: list[int], processor: E2CLIPProcessor, thumbnail_size: int):
         self.catalog, self.positions, self.processor = catalog, positions, processor
@@ -28,10 +31,22 @@ class _CatalogImages(Dataset):
     def __len__(self) -> int:
         return len(self.positions)
 
-    def __getitem__(self, index: int):
-        image = self.catalog.load_image(self.positions[index])  # ImageLoadError names the file and row
-        pixel_values = self.processor.preprocess_images(image)[0]
-        return pixel_values, torch.from_numpy(letterbox(image, self.thumbnail_size))
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        try:
+            image = self.catalog.load_image(self.positions[index])
+        except ImageLoadError as error:
+            return {"error": str(error)}
+        return {
+            "pixel_values": self.processor.preprocess_images(image)[0],
+            "thumbnail": torch.from_numpy(letterbox(image, self.thumbnail_size)),
+        }
+
+
+def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    errors = [item["error"] for item in items if "error" in item]
+    if errors:
+        return {"errors": errors}
+    return {key: torch.stack([item[key] for item in items]) for key in ("pixel_values", "thumbnail")}
 
 
 @dataclass
@@ -83,11 +98,14 @@ def add_catalog(
         )
     positions = [row for row, product in enumerate(catalog.products) if product.product_id not in existing]
     dataset = _CatalogImages(catalog, positions, processor, index.thumbnail_size)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
     pending: dict[str, list] = {"image_embeds": [], "region_embeds": [], "thumbnails": [], "items": []}
     done = 0
-    for pixel_values, thumbnails in tqdm(loader, desc=f"indexing {catalog.name}", unit="batch"):
-        outputs = model(pixel_values=pixel_values.to(device, dtype))
+    for batch in tqdm(loader, desc=f"indexing {catalog.name}", unit="batch"):
+        if "errors" in batch:  # nothing of this catalog is committed: shards are written by _flush below
+            raise ImageLoadError(batch["errors"][0])
+        thumbnails = batch["thumbnail"]
+        outputs = model(pixel_values=batch["pixel_values"].to(device, dtype))
         pending["image_embeds"].append(outputs.image_embeds.float().cpu())
         pending["region_embeds"].append(outputs.region_embeds.float().cpu())
         pending["thumbnails"].append(thumbnails.numpy())
