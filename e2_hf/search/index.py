@@ -11,7 +11,8 @@ Layout of an index folder:
 
 `index.json` is written last, atomically: it is the commit point of an add. Rows a failed add left
 in `items.jsonl`, or a shard it left behind, are ignored and cleaned up by the next add.
-Reads map the shards into memory (`numpy.memmap`), so an index larger than RAM can be searched.
+Reads map the shards into memory (`numpy.memmap`), so embeddings larger than RAM can be searched;
+the item texts are read into memory.
 """
 
 from __future__ import annotations
