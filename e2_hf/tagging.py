@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from .evaluation.embedding import CatalogEmbeddings, embed_texts
+from .evaluation.embedding import CatalogEmbeddings, embed_texts, evaluating
 from .modeling import E2CLIPModel, E2CLIPProcessor
 
 SOURCES = ("region", "global")
@@ -95,7 +95,8 @@ def zero_shot_tags(
     candidates = check_candidates(candidates, model.config.entities)
     parameter = next(model.parameters())
     pixel_values = processor(images=list(images))["pixel_values"].to(parameter.device, parameter.dtype)
-    outputs = model(pixel_values=pixel_values)
+    with evaluating(model):
+        outputs = model(pixel_values=pixel_values)
     if tag_embeds is None:
         tag_embeds = candidate_embeddings(model, processor, candidates, device=str(parameter.device))
     similarities = tag_similarities(outputs.image_embeds.cpu(), outputs.region_embeds.cpu(), model.config.entities,

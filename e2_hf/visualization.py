@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from .evaluation.embedding import evaluating
 from .modeling import E2CLIPModel, E2CLIPProcessor
 
 ENTITY_COLOURS = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240))
@@ -80,12 +81,10 @@ def selection_maps(model: E2CLIPModel, processor: E2CLIPProcessor, images: Seque
         )
     if not images:
         raise ValueError("No images given.")
-    was_training = model.training
-    model.eval()
     parameter = next(model.parameters())
     pixel_values = processor(images=list(images))["pixel_values"]  # [batch, 3, size, size]
-    outputs = model.vision_model(pixel_values.to(parameter.device, parameter.dtype), output_attentions=True)
-    model.train(was_training)
+    with evaluating(model):
+        outputs = model.vision_model(pixel_values.to(parameter.device, parameter.dtype), output_attentions=True)
 
     vision_config = config.vision_config
     grid = vision_config.image_size // vision_config.patch_size

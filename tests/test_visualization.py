@@ -131,3 +131,10 @@ def test_visualize_command_writes_the_figure(e2_model_dir, tmp_path):
                              capture_output=True, text=True, timeout=300)  # fmt: skip
     assert missing.returncode != 0
     assert "nope.png does not exist" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_maps_use_eval_mode_and_give_the_model_back_in_its_mode(tiny_model, tiny_processor, maps):
+    tiny_model.train()  # training mode draws Gumbel noise; the map must show the deterministic choice
+    again = selection_maps(tiny_model, tiny_processor, grey_images(3))
+    assert tiny_model.training
+    assert [m.patches for m in again] == [m.patches for m in maps]

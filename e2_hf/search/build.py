@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..data import Catalog, ImageLoadError, open_catalog
+from ..evaluation.embedding import evaluating
 from ..modeling import E2CLIPModel, E2CLIPProcessor
 from .index import EmbeddingIndex, EmbeddingIndexError, IndexItem, letterbox, model_fingerprint
 
@@ -102,10 +103,11 @@ def add_catalog(
     pending: dict[str, list] = {"image_embeds": [], "region_embeds": [], "thumbnails": [], "items": []}
     done = 0
     for batch in tqdm(loader, desc=f"indexing {catalog.name}", unit="batch"):
-        if "errors" in batch:  # nothing of this catalog is committed: shards are written by _flush below
+        if "errors" in batch:  # shards flushed before stay; rerun with skip_existing to go on
             raise ImageLoadError(batch["errors"][0])
         thumbnails = batch["thumbnail"]
-        outputs = model(pixel_values=batch["pixel_values"].to(device, dtype))
+        with evaluating(model):
+            outputs = model(pixel_values=batch["pixel_values"].to(device, dtype))
         pending["image_embeds"].append(outputs.image_embeds.float().cpu())
         pending["region_embeds"].append(outputs.region_embeds.float().cpu())
         pending["thumbnails"].append(thumbnails.numpy())
