@@ -1,9 +1,11 @@
-"""Benchmark 6: zero-shot tagging per entity on the synthetic catalog, regional vs global embedding.
+"""Benchmark 6: zero-shot tagging and entity-aware search on the synthetic catalog, regional vs global.
 
 On the demo's models (E2 and CLIP-FT, trained on the same data and budget by `e2-hf demo`), every
 validation product is tagged for each entity by the nearest candidate tag text among that entity's
 distinct tags: with E2's regional embedding of the entity, with E2's global embedding, and with
 CLIP-FT's global embedding. Top-1 accuracy in percent; the ratio regional / global is printed.
+The same scores read the other way are a search: each tag text as a query, precision of its 10
+best products (`e2_hf.tagging.search_precision`), mean over the tags.
 
     python benchmarks/bench_tagging.py [--demo-dir DIR]   # trains the demo there when DIR has no models
 """
@@ -51,14 +53,23 @@ def main() -> None:
             "e2_region": e2[entity]["region"],
             "e2_global": e2[entity]["global"],
             "clip_ft_global": clip_ft[entity]["global"],
+            "search_precision_at_10": {
+                "e2_region": e2[entity]["search_precision_at_10"]["region"],
+                "e2_global": e2[entity]["search_precision_at_10"]["global"],
+                "clip_ft_global": clip_ft[entity]["search_precision_at_10"]["global"],
+            },
         }
         for entity in candidates
     }
     mean = {key: statistics.mean(row[key] for row in per_entity.values())
             for key in ("e2_region", "e2_global", "clip_ft_global", "chance")}  # fmt: skip
+    mean_search = {key: statistics.mean(row["search_precision_at_10"][key] for row in per_entity.values())
+                   for key in ("e2_region", "e2_global", "clip_ft_global")}  # fmt: skip
     ratio = mean["e2_region"] / mean["e2_global"] if mean["e2_global"] else float("inf")
     print(f"mean accuracy: E2 regional {mean['e2_region']:.1f}, E2 global {mean['e2_global']:.1f}, "
           f"CLIP-FT global {mean['clip_ft_global']:.1f}; regional / global = {ratio:.2f}x")  # fmt: skip
+    print(f"mean search precision@10: E2 regional {mean_search['e2_region']:.1f}, E2 global "
+          f"{mean_search['e2_global']:.1f}, CLIP-FT global {mean_search['clip_ft_global']:.1f}")  # fmt: skip
     report = json.loads((demo_dir / "report.json").read_text()) if (demo_dir / "report.json").exists() else {}
     write_result(
         "tagging",
@@ -70,6 +81,7 @@ def main() -> None:
             ),
             "per_entity": per_entity,
             "mean": mean,
+            "mean_search_precision_at_10": mean_search,
             "ratio_region_over_global": ratio,
             "demo_e2_full_sumr": report.get("e2", {}).get("full", {}).get("sumr"),
         },

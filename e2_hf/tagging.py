@@ -27,6 +27,7 @@ from .evaluation.embedding import CatalogEmbeddings, embed_texts, evaluating
 from .modeling import E2CLIPModel, E2CLIPProcessor
 
 SOURCES = ("region", "global")
+SEARCH_TOP_K = 10
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,9 @@ def tagging_accuracy(
 
     Candidates default to each entity's distinct tags in the catalog. Products whose tag is
     missing, or not among the candidates, are left out (`items` counts the rest). A prediction is
-    right only when the true tag scores strictly higher than every other candidate.
+    right only when the true tag scores strictly higher than every other candidate. Each entity
+    also gets `search_precision_at_10` per source: the same scores read as a search for each
+    candidate tag (see `search_precision`).
 
     A model without entities (CLIP, CLIP-FT) is scored with its global embedding only; it then
     needs explicit `candidates`."""
@@ -149,8 +152,25 @@ def tagging_accuracy(
             others = scores.scatter(1, truth[kept, None], float("-inf"))
             correct = true_scores[:, 0] > others.max(dim=1).values
             result[source] = 100.0 * correct.float().mean().item() if len(correct) else float("nan")
+            result.setdefault(f"search_precision_at_{SEARCH_TOP_K}", {})[source] = search_precision(
+                scores, truth[kept], SEARCH_TOP_K
+            )
         results[entity] = result
     return results
+
+
+def search_precision(scores: torch.Tensor, truth: torch.Tensor, top_k: int = 10) -> float:
+    """Entity-aware search scored: each candidate tag text as a query over the items (`scores`
+    `[items, tags]`, `truth` `[items]`), the share (percent) of its `min(top_k, items carrying the
+    tag)` best items that carry it, averaged over the tags that some item carries."""
+    precisions = []
+    for tag in range(scores.shape[1]):
+        carriers = int((truth == tag).sum())
+        if carriers == 0:
+            continue
+        found = scores[:, tag].topk(min(top_k, carriers)).indices
+        precisions.append((truth[found] == tag).float().mean().item())
+    return 100.0 * sum(precisions) / len(precisions) if precisions else float("nan")
 
 
 def accuracy_table(results: Mapping[str, Mapping[str, Any]]) -> str:

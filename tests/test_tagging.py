@@ -121,3 +121,14 @@ def test_tag_command_on_images_and_on_a_catalog(e2_model_dir, catalog, tmp_path)
     bad.write_text('["Gucci"]')
     wrong = run_cli("--model", str(e2_model_dir), "--image", str(image), "--candidates", str(bad))
     assert wrong.returncode != 0 and "must hold an object of lists" in wrong.stderr
+
+
+def test_search_precision_counts_the_tag_carriers_among_the_top_items():
+    from e2_hf.tagging import search_precision
+
+    truth = torch.tensor([0, 0, 1, 1, 1, 2])
+    perfect = torch.nn.functional.one_hot(truth, 3).float()  # each item scores 1 for its own tag
+    assert search_precision(perfect, truth, top_k=10) == 100.0
+    swapped = perfect[:, [1, 0, 2]]  # tags 0 and 1 find each other's items
+    assert search_precision(swapped, truth, top_k=2) == pytest.approx(100 * (0 + 0 + 1) / 3)
+    assert search_precision(perfect, torch.zeros(6, dtype=torch.long), top_k=3) == 100.0  # tags 1, 2: no carriers
