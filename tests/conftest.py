@@ -142,6 +142,20 @@ def tokenized_tester(tiny_processor) -> E2CLIPModelTester:
     return tester
 
 
+def catalog_with_a_broken_image(folder: Path) -> str:
+    """A two-product JSONL catalog whose second image is not an image; returns its data spec."""
+    import json
+
+    Image.new("RGB", (40, 40), "red").save(folder / "good.png")
+    (folder / "broken.png").write_bytes(b"not an image")
+    lines = [
+        {"product_id": "good", "images": ["good.png"], "description": "a red shirt", "brand": "Aurel"},
+        {"product_id": "broken", "images": ["broken.png"], "description": "a blue shirt", "brand": "Kato"},
+    ]
+    (folder / "catalog.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return f"jsonl:{folder / 'catalog.jsonl'}"
+
+
 def make_images(count: int, size: int = 40) -> list[Image.Image]:
     rng = np.random.default_rng(0)
     return [Image.fromarray(rng.integers(0, 256, (size, size + 6, 3), dtype=np.uint8)) for _ in range(count)]

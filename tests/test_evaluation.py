@@ -10,6 +10,8 @@ import torch
 from e2_hf.evaluation import distinct_tags, linear_probe_accuracy, region_retrieval_metrics, retrieval_metrics
 from e2_hf.metrics import metric_path
 
+from .conftest import catalog_with_a_broken_image
+
 
 def test_region_retrieval_on_planted_embeddings():
     tags = ["Gucci", "Prada", None, "Gucci", "Zara"]
@@ -79,3 +81,17 @@ def test_evaluate_metric_module_loads_offline_by_path():
     assert result["query_to_candidate_R@5"] == pytest.approx(expected["image_to_text"]["R@5"])
     assert result["candidate_to_query_R@1"] == pytest.approx(expected["text_to_image"]["R@1"])
     assert result["sumr"] == pytest.approx(expected["sumr"])
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_embedding_stops_at_an_unreadable_image_with_its_file_and_row(e2_model_dir, tmp_path, num_workers):
+    from e2_hf import E2CLIPModel, E2CLIPProcessor
+    from e2_hf.data import ImageLoadError, open_catalog
+    from e2_hf.evaluation.embedding import embed_catalog
+
+    spec = catalog_with_a_broken_image(tmp_path)
+    model, processor = E2CLIPModel.from_pretrained(e2_model_dir).eval(), E2CLIPProcessor.from_pretrained(e2_model_dir)
+    with pytest.raises(ImageLoadError) as raised:
+        embed_catalog(model, processor, open_catalog(spec), num_workers=num_workers)
+    assert str(raised.value).startswith("catalog.jsonl row 2, view 0: unreadable image")
+    assert "Traceback" not in str(raised.value)

@@ -27,6 +27,7 @@ from e2_hf.search import (
 )
 
 from .browser import chromium_page
+from .conftest import catalog_with_a_broken_image
 
 
 def run_cli(*arguments: str) -> subprocess.CompletedProcess:
@@ -243,16 +244,10 @@ def test_an_unreadable_image_stops_indexing_with_its_file_and_row(model_and_proc
     from e2_hf.data import ImageLoadError
 
     model, processor = model_and_processor
-    Image.new("RGB", (40, 40), "red").save(tmp_path / "good.png")
-    (tmp_path / "broken.png").write_bytes(b"not an image")
-    lines = [
-        {"product_id": "good", "images": ["good.png"], "description": "a red shirt", "brand": "Aurel"},
-        {"product_id": "broken", "images": ["broken.png"], "description": "a blue shirt", "brand": "Kato"},
-    ]
-    (tmp_path / "catalog.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    spec = catalog_with_a_broken_image(tmp_path)
     index = open_or_create_index(tmp_path / "index", model, "e2", thumbnail_size=16)
     with pytest.raises(ImageLoadError) as raised:
-        add_catalog(index, model, processor, f"jsonl:{tmp_path / 'catalog.jsonl'}", num_workers=num_workers)
+        add_catalog(index, model, processor, spec, num_workers=num_workers)
     assert str(raised.value).startswith("catalog.jsonl row 2, view 0: unreadable image")
     assert "Traceback" not in str(raised.value)  # raised in this process, also with loader workers
     assert len(EmbeddingIndex(index.folder)) == 0  # nothing of the catalog committed

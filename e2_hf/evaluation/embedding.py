@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..data import Catalog, E2Collator, ProductDataset, open_catalog
+from ..data import Catalog, E2Collator, ImageLoadError, ProductDataset, open_catalog
 from ..modeling import E2CLIPModel, E2CLIPProcessor
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -60,13 +60,15 @@ def embed_catalog(
     dtype: torch.dtype = torch.float32,
     num_workers: int = 0,
 ) -> CatalogEmbeddings:
-    """Every product's first view and product text. An unreadable image is an error here:
-    evaluation must not silently drop items."""
+    """Every product's first view and product text. An unreadable image is an error here
+    (evaluation must not silently drop items), raised in this process with its file and row, also
+    when loader workers read the images."""
     dataset = ProductDataset(catalog, model.config.entities, training=False)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
-                        collate_fn=E2Collator(processor, strict=True))  # fmt: skip
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=E2Collator(processor))
     images, texts, regions = [], [], []
     for batch in tqdm(loader, desc=f"embedding {catalog.name}", leave=False):
+        if batch["skipped_images"]:
+            raise ImageLoadError(batch["skipped_images"][0])
         outputs = model(
             input_ids=batch["input_ids"].to(device),
             attention_mask=batch["attention_mask"].to(device),
