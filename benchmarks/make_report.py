@@ -19,16 +19,26 @@ def verdict(result: dict) -> str:
     return "**met**" if result["target_met"] else "**missed**"
 
 
+def heading(title: str, setting: str) -> list[str]:
+    return [f"## {title}", "", f"Setting: {setting}.", ""]
+
+
+def table(headers: list[str], rows: list[list[str]], first_column_numeric: bool = False) -> list[str]:
+    """A Markdown table; the first column left-aligned unless numeric, the others right-aligned."""
+    alignment = ["---:" if first_column_numeric else "---"] + ["---:"] * (len(headers) - 1)
+    return ["| " + " | ".join(cells) + " |" for cells in (headers, alignment, *rows)]
+
+
+def timing_table(result: dict) -> list[str]:
+    rows = [[side, f"{row['median_s']:.3f}", f"{row['min_s']:.3f}"] for side, row in result["timings"].items()]
+    return table(["side", "median s", "min s"], rows)
+
+
 def inference_section(result: dict) -> list[str]:
     parameters = result["parameters"]
     return [
-        "## 1. Inference: E2 vs CLIP image features",
-        "",
-        f"Setting: {result['setting']}.",
-        "",
-        "| side | median s | min s |",
-        "| --- | ---: | ---: |",
-        *[f"| {side} | {row['median_s']:.3f} | {row['min_s']:.3f} |" for side, row in result["timings"].items()],
+        *heading("1. Inference: E2 vs CLIP image features", result["setting"]),
+        *timing_table(result),
         "",
         f"E2 / CLIP = **{result['ratio_e2_over_clip']:.3f}x** (target <= {result['target_max_ratio']}x): "
         f"{verdict(result)}.",
@@ -44,16 +54,14 @@ def inference_section(result: dict) -> list[str]:
 
 
 def train_step_section(result: dict) -> list[str]:
+    setting = (
+        f"{result['setting']}. Product texts average {result['product_text_tokens']} tokens; {result['tags']} tags "
+        f"per batch, {result['distinct_tags']} distinct, padded to {result['tag_tokens_padded_to']} tokens "
+        "(the reference pads to 77)"
+    )
     return [
-        "## 2. One training step: E2 vs CLIP fine-tuning",
-        "",
-        f"Setting: {result['setting']}. Product texts average "
-        f"{result['product_text_tokens']} tokens; {result['tags']} tags per batch, {result['distinct_tags']} distinct, "
-        f"padded to {result['tag_tokens_padded_to']} tokens (the reference pads to 77).",
-        "",
-        "| side | median s | min s |",
-        "| --- | ---: | ---: |",
-        *[f"| {side} | {row['median_s']:.3f} | {row['min_s']:.3f} |" for side, row in result["timings"].items()],
+        *heading("2. One training step: E2 vs CLIP fine-tuning", setting),
+        *timing_table(result),
         "",
         f"E2 / CLIP-FT = **{result['ratio_e2_over_clip_ft']:.3f}x** (target <= {result['target_max_ratio']}x): "
         f"{verdict(result)}. With the reference's tag handling (every tag padded to 77 tokens, no deduplication) "
@@ -63,20 +71,21 @@ def train_step_section(result: dict) -> list[str]:
 
 
 def retrieval_section(result: dict) -> list[str]:
+    headers = ["N", "ours s", "bare N x N x d product s", "per-query sort loop s (scaled)", "speed-up", "ours / bare"]
     rows = [
-        f"| {int(size):,} | {row['ours_s']:.1f} | {row['bare_matmul_s']:.1f} | {row['sort_loop_s_scaled']:.0f} "
-        f"({row['sort_loop_queries_timed']} queries timed) | {row['speedup_over_sort_loop']:.0f}x | "
-        f"{row['ours_over_bare_matmul']:.2f}x |"
+        [
+            f"{int(size):,}",
+            f"{row['ours_s']:.1f}",
+            f"{row['bare_matmul_s']:.1f}",
+            f"{row['sort_loop_s_scaled']:.0f} ({row['sort_loop_queries_timed']} queries timed)",
+            f"{row['speedup_over_sort_loop']:.0f}x",
+            f"{row['ours_over_bare_matmul']:.2f}x",
+        ]  # fmt: skip
         for size, row in result["sizes"].items()
     ]
     return [
-        "## 3. Full-candidate retrieval metrics",
-        "",
-        f"Setting: {result['setting']}.",
-        "",
-        "| N | ours s | bare N x N x d product s | per-query sort loop s (scaled) | speed-up | ours / bare |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: |",
-        *rows,
+        *heading("3. Full-candidate retrieval metrics", result["setting"]),
+        *table(headers, rows, first_column_numeric=True),
         "",
         f"Target: at least {result['target_min_speedup_at_32528']:.0f}x faster than the loop at N = 32,528: "
         f"{verdict(result)}.",
@@ -106,23 +115,23 @@ def profile_lines(result: dict) -> list[str]:
 
 def quality_section(result: dict) -> list[str]:
     names = {"e2": "E2 (region loss `clip`)", "e2_multi_positive": "E2 (`multi_positive`)", "clip_ft": "CLIP-FT"}
-    lines = [
-        "## 4. Quality on the synthetic catalog (--hard)",
-        "",
-        f"Setting: {result['setting']}.",
-        "",
-        "| model | full SumR | sample-100 SumR | probe brand | probe season | probe sub-category | probe composition |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    entities = ("brand", "season", "subcategory", "composition")
+    headers = ["model", "full SumR", "sample-100 SumR", "probe brand", "probe season", "probe sub-category",
+               "probe composition"]  # fmt: skip
+
+    def spread(value: dict) -> str:
+        return f"{value['mean']:.1f} ± {value['std']:.1f}"
+
+    rows = [
+        [
+            names.get(key, key),
+            spread(row["full"]),
+            spread(row["sample100"]),
+            *(spread(row["linear_probe"][entity]) for entity in entities),
+        ]  # fmt: skip
+        for key, row in result["summary"].items()
     ]
-    for key, row in result["summary"].items():
-        probes = " | ".join(
-            f"{row['linear_probe'][e]['mean']:.1f} ± {row['linear_probe'][e]['std']:.1f}"
-            for e in ("brand", "season", "subcategory", "composition")
-        )
-        lines.append(
-            f"| {names.get(key, key)} | {row['full']['mean']:.1f} ± {row['full']['std']:.1f} | "
-            f"{row['sample100']['mean']:.1f} ± {row['sample100']['std']:.1f} | {probes} |"
-        )
+    lines = [*heading("4. Quality on the synthetic catalog (--hard)", result["setting"]), *table(headers, rows)]
     lines += [
         "",
         "Mean ± standard deviation over seeds; linear-probe accuracies in percent on frozen global image "
@@ -133,59 +142,43 @@ def quality_section(result: dict) -> list[str]:
 
 
 def data_section(result: dict) -> list[str]:
+    headers = ["dataloader workers", "images / s", "per worker", "GPU steps / s it feeds (batch 64)"]
     rows = [
-        f"| {workers} | {row['images_per_s']:.0f} | {row['images_per_s_per_worker']:.0f} | "
-        f"{row['feeds_gpu_steps_per_s_at_batch_64']:.2f} |"
+        [
+            workers,
+            f"{row['images_per_s']:.0f}",
+            f"{row['images_per_s_per_worker']:.0f}",
+            f"{row['feeds_gpu_steps_per_s_at_batch_64']:.2f}",
+        ]  # fmt: skip
         for workers, row in result["workers"].items()
     ]
-    return [
-        "## 5. Data pipeline",
-        "",
-        f"Setting: {result['setting']}.",
-        "",
-        "| dataloader workers | images / s | per worker | GPU steps / s it feeds (batch 64) |",
-        "| ---: | ---: | ---: | ---: |",
-        *rows,
-        "",
-    ]
+    return [*heading("5. Data pipeline", result["setting"]), *table(headers, rows, first_column_numeric=True), ""]
 
 
 def tagging_section(result: dict) -> list[str]:
-    mean = result["mean"]
+    models = ("e2_region", "e2_global", "clip_ft_global")
+    per_entity, mean = result["per_entity"], result["mean"]
+    accuracy_rows = [
+        [entity, str(row["candidates"]), *(f"{row[model]:.1f}" for model in (*models, "chance"))]
+        for entity, row in per_entity.items()
+    ]
+    accuracy_rows.append(["mean", "", *(f"{mean[model]:.1f}" for model in (*models, "chance"))])
     search_rows = [
-        f"| {entity} | {row['search_precision_at_10']['e2_region']:.1f} | "
-        f"{row['search_precision_at_10']['e2_global']:.1f} | {row['search_precision_at_10']['clip_ft_global']:.1f} |"
-        for entity, row in result["per_entity"].items()
+        [entity, *(f"{row['search_precision_at_10'][model]:.1f}" for model in models)]
+        for entity, row in per_entity.items()
     ]
     search_mean = result["mean_search_precision_at_10"]
-    search_rows.append(
-        f"| mean | {search_mean['e2_region']:.1f} | {search_mean['e2_global']:.1f} | "
-        f"{search_mean['clip_ft_global']:.1f} |"
-    )
-    rows = [
-        f"| {entity} | {row['candidates']} | {row['e2_region']:.1f} | {row['e2_global']:.1f} | "
-        f"{row['clip_ft_global']:.1f} | {row['chance']:.1f} |"
-        for entity, row in result["per_entity"].items()
-    ]
+    search_rows.append(["mean", *(f"{search_mean[model]:.1f}" for model in models)])
     return [
-        "## 6. Zero-shot tagging and entity-aware search: regional vs global embedding",
-        "",
-        f"Setting: {result['setting']}.",
-        "",
-        "| entity | candidates | E2 regional | E2 global | CLIP-FT global | chance |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
-        *rows,
-        f"| mean | | {mean['e2_region']:.1f} | {mean['e2_global']:.1f} | {mean['clip_ft_global']:.1f} | "
-        f"{mean['chance']:.1f} |",
+        *heading("6. Zero-shot tagging and entity-aware search: regional vs global embedding", result["setting"]),
+        *table(["entity", "candidates", "E2 regional", "E2 global", "CLIP-FT global", "chance"], accuracy_rows),
         "",
         f"Top-1 accuracy in percent. E2 regional / E2 global (mean): {result['ratio_region_over_global']:.2f}x.",
         "",
         "Entity-aware search with the same embeddings: each tag text as a query, the share of its 10 best "
         "products (fewer when fewer carry the tag) that carry it, mean over the tags, in percent.",
         "",
-        "| entity | E2 regional | E2 global | CLIP-FT global |",
-        "| --- | ---: | ---: | ---: |",
-        *search_rows,
+        *table(["entity", "E2 regional", "E2 global", "CLIP-FT global"], search_rows),
         "",
     ]
 
