@@ -32,7 +32,8 @@ def _make_synthetic(args: argparse.Namespace) -> None:
     from .synthetic import make_synthetic
 
     summary = make_synthetic(args.output_dir, products=args.products, seed=args.seed, views=args.views,
-                             image_size=args.image_size, hard=args.hard, eval_fraction=args.eval_fraction)  # fmt: skip
+                             image_size=args.image_size, hard=args.hard, eval_fraction=args.eval_fraction,
+                             brands=args.brands, logo_size=args.logo_size, framing=args.framing)  # fmt: skip
     print(json.dumps(summary, indent=2))
 
 
@@ -44,6 +45,10 @@ def _add_make_synthetic(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--hard", action="store_true", help="products collide on all but logo and trim")
     parser.add_argument("--eval-fraction", type=float, default=0.2, help="share of products in validation")
+    parser.add_argument("--brands", type=int, default=48, help="number of distinct brands (at most 48)")
+    parser.add_argument("--logo-size", type=int, help="side of the logo in pixels, a multiple of 4 (default: size / 8)")
+    parser.add_argument("--framing", choices=("tight", "varied"), default="tight",
+                        help="varied: the garment's size and place vary, and with them the trim's position")  # fmt: skip
 
 
 def _demo(args: argparse.Namespace) -> None:

@@ -1,6 +1,7 @@
 """A synthetic fashion catalog whose tags are visual details, as in real product photos.
 
     e2-hf make-synthetic --output-dir catalog --products 600 --seed 0 [--views 3] [--image-size 64] [--hard]
+        [--brands 48] [--logo-size PX] [--framing tight|varied]
 
 Each tag entity is drawn into the picture:
 
@@ -9,14 +10,22 @@ Each tag entity is drawn into the picture:
 - brand: a small logo glyph (a bitmap unique to the brand, in its colour) at a varying position;
 - season: the colour of a trim band at the hem.
 
-Views of a product differ by jitter, scale, horizontal flip and logo placement. With `--hard`
-products collide on everything but the small details: few silhouettes, colours and textures, so
-only the logo and the trim tell items apart, which is where plain CLIP fine-tuning struggles.
+Views of a product differ by jitter, scale, horizontal flip and logo placement (`--framing
+varied` also moves and shrinks the garment, so the hem lands on different patch rows). With
+`--hard` products collide on everything but the small details: few silhouettes, colours and
+textures, so only the logo and the trim tell items apart, which is where plain CLIP fine-tuning
+struggles.
 
 Written files (deterministic for a seed):
-- `train.h5`, `validation.h5`: the FashionGen HDF5 layout (spec, section 3);
+- `train.h5`, `validation.h5`: the FashionGen HDF5 layout, plus each view's detail boxes
+  (`input_logo_box`, `input_trim_box`, `input_garment_box`);
 - `catalog.jsonl`: one product per line, with `split`, image paths (PNGs under `images/`),
-  description and one column per entity.
+  description, one column per entity and `details`: per view, the pixel boxes
+  `(left, top, right, bottom)` (right and bottom exclusive) of the `logo`, the `trim` and the
+  `garment`, the ground truth where each entity's selection tokens should look;
+- `interventions.jsonl`: for each validation product's first view, edited copies with one detail
+  changed and everything else equal (`logo_moved`, `logo_removed`, `trim_removed`), with their
+  boxes: does a token's choice follow the detail?
 """
 
 from __future__ import annotations
@@ -115,7 +124,7 @@ def brand_glyph(brand: int, rng_seed: int = 1234) -> tuple[np.ndarray, tuple[int
     return bitmap, colour
 
 
-def sample_products(count: int, rng: np.random.Generator, hard: bool) -> list[ProductSpec]:
+def sample_products(count: int, rng: np.random.Generator, hard: bool, brands: int = 48) -> list[ProductSpec]:
     subcategories = list(SILHOUETTES)
     colours = list(COLOURS)
     if hard:  # collide on everything but the small details
@@ -126,7 +135,7 @@ def sample_products(count: int, rng: np.random.Generator, hard: bool) -> list[Pr
     for product_id in range(count):
         products.append(ProductSpec(
             product_id=product_id,
-            brand=int(rng.integers(len(brand_names()))),
+            brand=int(rng.integers(brands)),
             season=int(rng.integers(len(SEASONS))),
             subcategory=subcategories[int(rng.integers(len(subcategories)))],
             composition=compositions[int(rng.integers(len(compositions)))],
@@ -154,47 +163,121 @@ def _texture(composition: str, size: int) -> np.ndarray:
     return patterns[composition]
 
 
-def render_view(product: ProductSpec, size: int, rng: np.random.Generator) -> np.ndarray:
-    """One `[size, size, 3]` uint8 photo of the product."""
-    scale = rng.uniform(0.85, 1.05)
-    shift = rng.uniform(-0.06, 0.06, size=2)
-    points = [((x - 0.5) * scale + 0.5 + shift[0], (y - 0.5) * scale + 0.5 + shift[1])
+FRAMINGS = ("tight", "varied")
+DETAILS = ("logo", "trim", "garment")
+# Where each entity's tag is drawn: the ground truth a selection token can be scored against.
+ENTITY_DETAILS = {"brand": "logo", "season": "trim", "subcategory": "garment", "composition": "garment"}
+
+
+@dataclass(frozen=True)
+class ViewLayout:
+    """Everything random about one view; drawing a layout twice gives the same pixels."""
+
+    scale: float
+    shift: tuple[float, float]
+    flipped: bool
+    logo_at: tuple[int, int] | None  # (top, left) of the logo label, pixels; None: no room on the garment
+    noise_seed: int
+
+
+def silhouette_mask(product: ProductSpec, layout: ViewLayout, size: int) -> np.ndarray:
+    """`[size, size]` bool: the garment's pixels in this view."""
+    points = [((x - 0.5) * layout.scale + 0.5 + layout.shift[0], (y - 0.5) * layout.scale + 0.5 + layout.shift[1])
               for x, y in SILHOUETTES[product.subcategory]]  # fmt: skip
-    if rng.random() < 0.5:
+    if layout.flipped:
         points = [(1 - x, y) for x, y in points]
     mask_image = Image.new("L", (size, size), 0)
     ImageDraw.Draw(mask_image).polygon([(x * size, y * size) for x, y in points], fill=255)
-    mask = np.asarray(mask_image) > 0
+    return np.asarray(mask_image) > 0
 
+
+def logo_anchors(mask: np.ndarray, logo_size: int) -> np.ndarray:
+    """`[n, 2]` (top, left) positions whose label starts on the garment and fits in the image."""
+    size = mask.shape[0]
+    return np.argwhere(mask[: size - logo_size, : size - logo_size])
+
+
+def sample_layout(product: ProductSpec, size: int, logo_size: int, framing: str, rng: np.random.Generator) -> ViewLayout:
+    """Jitter, scale, flip and logo placement of one view. `varied` framing also moves and shrinks
+    the garment (the hem, and so the trim, then lands on different patch rows)."""
+    if framing == "varied":
+        scale = rng.uniform(0.6, 1.05)
+        limit = max(0.0, 0.48 - 0.45 * scale)  # keeps the garment inside the picture
+        shift = rng.uniform(-limit, limit, size=2)
+    else:
+        scale = rng.uniform(0.85, 1.05)
+        shift = rng.uniform(-0.06, 0.06, size=2)
+    flipped = bool(rng.random() < 0.5)
+    noise_seed = int(rng.integers(2**31))
+    layout = ViewLayout(float(scale), (float(shift[0]), float(shift[1])), flipped, None, noise_seed)
+    anchors = logo_anchors(silhouette_mask(product, layout, size), logo_size)
+    if len(anchors) == 0:
+        return layout
+    top, left = anchors[int(rng.integers(len(anchors)))]
+    return ViewLayout(layout.scale, layout.shift, flipped, (int(top), int(left)), noise_seed)
+
+
+def moved_logo(product: ProductSpec, layout: ViewLayout, size: int, logo_size: int, rng) -> ViewLayout | None:
+    """The same view with the logo elsewhere on the garment, at least two logo sides away."""
+    if layout.logo_at is None:
+        return None
+    anchors = logo_anchors(silhouette_mask(product, layout, size), logo_size)
+    far = np.abs(anchors - np.array(layout.logo_at)).max(axis=1) >= 2 * logo_size
+    if not far.any():
+        return None
+    top, left = anchors[far][int(rng.integers(int(far.sum())))]
+    return ViewLayout(layout.scale, layout.shift, layout.flipped, (int(top), int(left)), layout.noise_seed)
+
+
+def _box(rows: np.ndarray, columns: np.ndarray) -> list[int] | None:
+    """(left, top, right, bottom), right and bottom exclusive; None when empty."""
+    if len(rows) == 0:
+        return None
+    return [int(columns.min()), int(rows.min()), int(columns.max()) + 1, int(rows.max()) + 1]
+
+
+def draw_view(
+    product: ProductSpec, layout: ViewLayout, size: int, logo_size: int, logo: bool = True, trim: bool = True
+) -> tuple[np.ndarray, dict[str, list[int] | None]]:
+    """One `[size, size, 3]` uint8 photo of the product and the pixel boxes of its details:
+    `logo` (the brand's label), `trim` (the season's band at the hem) and `garment`."""
+    rng = np.random.default_rng(layout.noise_seed)
+    mask = silhouette_mask(product, layout, size)
     background = 245 + rng.normal(0, 2, (size, size, 1))
     picture = np.repeat(background, 3, axis=2)
     base = np.array(COLOURS[product.colour], dtype=np.float64)
     fabric = base + 28 * _texture(product.composition, size)[..., None]
     picture[mask] = fabric[mask]
+    details: dict[str, list[int] | None] = {"logo": None, "trim": None, "garment": _box(*np.nonzero(mask))}
 
     rows = np.nonzero(mask.any(axis=1))[0]
-    if len(rows):  # season: a trim band at the hem
+    if len(rows) and trim:  # season: a trim band at the hem
         hem = rows[-1]
-        band = max(2, size // 16)
-        trim_rows = np.zeros_like(mask)
-        trim_rows[max(0, hem - band + 1) : hem + 1] = True
-        picture[mask & trim_rows] = SEASON_TRIMS[product.season]
-    _draw_logo(picture, mask, product.brand, size, rng)
-    return np.clip(picture + rng.normal(0, 1.5, picture.shape), 0, 255).astype(np.uint8)
+        band = np.zeros_like(mask)
+        band[max(0, hem - max(2, size // 16) + 1) : hem + 1] = True
+        picture[mask & band] = SEASON_TRIMS[product.season]
+        details["trim"] = _box(*np.nonzero(mask & band))
+    if layout.logo_at is not None and logo:
+        details["logo"] = _draw_logo(picture, layout.logo_at, product.brand, logo_size)
+    noise = rng.normal(0, 1.5, picture.shape)
+    return np.clip(picture + noise, 0, 255).astype(np.uint8), details
 
 
-def _draw_logo(picture: np.ndarray, mask: np.ndarray, brand: int, size: int, rng: np.random.Generator) -> None:
+def default_logo_size(image_size: int) -> int:
+    return 4 * max(1, image_size // 32)
+
+
+def _draw_logo(picture: np.ndarray, at: tuple[int, int], brand: int, logo_size: int) -> list[int]:
+    """Draws the brand's glyph on a light label at `at` (top, left); returns the label's box."""
     bitmap, colour = brand_glyph(brand)
-    cell = max(1, size // 32)
+    cell = max(1, logo_size // 4)
     glyph = np.kron(bitmap, np.ones((cell, cell), dtype=bool))  # [4 * cell, 4 * cell]
+    top, left = at
     extent = glyph.shape[0]
-    inside = np.argwhere(mask[: size - extent, : size - extent])
-    if len(inside) == 0:
-        return
-    top, left = inside[int(rng.integers(len(inside)))]
     box = picture[top : top + extent, left : left + extent]
     box[:] = 250  # a light label behind the glyph
     box[glyph] = colour
+    return [left, top, left + extent, top + extent]
 
 
 def _fixed_bytes(values: list[str]) -> np.ndarray:
@@ -203,18 +286,20 @@ def _fixed_bytes(values: list[str]) -> np.ndarray:
     return np.array(encoded, dtype=f"S{width}").reshape(-1, 1)
 
 
-def write_fashiongen_h5(path: Path, rows: list[tuple[ProductSpec, int, np.ndarray]]) -> None:
-    """Rows `(product, view index, image)` -> the FashionGen HDF5 layout; a product's rows contiguous."""
+def write_fashiongen_h5(path: Path, rows: list[RenderedView]) -> None:
+    """Rendered views -> the FashionGen HDF5 layout (a product's rows contiguous), plus the
+    detail boxes as `input_logo_box`, `input_trim_box`, `input_garment_box`: `[N, 4]` int32
+    (left, top, right, bottom), -1 where a view has no such detail."""
     import h5py
 
     def text(values):
         return _fixed_bytes(values)
 
     with h5py.File(path, "w") as handle:
-        images = np.stack([image for _, _, image in rows])
+        images = np.stack([row.image for row in rows])
         # one image per chunk: a random read decompresses only that image
         handle.create_dataset("input_image", data=images, chunks=(1, *images.shape[1:]), compression="gzip")
-        products = [product for product, _, _ in rows]
+        products = [row.product for row in rows]
         tags = [product.tags() for product in products]
         handle["input_description"] = text([product.description() for product in products])
         handle["input_brand"] = text([tag["brand"] for tag in tags])
@@ -225,13 +310,24 @@ def write_fashiongen_h5(path: Path, rows: list[tuple[ProductSpec, int, np.ndarra
                                          for p in products])  # fmt: skip
         handle["input_gender"] = text(["UNISEX"] * len(rows))
         handle["input_name"] = text([f"{tag['brand']} {NOUNS[tag['subcategory']]}" for tag in tags])
-        handle["input_pose"] = text([f"id_gridfs_{view + 1}" for _, view, _ in rows])
+        handle["input_pose"] = text([f"id_gridfs_{row.view + 1}" for row in rows])
         handle["input_department"] = text(["SYNTHETIC"] * len(rows))
         handle["input_concat_description"] = text([product.description() for product in products])
         handle["input_productID"] = np.array([p.product_id for p in products], dtype=np.int64).reshape(-1, 1)
         handle["input_msrpUSD"] = np.array([100.0 + p.product_id % 50 for p in products]).reshape(-1, 1)
+        for detail in DETAILS:
+            boxes = [row.details[detail] or [-1, -1, -1, -1] for row in rows]
+            handle[f"input_{detail}_box"] = np.array(boxes, dtype=np.int32)
         handle["index"] = np.arange(len(rows), dtype=np.int64).reshape(-1, 1)
         handle["index_2"] = np.arange(len(rows), dtype=np.int64).reshape(-1, 1)
+
+
+@dataclass
+class RenderedView:
+    product: ProductSpec
+    view: int
+    image: np.ndarray
+    details: dict[str, list[int] | None]
 
 
 def make_synthetic(
@@ -243,33 +339,77 @@ def make_synthetic(
     hard: bool = False,
     eval_fraction: float = 0.2,
     progress: bool = True,
+    brands: int = 48,
+    logo_size: int | None = None,
+    framing: str = "tight",
 ) -> dict[str, int | str]:
-    """Writes the catalog (see module doc); returns a summary."""
+    """Writes the catalog (see module doc); returns a summary.
+
+    `brands` (at most 48) draws the products' brands from the first `brands` names; `logo_size`
+    is the side of the logo label in pixels (default `image_size // 8`, a multiple of 4);
+    `framing` is `tight` (the garment fills the picture, the hem always near the bottom) or
+    `varied` (the garment's size and place vary, so the trim's position does too).
+    """
+    logo_size = logo_size or default_logo_size(image_size)
     if products < 2 or views < 1 or image_size < 16 or not 0 < eval_fraction < 1:
         raise ValueError("need products >= 2, views >= 1, image_size >= 16 and 0 < eval_fraction < 1")
+    if not 1 <= brands <= len(brand_names()):
+        raise ValueError(f"brands must be between 1 and {len(brand_names())}, got {brands}")
+    if logo_size % 4 or not 4 <= logo_size <= image_size // 2:
+        raise ValueError(f"logo_size must be a multiple of 4 between 4 and {image_size // 2}, got {logo_size}")
+    if framing not in FRAMINGS:
+        raise ValueError(f"framing must be one of {FRAMINGS}, got {framing!r}")
     output_dir = Path(output_dir)
     (output_dir / "images").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    specs = sample_products(products, rng, hard)
+    specs = sample_products(products, rng, hard, brands)
     num_eval = max(1, round(products * eval_fraction))
     splits = {"train": specs[: products - num_eval], "validation": specs[products - num_eval :]}
+    edits = []
     with open(output_dir / "catalog.jsonl", "w", encoding="utf-8") as catalog:
         for split, split_specs in splits.items():
             rows = []
             for product in tqdm(split_specs, desc=f"rendering {split}", disable=not progress):
-                paths = []
-                for view in range(views):
-                    image = render_view(product, image_size, rng)
-                    rows.append((product, view, image))
-                    path = f"images/{product.product_id:06d}_{view}.png"
-                    Image.fromarray(image).save(output_dir / path)
-                    paths.append(path)
-                record = {"product_id": product.product_id, "split": split, "images": paths,
-                          "description": product.description(), **product.tags()}  # fmt: skip
+                layouts = [sample_layout(product, image_size, logo_size, framing, rng) for _ in range(views)]
+                for view, layout in enumerate(layouts):
+                    image, details = draw_view(product, layout, image_size, logo_size)
+                    rows.append(RenderedView(product, view, image, details))
+                    Image.fromarray(image).save(output_dir / _image_path(product, view))
+                record = {"product_id": product.product_id, "split": split,
+                          "images": [_image_path(product, view) for view in range(views)],
+                          "description": product.description(), **product.tags(),
+                          "details": [row.details for row in rows[-views:]]}  # fmt: skip
                 catalog.write(json.dumps(record) + "\n")
+                if split == "validation":
+                    edits += _write_edits(output_dir, product, layouts[0], image_size, logo_size, rng)
             write_fashiongen_h5(output_dir / f"{split}.h5", rows)
+    with open(output_dir / "interventions.jsonl", "w", encoding="utf-8") as handle:
+        handle.writelines(json.dumps(edit) + "\n" for edit in edits)
     return {"output_dir": str(output_dir), "products": products, "train_products": len(splits["train"]),
-            "validation_products": num_eval, "views": views, "image_size": image_size, "hard": hard}  # fmt: skip
+            "validation_products": num_eval, "views": views, "image_size": image_size, "hard": hard,
+            "brands": brands, "logo_size": logo_size, "framing": framing}  # fmt: skip
+
+
+def _image_path(product: ProductSpec, view: int, edit: str | None = None) -> str:
+    suffix = f"_{edit}" if edit else ""
+    return f"images/{product.product_id:06d}_{view}{suffix}.png"
+
+
+def _write_edits(output_dir: Path, product: ProductSpec, layout: ViewLayout, size: int, logo_size: int, rng) -> list:
+    """Edited copies of a validation product's first view, one detail changed and all else equal:
+    the logo moved elsewhere on the garment, the logo removed, the trim removed."""
+    moved = moved_logo(product, layout, size, logo_size, rng)
+    variants = {"logo_moved": (moved, True, True), "logo_removed": (layout, False, True),
+                "trim_removed": (layout, True, False)}  # fmt: skip
+    edits = []
+    for edit, (edited_layout, logo, trim) in variants.items():
+        if edited_layout is None or (edit == "logo_removed" and layout.logo_at is None):
+            continue
+        image, details = draw_view(product, edited_layout, size, logo_size, logo=logo, trim=trim)
+        path = _image_path(product, 0, edit)
+        Image.fromarray(image).save(output_dir / path)
+        edits.append({"product_id": product.product_id, "view": 0, "edit": edit, "image": path, "details": details})
+    return edits
 
 
 def all_texts(output_dir: str | Path) -> list[str]:

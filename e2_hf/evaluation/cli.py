@@ -22,6 +22,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     parser.add_argument("--regions", action="store_true", help="also region retrieval per entity")
     parser.add_argument("--linear-probe", action="store_true", help="also linear-probe accuracy per entity")
+    parser.add_argument(
+        "--selection",
+        action="store_true",
+        help="also score where the selection tokens look, against the `details` boxes of a JSONL catalog "
+        "(e2-hf make-synthetic writes them): hit rate, chance, position-only rate, collapse, interventions",
+    )
     return parser
 
 
@@ -55,7 +61,19 @@ def evaluate_catalog(args: argparse.Namespace) -> dict[str, Any]:
             for entity in entities
             if sum(tag is not None for tag in catalog.tag_values(entity)) >= 10
         }
+    if args.selection:
+        results["selection"] = _selection(model, processor, args.data)
     return results
+
+
+def _selection(model, processor, data_spec: str) -> dict[str, Any]:
+    from ..data import parse_spec
+    from .selection import selection_metrics
+
+    kind, path, split = parse_spec(data_spec)
+    if kind != "jsonl":
+        raise ValueError(f"--selection needs a JSONL catalog with `details` boxes (jsonl:FILE[:SPLIT]), got {data_spec}")
+    return selection_metrics(model, processor, path, split)
 
 
 def metrics_table(results: dict[str, Any]) -> str:
@@ -78,5 +96,12 @@ def metrics_table(results: dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> None:
     results = evaluate_catalog(args)
     print(metrics_table(results))
+    if "selection" in results:
+        from .selection import intervention_table, selection_table
+
+        print("\nSelection, last fusion block (percent of views):")
+        print(selection_table(results["selection"]))
+        if results["selection"]["interventions"]:
+            print(intervention_table(results["selection"]))
     if args.output:
         Path(args.output).write_text(json.dumps(results, indent=2) + "\n")

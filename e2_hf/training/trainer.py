@@ -189,16 +189,20 @@ def build_model(args: TrainingArguments) -> E2CLIPModel:
         from transformers import AutoConfig
 
         model_type = AutoConfig.from_pretrained(args.model, trust_remote_code=True).model_type
-    if model_type == E2CLIPConfig.model_type:
-        model = E2CLIPModel.from_pretrained(args.model)
-        if args.baseline == "clip-ft" and model.config.entities:
-            raise ValueError(f"--baseline clip-ft needs a CLIP checkpoint; {args.model} is E2 with entities")
-        return model
     overrides: dict[str, Any] = {"entities": [] if args.baseline == "clip-ft" else args.entities}
     if args.baseline == "e2":
         overrides.update(tokens_per_entity=args.tokens_per_entity, fusion_layers=args.fusion_layers,
                          region_loss=args.region_loss)  # fmt: skip
-    return E2CLIPModel.from_clip(args.model, **{key: value for key, value in overrides.items() if value is not None})
+    overrides = {key: value for key, value in overrides.items() if value is not None}
+    if model_type == E2CLIPConfig.model_type:
+        model = E2CLIPModel.from_pretrained(args.model)
+        if args.baseline == "clip-ft" and model.config.entities:
+            raise ValueError(f"--baseline clip-ft needs a CLIP checkpoint; {args.model} is E2 with entities")
+        if args.baseline == "e2" and not model.config.entities:  # a CLIP-FT checkpoint: add E2's parts
+            config = E2CLIPConfig(**{**model.config.to_dict(), "entities": E2CLIPConfig().entities, **overrides})
+            return E2CLIPModel.from_clip_state_dict(config, model.state_dict(), source=args.model)
+        return model
+    return E2CLIPModel.from_clip(args.model, **overrides)
 
 
 def check_entities(model: E2CLIPModel, catalog, data_spec: str) -> None:
