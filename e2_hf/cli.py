@@ -33,7 +33,8 @@ def _make_synthetic(args: argparse.Namespace) -> None:
 
     summary = make_synthetic(args.output_dir, products=args.products, seed=args.seed, views=args.views,
                              image_size=args.image_size, hard=args.hard, eval_fraction=args.eval_fraction,
-                             brands=args.brands, logo_size=args.logo_size, framing=args.framing)  # fmt: skip
+                             brands=args.brands, logo_size=args.logo_size, framing=args.framing,
+                             logo_colours=args.logo_colours, captions=args.captions)  # fmt: skip
     print(json.dumps(summary, indent=2))
 
 
@@ -46,9 +47,13 @@ def _add_make_synthetic(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hard", action="store_true", help="products collide on all but logo and trim")
     parser.add_argument("--eval-fraction", type=float, default=0.2, help="share of products in validation")
     parser.add_argument("--brands", type=int, default=48, help="number of distinct brands (at most 48)")
-    parser.add_argument("--logo-size", type=int, help="side of the logo in pixels, a multiple of 4 (default: size / 8)")
+    parser.add_argument("--logo-size", type=int, help="logo side in pixels, a multiple of 4 (default: size / 8)")
     parser.add_argument("--framing", choices=("tight", "varied"), default="tight",
-                        help="varied: the garment's size and place vary, and with them the trim's position")  # fmt: skip
+                        help="varied: the garment's size and place vary, and so does the trim's position")  # fmt: skip
+    parser.add_argument("--logo-colours", choices=("random", "palette"), default="random",
+                        help="palette: saturated, well separated hues per brand instead of any RGB")  # fmt: skip
+    parser.add_argument("--captions", choices=("product", "varied"), default="product",
+                        help="varied: alt-text-like captions (a tag alone, a few words or the full text)")  # fmt: skip
 
 
 def _demo(args: argparse.Namespace) -> None:

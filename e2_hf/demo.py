@@ -19,8 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 
+from .data import open_catalog
 from .modeling.processing_e2clip import clip_image_processor
+
+ENTITIES = ["brand", "season", "subcategory", "composition"]
 
 
 @dataclass
@@ -38,10 +42,25 @@ class DemoSize:
     merges: int
 
 
+# The demo's catalog: `make_synthetic(..., hard=True, **TESTBED)`. 8 px logos in 12 well-separated
+# colours and a garment whose size and place vary (so the trim moves across patch rows); 8 px
+# patches make the logo about one patch of an 8x8 grid (BENCHMARKS.md, "Making the regions real").
+TESTBED = {"brands": 12, "logo_colours": "palette", "framing": "varied"}
+# A small CLIP pretrained on a generic synthetic catalog (benchmarks/pretrain_small_clip.py): the
+# demo's stand-in for pretrained CLIP, shipped with the package.
+PRETRAINED_BASE = Path(__file__).resolve().parent / "assets" / "small-clip-synthetic"
+
+# E2 options beyond the paper's recipe that the demo uses, each measured against the paper's
+# default in BENCHMARKS.md ("Making the regions real").
+E2_OPTIONS: dict[str, Any] = {"region_loss": "multi_positive"}
+# Learning rates (stage 1: E2's new parameters only; stage 2: everything).
+PRETRAINED_RATES = {"warmup_lr": 5e-4, "lr": 1e-4}
+RANDOM_RATES = {"warmup_lr": 2e-3, "lr": 5e-4}
+
 DEFAULT = DemoSize(
     products=1200,
     image_size=64,
-    patch_size=16,
+    patch_size=8,
     width=128,
     layers=6,
     text_layers=3,
@@ -111,31 +130,48 @@ def make_small_clip(
 
 
 def evaluate_model(model_dir: Path, catalog_spec: str) -> dict[str, Any]:
-    """Full-candidate and sample-100 retrieval of a saved model on a catalog (first views)."""
-    from .evaluation import retrieval_metrics, sample100_metrics
-    from .evaluation.embedding import embed_products
+    """Full-candidate and sample-100 retrieval of a saved model on a catalog (first views), and
+    zero-shot tagging per entity with the catalog's distinct tags as candidates."""
+    from .evaluation import embed_catalog, load_for_inference, retrieval_metrics, sample100_metrics
+    from .tagging import catalog_candidates, tagging_accuracy
 
-    images, texts, catalog = embed_products(model_dir, catalog_spec)
+    model, processor, device, dtype = load_for_inference(model_dir, "cpu")
+    embeddings = embed_catalog(model, processor, open_catalog(catalog_spec), device=device, dtype=dtype)
+    images, texts, catalog = embeddings.image_embeds, embeddings.text_embeds, embeddings.catalog
     subcategories = [product.tags.get("subcategory") or "" for product in catalog.products]
+    candidates = catalog_candidates(catalog, ENTITIES)
     return {
         "full": retrieval_metrics(images, texts),
         "sample100": sample100_metrics(images, texts, subcategories, queries=1000, seeds=5),
+        "tagging": tagging_accuracy(model, processor, embeddings, candidates, device),
     }
 
 
-def draw_selection(model_dir: Path, catalog_spec: str, output_path: Path, count: int = 3) -> None:
-    """`e2-hf visualize` on the first catalog images: each entity's chosen patches per fusion
-    block, beside the CLS token's attention."""
-    from .data import open_catalog
+def evaluate_selection(model_dir: Path, catalog_dir: Path) -> dict[str, Any]:
+    """Where the E2 model's selection tokens look, against the catalog's detail boxes."""
+    from .evaluation.selection import selection_metrics
+    from .modeling import E2CLIPModel, E2CLIPProcessor
+
+    model = E2CLIPModel.from_pretrained(model_dir)
+    return selection_metrics(model, E2CLIPProcessor.from_pretrained(model_dir), catalog_dir / "catalog.jsonl")
+
+
+def draw_selection(model_dir: Path, catalog_dir: Path, output_path: Path, count: int = 3) -> None:
+    """`e2-hf visualize` on the first validation products, each beside its copy with the logo
+    moved: every entity's chosen patches per fusion block, and the CLS token's attention."""
+    from .evaluation.selection import read_interventions
     from .modeling import E2CLIPModel, E2CLIPProcessor
     from .visualization import render_selection_figure, selection_maps
 
     model = E2CLIPModel.from_pretrained(model_dir).eval()
     processor = E2CLIPProcessor.from_pretrained(model_dir)
-    catalog = open_catalog(catalog_spec)
-    indices = range(min(count, len(catalog)))
-    images = [catalog.load_image(index) for index in indices]
-    titles = [catalog[index].product_id for index in indices]
+    moved = [view for edit, view in read_interventions(catalog_dir / "catalog.jsonl") if edit == "logo_moved"][:count]
+    paths, titles = [], []
+    for view in moved:
+        product_id = view.key[0]
+        paths += [catalog_dir / "images" / f"{int(product_id):06d}_0.png", view.image_path]
+        titles += [f"product {product_id}", f"product {product_id}, logo moved"]
+    images = [Image.open(path).convert("RGB") for path in paths]
     render_selection_figure(selection_maps(model, processor, images), titles).image.save(output_path)
 
 
@@ -161,6 +197,9 @@ def report_markdown(report: dict[str, Any]) -> str:
                 + " | ".join(f"{value:.1f}" for value in cells)
                 + f" | {block['sumr']:.1f} |"
             )
+    lines += ["", *tagging_lines(report)]
+    if "selection" in report["e2"]:
+        lines += ["", *selection_lines(report["e2"]["selection"])]
     seconds = report["seconds"]
     lines += [
         "",
@@ -169,6 +208,38 @@ def report_markdown(report: dict[str, Any]) -> str:
         f"total {seconds['total']:.0f}.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def tagging_lines(report: dict[str, Any]) -> list[str]:
+    lines = [
+        "Zero-shot tagging of the validation products (top-1 accuracy in percent; candidates: each entity's "
+        "distinct validation tags). E2 regional: the entity's regional embedding; global: the image embedding.",
+        "",
+        "| entity | candidates | E2 regional | E2 global | CLIP-FT global | chance |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for entity, row in report["e2"]["tagging"].items():
+        clip_ft = report["clip_ft"]["tagging"][entity]["global"]
+        lines.append(f"| {entity} | {row['candidates']} | {row['region']:.1f} | {row['global']:.1f} | {clip_ft:.1f} | "
+                     f"{row['chance']:.1f} |")  # fmt: skip
+    return lines
+
+
+def selection_lines(selection: dict[str, Any]) -> list[str]:
+    from .evaluation.selection import intervention_table, selection_table
+
+    grid = "x".join(str(side) for side in selection["grid"])
+    lines = [
+        f"Where E2's selection tokens look (last fusion block, {selection['views']} validation views, {grid} "
+        "patches; percent of views where a token of the entity chose a patch holding its detail; chance: a "
+        "uniformly random patch; position-only: the token's own choice frequencies, ignoring the image).",
+        "",
+        selection_table(selection),
+    ]
+    if selection["interventions"]:
+        lines += ["", "The same views with one detail edited (everything else equal):", "",
+                  intervention_table(selection)]  # fmt: skip
+    return lines
 
 
 def prepare_base(output_dir: Path, catalog_dir: Path, size: DemoSize, seed: int) -> str:
@@ -192,9 +263,11 @@ def prepare_base(output_dir: Path, catalog_dir: Path, size: DemoSize, seed: int)
     )
 
 
-def demo_training_arguments(base: str, catalog_dir: Path, output_dir: Path, size: DemoSize, seed: int, **overrides):
-    """The demo's training settings: the paper's two stages, with learning rates for a small
-    randomly initialised CLIP."""
+def demo_training_arguments(
+    base: str, catalog_dir: Path, output_dir: Path, size: DemoSize, seed: int, pretrained: bool = False, **overrides
+):
+    """The demo's training settings: the paper's two stages, with learning rates for the small
+    pretrained base (or, with `pretrained=False`, for a small randomly initialised CLIP)."""
     from .training import TrainingArguments
 
     settings = dict(
@@ -206,18 +279,19 @@ def demo_training_arguments(base: str, catalog_dir: Path, output_dir: Path, size
         warmup_epochs=size.warmup_epochs,
         epochs=size.epochs,
         batch_size=size.batch_size,
-        warmup_lr=2e-3,
-        lr=5e-4,
         warmup_steps=20,
         seed=seed,
         save_steps=10_000,
         log_steps=5,
+        **(PRETRAINED_RATES if pretrained else RANDOM_RATES),
     )
     settings.update(overrides)
     return TrainingArguments(**settings)
 
 
 def run_demo(output_dir: str | Path, quick: bool = False, base: str | None = None, seed: int = 0) -> dict[str, Any]:
+    """`base`: None for the shipped pretrained small base (`--quick`: a small random CLIP),
+    `"random"` for a small random CLIP, or any CLIP (Hub id or folder)."""
     from .conversion.push_to_hub import fresh_process_outputs
     from .synthetic import make_synthetic
     from .training import train
@@ -230,16 +304,24 @@ def run_demo(output_dir: str | Path, quick: bool = False, base: str | None = Non
 
     catalog_dir = output_dir / "catalog"
     catalog = make_synthetic(
-        catalog_dir, products=size.products, seed=seed, views=3, image_size=size.image_size, hard=True
+        catalog_dir, products=size.products, seed=seed, views=3, image_size=size.image_size, hard=True, **TESTBED
     )
     seconds["catalog"] = time.perf_counter() - start
-    if base is None:
-        base = prepare_base(output_dir, catalog_dir, size, seed)
+    pretrained = base is None and not quick
+    if pretrained:
+        base, base_name = str(PRETRAINED_BASE), "small CLIP pretrained on a generic synthetic catalog (shipped)"
+    elif base is None or base == "random":
+        base, base_name = prepare_base(output_dir, catalog_dir, size, seed), "small random CLIP"
+    else:
+        base_name = base
     eval_spec = f"jsonl:{catalog_dir / 'catalog.jsonl'}:validation"
     models = {}
     for key, baseline in (("e2", "e2"), ("clip_ft", "clip-ft")):
         tick = time.perf_counter()
-        train(demo_training_arguments(base, catalog_dir, output_dir / "runs" / key, size, seed, baseline=baseline))
+        options = E2_OPTIONS if baseline == "e2" else {}
+        arguments = demo_training_arguments(base, catalog_dir, output_dir / "runs" / key, size, seed,
+                                            pretrained=pretrained, baseline=baseline, **options)  # fmt: skip
+        train(arguments)
         seconds[f"train_{key}"] = time.perf_counter() - tick
         target = output_dir / ("e2-model" if key == "e2" else "clip-ft-model")
         shutil.rmtree(target, ignore_errors=True)
@@ -249,15 +331,23 @@ def run_demo(output_dir: str | Path, quick: bool = False, base: str | None = Non
     tick = time.perf_counter()
     fresh_process_outputs(str(models["e2"].resolve()))  # AutoModel(..., trust_remote_code=True) reloads it
     report = {key: evaluate_model(path, eval_spec) for key, path in models.items()}
+    report["e2"]["selection"] = evaluate_selection(models["e2"], catalog_dir)
     seconds["evaluate"] = time.perf_counter() - tick
-    draw_selection(models["e2"], eval_spec, output_dir / "selection.png")
+    draw_selection(models["e2"], catalog_dir, output_dir / "selection.png")
     seconds["total"] = time.perf_counter() - start
     report.update(
         catalog={k: v for k, v in catalog.items() if k != "output_dir"},
         seconds=seconds,
         quick=quick,
-        base="small random CLIP" if base.startswith(str(output_dir)) else base,
+        base=base_name,
+        e2_options=options_of(models["e2"]),
     )
     (output_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (output_dir / "report.md").write_text(report_markdown(report))
     return report
+
+
+def options_of(model_dir: Path) -> dict[str, Any]:
+    """The E2 settings of a trained model that the paper's recipe fixes (recorded in the report)."""
+    config = json.loads((model_dir / "config.json").read_text())
+    return {key: config.get(key) for key in ("region_loss", "selection_attention", "gumbel_tau", "fusion_layers")}

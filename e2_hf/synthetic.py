@@ -23,13 +23,14 @@ Written files (deterministic for a seed):
   description, one column per entity and `details`: per view, the pixel boxes
   `(left, top, right, bottom)` (right and bottom exclusive) of the `logo`, the `trim` and the
   `garment`, the ground truth where each entity's selection tokens should look;
-- `interventions.jsonl`: for each validation product's first view, edited copies with one detail
+- `interventions.jsonl` (images under `edits/`): for each validation product's first view, edited copies with one detail
   changed and everything else equal (`logo_moved`, `logo_removed`, `trim_removed`), with their
   boxes: does a token's choice follow the detail?
 """
 
 from __future__ import annotations
 
+import colorsys
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +94,7 @@ class ProductSpec:
     composition: str
     colour: str
     extras: list[str] = field(default_factory=list)
+    caption: str | None = None  # set for `captions="varied"`: the text used instead of the description
 
     @property
     def brand_name(self) -> str:
@@ -103,28 +105,56 @@ class ProductSpec:
                 "composition": self.composition}  # fmt: skip
 
     def description(self) -> str:
+        if self.caption is not None:
+            return self.caption
         noun = NOUNS[self.subcategory]
         fabric = FABRIC_WORDS[self.composition]
         sentence = f"{self.colour.capitalize()} {noun} in {fabric} with a contrast trim and a small logo."
         return " ".join([sentence, *self.extras])
 
 
+CAPTIONS = ("product", "varied")
+# Alt-text-like captions of `captions="varied"`: a tag alone, a few words, or the full product text.
+CAPTION_TEMPLATES = ("{brand}", "{season}", "{subcategory}", "{composition}", "{brand} {noun}",
+                     "{colour} {noun} by {brand}, {season}",
+                     "{composition}. {subcategory}. {brand}. {season}. {description}")  # fmt: skip
+
+
+def varied_caption(product: ProductSpec, rng: np.random.Generator) -> str:
+    template = CAPTION_TEMPLATES[int(rng.integers(len(CAPTION_TEMPLATES)))]
+    return template.format(noun=NOUNS[product.subcategory], colour=product.colour, description=product.description(),
+                           **product.tags())  # fmt: skip
+
+
 def brand_names() -> list[str]:
     return [stem + suffix for suffix in BRAND_SUFFIXES for stem in BRAND_STEMS]
 
 
-def brand_glyph(brand: int, rng_seed: int = 1234) -> tuple[np.ndarray, tuple[int, int, int]]:
-    """A 4x4 bitmap (at least 6 cells on) and a colour, unique per brand index."""
+LOGO_COLOURS = ("random", "palette")
+
+
+def brand_glyph(
+    brand: int, logo_colours: str = "random", rng_seed: int = 1234
+) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """A 4x4 bitmap (at least 6 cells on) and a colour, unique per brand index.
+
+    `random` colours are any RGB; `palette` colours are saturated hues spread around the colour
+    wheel by the golden ratio (the first brands are far apart, as printed logos usually are)."""
     rng = np.random.default_rng(rng_seed + brand)
     while True:
         bitmap = rng.random((4, 4)) < 0.5
         if 6 <= bitmap.sum() <= 12:
             break
     colour = tuple(int(value) for value in rng.integers(0, 256, 3))
+    if logo_colours == "palette":
+        hue = (brand * 0.618034) % 1.0
+        colour = tuple(int(round(255 * value)) for value in colorsys.hsv_to_rgb(hue, 0.9, 0.85 - 0.25 * (brand % 2)))
     return bitmap, colour
 
 
-def sample_products(count: int, rng: np.random.Generator, hard: bool, brands: int = 48) -> list[ProductSpec]:
+def sample_products(
+    count: int, rng: np.random.Generator, hard: bool, brands: int = 48, captions: str = "product"
+) -> list[ProductSpec]:
     subcategories = list(SILHOUETTES)
     colours = list(COLOURS)
     if hard:  # collide on everything but the small details
@@ -142,6 +172,8 @@ def sample_products(count: int, rng: np.random.Generator, hard: bool, brands: in
             colour=colours[int(rng.integers(len(colours)))],
             extras=list(rng.choice(EXTRAS, size=int(rng.integers(1, 3)), replace=False)),
         ))  # fmt: skip
+        if captions == "varied":
+            products[-1].caption = varied_caption(products[-1], rng)
     return products
 
 
@@ -197,7 +229,9 @@ def logo_anchors(mask: np.ndarray, logo_size: int) -> np.ndarray:
     return np.argwhere(mask[: size - logo_size, : size - logo_size])
 
 
-def sample_layout(product: ProductSpec, size: int, logo_size: int, framing: str, rng: np.random.Generator) -> ViewLayout:
+def sample_layout(
+    product: ProductSpec, size: int, logo_size: int, framing: str, rng: np.random.Generator
+) -> ViewLayout:
     """Jitter, scale, flip and logo placement of one view. `varied` framing also moves and shrinks
     the garment (the hem, and so the trim, then lands on different patch rows)."""
     if framing == "varied":
@@ -237,7 +271,13 @@ def _box(rows: np.ndarray, columns: np.ndarray) -> list[int] | None:
 
 
 def draw_view(
-    product: ProductSpec, layout: ViewLayout, size: int, logo_size: int, logo: bool = True, trim: bool = True
+    product: ProductSpec,
+    layout: ViewLayout,
+    size: int,
+    logo_size: int,
+    logo: bool = True,
+    trim: bool = True,
+    logo_colours: str = "random",
 ) -> tuple[np.ndarray, dict[str, list[int] | None]]:
     """One `[size, size, 3]` uint8 photo of the product and the pixel boxes of its details:
     `logo` (the brand's label), `trim` (the season's band at the hem) and `garment`."""
@@ -258,7 +298,7 @@ def draw_view(
         picture[mask & band] = SEASON_TRIMS[product.season]
         details["trim"] = _box(*np.nonzero(mask & band))
     if layout.logo_at is not None and logo:
-        details["logo"] = _draw_logo(picture, layout.logo_at, product.brand, logo_size)
+        details["logo"] = _draw_logo(picture, layout.logo_at, brand_glyph(product.brand, logo_colours), logo_size)
     noise = rng.normal(0, 1.5, picture.shape)
     return np.clip(picture + noise, 0, 255).astype(np.uint8), details
 
@@ -267,9 +307,9 @@ def default_logo_size(image_size: int) -> int:
     return 4 * max(1, image_size // 32)
 
 
-def _draw_logo(picture: np.ndarray, at: tuple[int, int], brand: int, logo_size: int) -> list[int]:
-    """Draws the brand's glyph on a light label at `at` (top, left); returns the label's box."""
-    bitmap, colour = brand_glyph(brand)
+def _draw_logo(picture: np.ndarray, at: tuple[int, int], glyph_and_colour, logo_size: int) -> list[int]:
+    """Draws a brand's glyph on a light label at `at` (top, left); returns the label's box."""
+    bitmap, colour = glyph_and_colour
     cell = max(1, logo_size // 4)
     glyph = np.kron(bitmap, np.ones((cell, cell), dtype=bool))  # [4 * cell, 4 * cell]
     top, left = at
@@ -342,13 +382,18 @@ def make_synthetic(
     brands: int = 48,
     logo_size: int | None = None,
     framing: str = "tight",
+    logo_colours: str = "random",
+    captions: str = "product",
 ) -> dict[str, int | str]:
     """Writes the catalog (see module doc); returns a summary.
 
     `brands` (at most 48) draws the products' brands from the first `brands` names; `logo_size`
     is the side of the logo label in pixels (default `image_size // 8`, a multiple of 4);
     `framing` is `tight` (the garment fills the picture, the hem always near the bottom) or
-    `varied` (the garment's size and place vary, so the trim's position does too).
+    `varied` (the garment's size and place vary, so the trim's position does too);
+    `logo_colours` is `random` (any RGB per brand) or `palette` (saturated, well separated hues);
+    `captions` is `product` (a product description) or `varied` (alt-text-like captions: a tag
+    alone, a few words or the full text, as web captions are; for pretraining a base model).
     """
     logo_size = logo_size or default_logo_size(image_size)
     if products < 2 or views < 1 or image_size < 16 or not 0 < eval_fraction < 1:
@@ -357,12 +402,17 @@ def make_synthetic(
         raise ValueError(f"brands must be between 1 and {len(brand_names())}, got {brands}")
     if logo_size % 4 or not 4 <= logo_size <= image_size // 2:
         raise ValueError(f"logo_size must be a multiple of 4 between 4 and {image_size // 2}, got {logo_size}")
+    if captions not in CAPTIONS:
+        raise ValueError(f"captions must be one of {CAPTIONS}, got {captions!r}")
+    if logo_colours not in LOGO_COLOURS:
+        raise ValueError(f"logo_colours must be one of {LOGO_COLOURS}, got {logo_colours!r}")
     if framing not in FRAMINGS:
         raise ValueError(f"framing must be one of {FRAMINGS}, got {framing!r}")
     output_dir = Path(output_dir)
     (output_dir / "images").mkdir(parents=True, exist_ok=True)
+    (output_dir / "edits").mkdir(exist_ok=True)
     rng = np.random.default_rng(seed)
-    specs = sample_products(products, rng, hard, brands)
+    specs = sample_products(products, rng, hard, brands, captions)
     num_eval = max(1, round(products * eval_fraction))
     splits = {"train": specs[: products - num_eval], "validation": specs[products - num_eval :]}
     edits = []
@@ -372,7 +422,7 @@ def make_synthetic(
             for product in tqdm(split_specs, desc=f"rendering {split}", disable=not progress):
                 layouts = [sample_layout(product, image_size, logo_size, framing, rng) for _ in range(views)]
                 for view, layout in enumerate(layouts):
-                    image, details = draw_view(product, layout, image_size, logo_size)
+                    image, details = draw_view(product, layout, image_size, logo_size, logo_colours=logo_colours)
                     rows.append(RenderedView(product, view, image, details))
                     Image.fromarray(image).save(output_dir / _image_path(product, view))
                 record = {"product_id": product.product_id, "split": split,
@@ -381,21 +431,24 @@ def make_synthetic(
                           "details": [row.details for row in rows[-views:]]}  # fmt: skip
                 catalog.write(json.dumps(record) + "\n")
                 if split == "validation":
-                    edits += _write_edits(output_dir, product, layouts[0], image_size, logo_size, rng)
+                    edits += _write_edits(output_dir, product, layouts[0], image_size, logo_size, logo_colours, rng)
             write_fashiongen_h5(output_dir / f"{split}.h5", rows)
     with open(output_dir / "interventions.jsonl", "w", encoding="utf-8") as handle:
         handle.writelines(json.dumps(edit) + "\n" for edit in edits)
     return {"output_dir": str(output_dir), "products": products, "train_products": len(splits["train"]),
             "validation_products": num_eval, "views": views, "image_size": image_size, "hard": hard,
-            "brands": brands, "logo_size": logo_size, "framing": framing}  # fmt: skip
+            "brands": brands, "logo_size": logo_size, "framing": framing, "logo_colours": logo_colours,
+            "captions": captions}  # fmt: skip
 
 
 def _image_path(product: ProductSpec, view: int, edit: str | None = None) -> str:
-    suffix = f"_{edit}" if edit else ""
-    return f"images/{product.product_id:06d}_{view}{suffix}.png"
+    if edit:
+        return f"edits/{product.product_id:06d}_{view}_{edit}.png"
+    return f"images/{product.product_id:06d}_{view}.png"
 
 
-def _write_edits(output_dir: Path, product: ProductSpec, layout: ViewLayout, size: int, logo_size: int, rng) -> list:
+def _write_edits(output_dir: Path, product: ProductSpec, layout: ViewLayout, size: int, logo_size: int,
+                 logo_colours: str, rng) -> list:  # fmt: skip
     """Edited copies of a validation product's first view, one detail changed and all else equal:
     the logo moved elsewhere on the garment, the logo removed, the trim removed."""
     moved = moved_logo(product, layout, size, logo_size, rng)
@@ -405,7 +458,8 @@ def _write_edits(output_dir: Path, product: ProductSpec, layout: ViewLayout, siz
     for edit, (edited_layout, logo, trim) in variants.items():
         if edited_layout is None or (edit == "logo_removed" and layout.logo_at is None):
             continue
-        image, details = draw_view(product, edited_layout, size, logo_size, logo=logo, trim=trim)
+        image, details = draw_view(product, edited_layout, size, logo_size, logo=logo, trim=trim,
+                                   logo_colours=logo_colours)  # fmt: skip
         path = _image_path(product, 0, edit)
         Image.fromarray(image).save(output_dir / path)
         edits.append({"product_id": product.product_id, "view": 0, "edit": edit, "image": path, "details": details})

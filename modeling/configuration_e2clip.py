@@ -17,6 +17,7 @@ from transformers import PretrainedConfig
 
 DEFAULT_ENTITIES = ("brand", "season", "subcategory", "composition")
 REGION_LOSS_VARIANTS = ("clip", "multi_positive")
+SELECTION_ATTENTION = ("full", "isolated")
 
 
 class E2CLIPTextConfig(PretrainedConfig):
@@ -204,6 +205,13 @@ class E2CLIPConfig(PretrainedConfig):
         gumbel_tau (`float`, *optional*, defaults to 1.0):
             Temperature of the straight-through Gumbel-softmax selection used in training. In eval
             mode the selection is the plain argmax, so embeddings are deterministic.
+        selection_attention (`str`, *optional*, defaults to `"full"`):
+            What the selection tokens see in the vision layers. `"full"` (the paper): plain
+            self-attention over every token, so they also gather patch content by attention.
+            `"isolated"`: selection tokens attend only to selection tokens, so patch content reaches
+            them only through the patch each one chooses in a fusion block (CLS and patches still
+            attend to everything). An option beyond the paper: it makes the choice the tokens' only
+            view of the image, which is what makes them look for their entity's detail.
         selection_scale (`float`, *optional*):
             Factor on the query-key scores of the fusion blocks. Defaults to
             `1 / sqrt(vision_config.hidden_size)`, as the reference. The chosen patch (forward
@@ -248,6 +256,7 @@ class E2CLIPConfig(PretrainedConfig):
         fusion_layers: list[int] | tuple[int, ...] = (7, 10),
         drop_patches_after_fusion: bool = True,
         gumbel_tau: float = 1.0,
+        selection_attention: str = "full",
         selection_scale: float | None = None,
         global_loss_weight: float = 0.5,
         region_loss_weight: float = 0.5,
@@ -264,6 +273,7 @@ class E2CLIPConfig(PretrainedConfig):
         self.fusion_layers = fusion_layers
         self.drop_patches_after_fusion = drop_patches_after_fusion
         self.gumbel_tau = gumbel_tau
+        self.selection_attention = selection_attention
         if selection_scale is None:
             selection_scale = 1.0 / math.sqrt(self.vision_config.hidden_size)
         self.selection_scale = selection_scale
@@ -342,6 +352,10 @@ class E2CLIPConfig(PretrainedConfig):
             raise ValueError(f"entities {names} need at least one fusion layer; fusion_layers is empty.")
         if self.gumbel_tau <= 0:
             raise ValueError(f"gumbel_tau must be positive, got {self.gumbel_tau}.")
+        if self.selection_attention not in SELECTION_ATTENTION:
+            raise ValueError(
+                f"selection_attention must be one of {SELECTION_ATTENTION}, got {self.selection_attention!r}."
+            )
         if self.selection_scale <= 0:
             raise ValueError(f"selection_scale must be positive, got {self.selection_scale}.")
         if self.global_loss_weight < 0 or self.region_loss_weight < 0:

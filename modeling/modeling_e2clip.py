@@ -504,6 +504,7 @@ class E2CLIPVisionTransformer(nn.Module):
         self.num_selection_tokens = config.num_selection_tokens
         self.fusion_layers = config.active_fusion_layers
         self.drop_patches_after_fusion = config.drop_patches_after_fusion
+        self.isolate_selection_tokens = config.selection_attention == "isolated"
         self.embeddings = E2CLIPVisionEmbeddings(vision_config)
         if self.num_selection_tokens > 0:
             self.selection_tokens = nn.Parameter(torch.empty(self.num_selection_tokens, vision_config.hidden_size))
@@ -520,6 +521,16 @@ class E2CLIPVisionTransformer(nn.Module):
         selection = self.selection_tokens.to(embeddings.dtype).expand(embeddings.shape[0], -1, -1)
         return torch.cat([selection, embeddings], dim=1)  # [batch, num_selection + 1 + num_patches, width]
 
+    def _attention_mask(self, sequence_length: int, device) -> torch.Tensor | None:
+        """`[1, 1, seq, seq]` bool (True: may attend) for `selection_attention="isolated"`: selection
+        tokens see only selection tokens; CLS and patches see everything. None for `"full"`."""
+        if not self.isolate_selection_tokens or self.num_selection_tokens == 0:
+            return None
+        num_selection = self.num_selection_tokens
+        allowed = torch.ones(sequence_length, sequence_length, dtype=torch.bool, device=device)
+        allowed[:num_selection, num_selection:] = False
+        return allowed[None, None]
+
     def forward(
         self, pixel_values: torch.Tensor, output_hidden_states: bool = False, output_attentions: bool = False
     ) -> E2CLIPVisionOutput:
@@ -531,14 +542,16 @@ class E2CLIPVisionTransformer(nn.Module):
 
         selection_indices = []
         start = 0
+        mask = self._attention_mask(hidden_states.shape[1], hidden_states.device)
         for fusion_layer, fusion_block in zip(self.fusion_layers, self.fusion_blocks):
-            hidden_states = self.encoder(hidden_states, start=start, end=fusion_layer + 1, **tower_outputs)
+            hidden_states = self.encoder(hidden_states, mask, start=start, end=fusion_layer + 1, **tower_outputs)
             hidden_states, chosen = fusion_block(hidden_states)
             selection_indices.append(chosen)
             start = fusion_layer + 1
         if self.fusion_layers and self.drop_patches_after_fusion:
             hidden_states = hidden_states[:, : self.num_selection_tokens + 1]  # [batch, num_selection + 1, width]
-        hidden_states = self.encoder(hidden_states, start=start, **tower_outputs)
+            mask = self._attention_mask(hidden_states.shape[1], hidden_states.device)
+        hidden_states = self.encoder(hidden_states, mask, start=start, **tower_outputs)
 
         pooled_output = self.post_layernorm(hidden_states[:, self.num_selection_tokens])  # CLS
         return E2CLIPVisionOutput(

@@ -385,3 +385,33 @@ def test_config_defaults_build_vit_b32_shapes():
     assert model.vision_model.selection_tokens.shape == (8, 768)
     assert len(model.vision_model.fusion_blocks) == 2
     assert model.region_head.projections[3].weight.shape == (512, 768)
+
+
+def test_isolated_selection_tokens_see_patches_only_through_their_choice(tester):
+    torch.manual_seed(0)
+    model = E2CLIPModel(E2CLIPConfig(**{**tester.config_kwargs, "selection_attention": "isolated"})).eval()
+    pixels = tester.pixel_values(2)
+    first_fusion = model.config.fusion_layers[0]
+    num_selection = model.config.num_selection_tokens
+    outputs = model.vision_model(pixels, output_hidden_states=True)
+    before_fusion = outputs.hidden_states[first_fusion + 1][:, :num_selection]  # after layer `first_fusion`
+    assert torch.allclose(before_fusion[0], before_fusion[1], atol=1e-6)  # the image has not reached them
+    patches_and_cls = outputs.hidden_states[first_fusion + 1][:, num_selection:]
+    assert not torch.allclose(patches_and_cls[0], patches_and_cls[1])
+
+    full = E2CLIPModel(tester.get_config()).eval()
+    full.load_state_dict(model.state_dict())
+    hidden = full.vision_model(pixels, output_hidden_states=True).hidden_states[first_fusion + 1][:, :num_selection]
+    assert not torch.allclose(hidden[0], hidden[1])  # the paper's full attention lets them see the image
+
+
+def test_isolated_attention_weights_are_zero_from_selection_tokens_to_patches(tester):
+    torch.manual_seed(0)
+    model = E2CLIPModel(E2CLIPConfig(**{**tester.config_kwargs, "selection_attention": "isolated"})).eval()
+    attentions = model.vision_model(tester.pixel_values(1), output_attentions=True).attentions
+    num_selection = model.config.num_selection_tokens
+    for weights in attentions:
+        assert torch.all(weights[:, :, :num_selection, num_selection:] == 0)
+        assert torch.allclose(weights.sum(dim=-1), torch.ones(()))
+    with pytest.raises(ValueError, match="selection_attention must be one of"):
+        E2CLIPConfig(**{**tester.config_kwargs, "selection_attention": "none"})

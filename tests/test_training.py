@@ -80,6 +80,22 @@ def test_clip_ft_baseline_is_plain_clip(small_clip, catalog, tmp_path):
     assert E2CLIPModel.from_pretrained(tmp_path / "clip-ft" / "model").config.entities == []
 
 
+def test_e2_from_a_clip_ft_checkpoint_keeps_its_backbone_and_adds_e2(small_clip, catalog, tmp_path):
+    """A CLIP-FT run's model (E2 without entities) is a valid start for E2, as a pretrained CLIP is."""
+    train(arguments(small_clip, catalog, tmp_path / "clip-ft", baseline="clip-ft", save_steps=100))
+    start = weights(tmp_path / "clip-ft" / "model")
+    arguments_e2 = arguments(tmp_path / "clip-ft" / "model", catalog, tmp_path / "e2", save_steps=100,
+                             selection_attention="isolated", gumbel_tau=0.5, stop_after_steps=1)  # fmt: skip
+    from e2_hf.training.trainer import build_model
+
+    model = build_model(arguments_e2)
+    assert model.config.entities == ["brand", "season", "subcategory", "composition"]
+    assert model.config.selection_attention == "isolated" and model.config.gumbel_tau == 0.5
+    state = model.state_dict()
+    assert all(torch.equal(state[name], value) for name, value in start.items())  # every CLIP-FT weight kept
+    assert set(state) - set(start) == set(model.e2_parameter_names())
+
+
 def copy_catalog(catalog, destination):
     shutil.copytree(catalog, destination)
     return destination

@@ -72,7 +72,9 @@ def _selection(model, processor, data_spec: str) -> dict[str, Any]:
 
     kind, path, split = parse_spec(data_spec)
     if kind != "jsonl":
-        raise ValueError(f"--selection needs a JSONL catalog with `details` boxes (jsonl:FILE[:SPLIT]), got {data_spec}")
+        raise ValueError(
+            f"--selection needs a JSONL catalog with `details` boxes (jsonl:FILE[:SPLIT]), got {data_spec}"
+        )
     return selection_metrics(model, processor, path, split)
 
 

@@ -138,7 +138,9 @@ def chosen_patches(model, processor, image_paths: Sequence[Path], batch_size: in
     return np.concatenate(chosen)
 
 
-def _detail_patch_sets(views: Sequence[GroundTruthView], detail: str, geometry: PatchGeometry) -> list[np.ndarray | None]:
+def _detail_patch_sets(
+    views: Sequence[GroundTruthView], detail: str, geometry: PatchGeometry
+) -> list[np.ndarray | None]:
     sets = []
     for view in views:
         box = view.details.get(detail)
@@ -265,7 +267,8 @@ def _edit_report(edit, edits, edited, views, index_of, chosen, config, entity_de
 def selection_table(report: dict[str, Any], block: int = -1) -> str:
     """Markdown: per entity, the block's mean hit rate beside chance and the position-only rate."""
     lines = [
-        "| entity | detail | hit | chance | position-only | hit / chance | hit / position-only | best token | collapse |",
+        "| entity | detail | hit | chance | position-only | hit / chance | hit / position-only | best token "
+        "| collapse |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for entity, entry in report["entities"].items():
@@ -274,8 +277,8 @@ def selection_table(report: dict[str, Any], block: int = -1) -> str:
         row = entry["blocks"][block]
         lines.append(
             f"| {entity} | {entry['detail']} | {100 * row['hit']:.1f} | {100 * row['chance']:.1f} | "
-            f"{100 * row['position_only']:.1f} | {row['hit_over_chance']:.2f}x | {row['hit_over_position_only']:.2f}x | "
-            f"{100 * row['best_token_hit']:.1f} | {100 * row['collapse']:.1f} |"
+            f"{100 * row['position_only']:.1f} | {row['hit_over_chance']:.2f}x | "
+            f"{row['hit_over_position_only']:.2f}x | {100 * row['best_token_hit']:.1f} | {100 * row['collapse']:.1f} |"
         )
     return "\n".join(lines)
 
@@ -283,7 +286,8 @@ def selection_table(report: dict[str, Any], block: int = -1) -> str:
 def intervention_table(report: dict[str, Any], block: int = -1) -> str:
     """Markdown: per edit and entity, how the tokens' choices respond."""
     lines = [
-        "| edit | entity | pairs | on the detail before | changed | changed if on it | follows (if on it) | on former patches |",
+        "| edit | entity | pairs | on the detail before | changed | changed if on it | follows (if on it) "
+        "| on former patches |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
 

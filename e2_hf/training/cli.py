@@ -18,6 +18,9 @@ HELP = {
     "tokens_per_entity": "selection tokens per entity when starting from CLIP",
     "fusion_layers": "0-based fusion layers when starting from CLIP (default 7,10)",
     "region_loss": "clip or multi_positive, when starting from CLIP",
+    "selection_attention": "full (the paper) or isolated (selection tokens see patches only through their "
+    "choice), when starting from CLIP",
+    "gumbel_tau": "temperature of the straight-through Gumbel-softmax selection, when starting from CLIP",
     "warmup_epochs": "stage 1: epochs training only E2's new parameters",
     "epochs": "stage 2: epochs training everything",
     "warmup_lr": "peak learning rate of stage 1",

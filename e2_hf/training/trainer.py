@@ -54,6 +54,8 @@ class TrainingArguments:
     tokens_per_entity: int = 2
     fusion_layers: list[int] | None = None
     region_loss: str | None = None
+    selection_attention: str | None = None
+    gumbel_tau: float | None = None
     warmup_epochs: int = 5
     epochs: int = 20
     warmup_lr: float = 5e-4
@@ -192,7 +194,8 @@ def build_model(args: TrainingArguments) -> E2CLIPModel:
     overrides: dict[str, Any] = {"entities": [] if args.baseline == "clip-ft" else args.entities}
     if args.baseline == "e2":
         overrides.update(tokens_per_entity=args.tokens_per_entity, fusion_layers=args.fusion_layers,
-                         region_loss=args.region_loss)  # fmt: skip
+                         region_loss=args.region_loss, selection_attention=args.selection_attention,
+                         gumbel_tau=args.gumbel_tau)  # fmt: skip
     overrides = {key: value for key, value in overrides.items() if value is not None}
     if model_type == E2CLIPConfig.model_type:
         model = E2CLIPModel.from_pretrained(args.model)
