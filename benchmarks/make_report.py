@@ -114,31 +114,84 @@ def profile_lines(result: dict) -> list[str]:
 
 
 def quality_section(result: dict) -> list[str]:
-    names = {"e2": "E2 (region loss `clip`)", "e2_multi_positive": "E2 (`multi_positive`)", "clip_ft": "CLIP-FT"}
+    summary = result["summary"]
+    names = {"e2_paper": "E2, the paper's recipe", "e2_demo": "E2, the demo's options", "clip_ft": "CLIP-FT"}
+    models = [key for key in names if key in summary]
     entities = ("brand", "season", "subcategory", "composition")
-    headers = ["model", "full SumR", "sample-100 SumR", "probe brand", "probe season", "probe sub-category",
-               "probe composition"]  # fmt: skip
 
-    def spread(value: dict) -> str:
-        return f"{value['mean']:.1f} ± {value['std']:.1f}"
+    def spread(value: dict, scale: float = 1.0) -> str:
+        return f"{scale * value['mean']:.1f} ± {scale * value['std']:.1f}"
 
-    rows = [
-        [
-            names.get(key, key),
-            spread(row["full"]),
-            spread(row["sample100"]),
-            *(spread(row["linear_probe"][entity]) for entity in entities),
-        ]  # fmt: skip
-        for key, row in result["summary"].items()
-    ]
-    lines = [*heading("4. Quality on the synthetic catalog (--hard)", result["setting"]), *table(headers, rows)]
-    lines += [
+    retrieval_rows = [
+        [names[key], spread(summary[key]["full"]), spread(summary[key]["sample100"]),
+         *(spread(summary[key]["linear_probe"][entity]) for entity in entities)]
+        for key in models
+    ]  # fmt: skip
+    tagging_rows = []
+    for key in models:
+        tagging = summary[key]["tagging"]
+        sources = ("region", "global") if "region" in tagging["brand"] else ("global",)
+        for source in sources:
+            tagging_rows.append([f"{names[key]}, {source}", *(spread(tagging[entity][source]) for entity in entities)])
+    tagging_rows.append(
+        ["chance", *(f"{summary[models[0]]['tagging'][entity]['chance']['mean']:.1f}" for entity in entities)]
+    )
+    selection_rows = []
+    for key in models:
+        for entity, row in summary[key].get("selection", {}).items():
+            follow = row.get("follow_moved_logo_if_hit")
+            selection_rows.append([
+                names[key], entity, spread(row["hit"], 100), spread(row["chance"], 100),
+                spread(row["position_only"], 100), spread(row["best_token_hit"], 100), spread(row["collapse"], 100),
+                spread(follow, 100) if follow else "",
+            ])  # fmt: skip
+    goal_rows = []
+    for goal, value in summary["goals"].items():
+        if "target" in value:
+            goal_rows.append([goal, f"{value['value']:.2f}x", f"{value['target']:.0f}x",
+                              "met" if value["met"] else "missed"])  # fmt: skip
+        else:
+            goal_rows.append([goal, f"{value['mean_difference']:+.1f} (std {value['std_difference']:.1f})",
+                              "> 2 std", "met" if value["met"] else "missed"])  # fmt: skip
+    return [
+        *heading("4. Quality and selection on the demo's synthetic catalog (--hard)", result["setting"]),
+        *table(
+            [
+                "model",
+                "full SumR",
+                "sample-100 SumR",
+                "probe brand",
+                "probe season",
+                "probe sub-category",
+                "probe composition",
+            ],
+            retrieval_rows,
+        ),  # fmt: skip
+        "",
+        "Zero-shot tagging of the validation products per entity (top-1 accuracy in percent; candidates: the "
+        "entity's distinct validation tags; `region`: the entity's regional embedding, `global`: the image "
+        "embedding):",
+        "",
+        *table(["model, embedding", *entities], tagging_rows),
+        "",
+        "Where E2's selection tokens look, last fusion block, in percent of validation views (mean over the "
+        "entity's tokens): `hit` a patch holding the entity's detail (brand: the logo, season: the trim band), "
+        "`chance` a uniformly random patch, `position-only` the token's own choice frequencies ignoring the image, "
+        "`collapse` the share of its most frequent patch, `follows` the share of brand tokens on the logo that "
+        "are on it again after the logo is moved elsewhere on the garment:",
+        "",
+        *table(
+            ["model", "entity", "hit", "chance", "position-only", "best token", "collapse", "follows"], selection_rows
+        ),  # fmt: skip
+        "",
+        "The goals (E2 with the demo's options; differences per seed against CLIP-FT):",
+        "",
+        *table(["goal", "reached", "target", ""], goal_rows),
         "",
         "Mean ± standard deviation over seeds; linear-probe accuracies in percent on frozen global image "
         "embeddings (80/20 split of the validation products).",
         "",
     ]
-    return lines
 
 
 def data_section(result: dict) -> list[str]:
@@ -183,6 +236,42 @@ def tagging_section(result: dict) -> list[str]:
     ]
 
 
+def selection_experiments_section(result: dict) -> list[str]:
+    """One row per run: where the brand and season tokens look, brand tagging, SumR."""
+
+    def percent(value: float) -> str:
+        return f"{100 * value:.1f}"
+
+    rows = []
+    for run in sorted(result["runs"], key=lambda run: (run["testbed"], run["recipe"], run["seed"])):
+        e2 = run["e2"]
+        brand = e2["selection"]["entities"]["brand"]["blocks"][-1]
+        season = e2["selection"]["entities"]["season"]["blocks"][-1]
+        clip_ft = run.get("clip_ft")
+        rows.append([
+            run["testbed"], run["recipe"], str(run["seed"]),
+            f"{percent(brand['hit'])} / {percent(brand['chance'])} / {percent(brand['position_only'])}",
+            percent(brand["best_token_hit"]),
+            f"{percent(season['hit'])} / {percent(season['position_only'])}",
+            f"{e2['tagging']['brand']['region']:.1f} ({e2['tagging']['brand']['chance']:.1f})",
+            f"{e2['sumr']:.1f}",
+            f"{clip_ft['sumr']:.1f}" if clip_ft else "",
+            f"{clip_ft['tagging']['brand']['global']:.1f}" if clip_ft else "",
+        ])  # fmt: skip
+    headers = ["test bed", "recipe", "seed", "brand hit / chance / position-only", "best brand token",
+               "season hit / position-only", "brand tagging, regional (chance)", "E2 SumR", "CLIP-FT SumR",
+               "CLIP-FT brand tagging"]  # fmt: skip
+    return [
+        *heading("Making the regions real: selection experiments", result["setting"]),
+        "Last fusion block; hit rates in percent of validation views, mean over the entity's tokens. Test beds "
+        "and recipes are defined in `benchmarks/selection_experiments.py`; what they show is discussed below "
+        "the table.",
+        "",
+        *table(headers, rows),
+        "",
+    ]
+
+
 SECTIONS = {
     "inference": inference_section,
     "train_step": train_step_section,
@@ -190,6 +279,7 @@ SECTIONS = {
     "quality": quality_section,
     "data": data_section,
     "tagging": tagging_section,
+    "selection_experiments": selection_experiments_section,
 }
 COMMANDS = {
     "inference": "bench_inference.py",
@@ -198,6 +288,7 @@ COMMANDS = {
     "quality": "bench_quality.py --seeds 3",
     "data": "bench_data.py",
     "tagging": "bench_tagging.py --demo-dir DIR",
+    "selection_experiments": "selection_experiments.py --testbed NAME --recipe NAME --seeds 0 [--clip-ft]",
 }
 
 
@@ -224,6 +315,18 @@ def main() -> None:
         "",
     ]
     for name, section in SECTIONS.items():
+        if results[name] is not None and machine and results[name]["machine"]["cpu"] != machine["cpu"]:
+            other = results[name]["machine"]
+            section_lines = section(results[name])
+            note = (f"Measured on another machine: {other['cpu']}, {other['cores']} cores, torch {other['torch']}, "
+                    f"transformers {other['transformers']}; compare its ratios only with each other.")  # fmt: skip
+            lines += (
+                section_lines[:2]
+                + [note, ""]
+                + section_lines[2:]
+                + [f"Rerun: `python benchmarks/{COMMANDS[name]}`.", ""]
+            )
+            continue
         if results[name] is None:
             lines += [f"## {name}", "", f"Not run yet: `python benchmarks/{COMMANDS[name]}`.", ""]
         else:

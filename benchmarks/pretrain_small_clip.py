@@ -64,12 +64,12 @@ def main() -> None:
     parser.add_argument("--output-dir", default=str(DEFAULT_OUTPUT))
     parser.add_argument("--products", type=int, default=PRETRAINING["products"])
     parser.add_argument("--epochs", type=int, default=PRETRAINING["epochs"])
+    parser.add_argument("--batch-size", type=int, default=PRETRAINING["batch_size"])
     parser.add_argument("--work-dir", help="keep the catalog and the run here (default: a temporary folder)")
     args = parser.parse_args()
-    settings = {**PRETRAINING, "products": args.products, "epochs": args.epochs}
+    settings = {**PRETRAINING, "products": args.products, "epochs": args.epochs, "batch_size": args.batch_size}
 
     import torch
-    from transformers import AutoTokenizer
 
     from e2_hf.demo import DEFAULT, TESTBED, demo_training_arguments, prepare_base
     from e2_hf.evaluation import retrieval_metrics
@@ -99,7 +99,8 @@ def main() -> None:
     shutil.rmtree(output, ignore_errors=True)
     clip = to_clip(run_dir / "model").to(torch.float16)
     clip.save_pretrained(output)
-    AutoTokenizer.from_pretrained(random_base).save_pretrained(output)
+    for path in (work / "tokenizer").iterdir():  # vocab.json + merges.txt: every transformers version reads them
+        shutil.copy(path, output / path.name)
     clip_image_processor(size.image_size).save_pretrained(output)
     record = {
         "what": "a small CLIP pretrained on a generic synthetic catalog with alt-text-like captions",

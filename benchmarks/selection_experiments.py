@@ -152,6 +152,8 @@ def main() -> None:
     parser.add_argument("--clip-ft", action="store_true", help="also train CLIP-FT on the same data and budget")
     parser.add_argument("--toy", action="store_true", help="tiny sizes (a smoke test of the script)")
     parser.add_argument("--results", help="append each result as a JSON line to this file")
+    parser.add_argument("--output", help="results JSON (default benchmarks/results/selection_experiments.json); "
+                        "runs already there are kept unless this run repeats them")  # fmt: skip
     args = parser.parse_args()
     if args.plan:
         runs = [tuple(run) for run in json.loads(Path(args.plan).read_text())]
@@ -179,6 +181,21 @@ def main() -> None:
     print("\nall results:")
     for result in results:
         print(summary_line(result))
+    if args.output or not args.toy:  # a toy run writes only where it is told to
+        save_runs(results, args.output)
+
+
+def save_runs(results: list[dict], output: str | None) -> None:
+    """Adds the runs to the results JSON (a run with the same test bed, recipe and seed is replaced)."""
+    from common import RESULTS, write_result
+
+    path = Path(output) if output else RESULTS / "selection_experiments.json"
+    previous = json.loads(path.read_text())["runs"] if path.is_file() else []
+    done = {(run["testbed"], run["recipe"], run["seed"]) for run in results}
+    runs = [run for run in previous if (run["testbed"], run["recipe"], run["seed"]) not in done] + results
+    setting = ("selection experiments on the synthetic catalog --hard: each run a test bed (catalog and patch "
+               "grid), a recipe and a seed; E2 (and CLIP-FT where trained) on the same data and budget")  # fmt: skip
+    write_result("selection_experiments", {"setting": setting, "runs": runs}, str(path))
 
 
 if __name__ == "__main__":

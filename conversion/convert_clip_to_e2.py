@@ -230,6 +230,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     overrides.add_argument("--fusion-layers", type=int_list, help="0-based vision layers followed by a fusion block")
     overrides.add_argument("--region-loss", choices=("clip", "multi_positive"))
     overrides.add_argument("--gumbel-tau", type=float)
+    overrides.add_argument("--selection-attention", choices=("full", "isolated"),
+                           help="isolated: selection tokens see patches only through their choice")  # fmt: skip
     overrides.add_argument("--keep-patches", action="store_true", help="do not drop patches after the last fusion")
     return parser
 
@@ -240,6 +242,7 @@ def config_overrides_from(args: argparse.Namespace) -> dict[str, Any]:
         "fusion_layers": args.fusion_layers,
         "region_loss": args.region_loss,
         "gumbel_tau": args.gumbel_tau,
+        "selection_attention": args.selection_attention,
     }
     if args.tokens_per_entity is not None:
         counts = args.tokens_per_entity
