@@ -42,6 +42,7 @@ TESTBEDS = {
 }
 # Training settings on top of the demo's (TrainingArguments fields). `"base": "pretrained"` starts
 # from the shipped small pretrained CLIP (benchmarks/pretrain_small_clip.py) at its learning rates.
+NOT_MODEL_INPUTS = ("skipped_images", "indices", "return_loss")  # what the collator adds for the trainer
 PRETRAINED = {"base": "pretrained"}
 RECIPES = {
     "paper": {},
@@ -72,7 +73,7 @@ def testbed_sizes(testbed: str, toy: bool):
 
 
 def run_experiment(testbed: str, recipe: str, seed: int, output_dir: str, device: str, clip_ft: bool,
-                   toy: bool = False, num_workers: int = 0) -> dict:  # fmt: skip
+                   toy: bool = False, num_workers: int = 0, threads: int | None = None) -> dict:  # fmt: skip
     import torch
 
     from e2_hf.data import open_catalog
@@ -83,8 +84,8 @@ def run_experiment(testbed: str, recipe: str, seed: int, output_dir: str, device
     from e2_hf.tagging import catalog_candidates, tagging_accuracy
     from e2_hf.training import train
 
-    if device == "cuda":
-        torch.set_num_threads(1)
+    if threads:
+        torch.set_num_threads(threads)
     size, catalog_options = testbed_sizes(testbed, toy)
     root = Path(output_dir) / f"{testbed}-{recipe}-s{seed}"
     shutil.rmtree(root, ignore_errors=True)
@@ -113,12 +114,47 @@ def run_experiment(testbed: str, recipe: str, seed: int, output_dir: str, device
         entry["tagging"] = tagging_accuracy(model, processor, embeddings, candidates, model_device)
         if baseline == "e2":
             entry["selection"] = selection_metrics(model, processor, catalog_dir / "catalog.jsonl")
+            entry["gradients"] = gradient_check(model, processor, catalog_dir)
         result[baseline.replace("-", "_")] = entry
     result["seconds"] = time.perf_counter() - start
     for name in ("e2", "clip-ft"):  # keep the JSON and the models, drop the bulk
         shutil.rmtree(root / name / "checkpoints", ignore_errors=True)
     (root / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def gradient_check(model, processor, catalog_dir: Path, batch_size: int = 64) -> dict:
+    """Does E2's selection machinery get gradient? On one training batch of the trained model (train
+    mode: Gumbel straight-through), the norm of each loss's gradient relative to the weights' norm,
+    per group: selection tokens, each fusion block's query/key/value projections, the region head."""
+    import torch
+
+    from e2_hf.data import E2Collator, ProductDataset, open_catalog
+    from e2_hf.training.loss import E2ContrastiveLoss
+
+    dataset = ProductDataset(open_catalog(f"fashiongen:{catalog_dir / 'train.h5'}"), model.config.entities,
+                             training=True, seed=0)  # fmt: skip
+    batch = E2Collator(processor)([dataset[index] for index in range(min(batch_size, len(dataset)))])
+    model.train()
+    torch.manual_seed(0)
+    groups = {"selection_tokens": ["vision_model.selection_tokens"], "region_head": ["region_head."]}
+    for block in range(len(model.vision_model.fusion_blocks)):
+        for projection in ("q_proj", "k_proj", "v_proj"):
+            groups[f"fusion{block}.{projection}"] = [f"vision_model.fusion_blocks.{block}.{projection}."]
+    report = {}
+    for loss_name in ("global_loss", "region_loss"):
+        model.zero_grad()
+        outputs = model(**{key: value for key, value in batch.items() if key not in NOT_MODEL_INPUTS})
+        losses = E2ContrastiveLoss.from_config(model.config)(outputs, model.logit_scale.exp())
+        losses[loss_name].backward()
+        for group, prefixes in groups.items():
+            parameters = [p for n, p in model.named_parameters() if any(n.startswith(x) for x in prefixes)]
+            gradient = torch.sqrt(sum(((p.grad**2).sum() for p in parameters if p.grad is not None), torch.zeros(())))
+            weight = torch.sqrt(sum((p.detach() ** 2).sum() for p in parameters))
+            report.setdefault(group, {})[loss_name] = float(gradient / weight)
+    model.zero_grad()
+    model.eval()
+    return report
 
 
 def summary_line(result: dict) -> str:
@@ -160,8 +196,9 @@ def main() -> None:
     else:
         runs = list(itertools.product(args.testbed, args.recipe, args.seeds))
     os.makedirs(args.output_dir, exist_ok=True)
+    threads = 1 if args.device == "cuda" else max(1, (os.cpu_count() or 1) // args.jobs)
     common = dict(output_dir=args.output_dir, device=args.device, clip_ft=args.clip_ft, toy=args.toy,
-                  num_workers=args.num_workers)  # fmt: skip
+                  num_workers=args.num_workers, threads=threads)  # fmt: skip
     results = []
 
     def record(result: dict) -> None:
