@@ -112,6 +112,7 @@ def run_experiment(testbed: str, recipe: str, seed: int, output_dir: str, device
         entry = {"sumr": retrieval_metrics(embeddings.image_embeds, embeddings.text_embeds)["sumr"]}
         candidates = catalog_candidates(catalog, ["brand", "season", "subcategory", "composition"])
         entry["tagging"] = tagging_accuracy(model, processor, embeddings, candidates, model_device)
+        entry["tag_text_cosine"] = tag_text_cosine(model, processor, candidates, model_device)
         if baseline == "e2":
             entry["selection"] = selection_metrics(model, processor, catalog_dir / "catalog.jsonl")
             entry["gradients"] = gradient_check(model, processor, catalog_dir)
@@ -120,6 +121,22 @@ def run_experiment(testbed: str, recipe: str, seed: int, output_dir: str, device
     for name in ("e2", "clip-ft"):  # keep the JSON and the models, drop the bulk
         shutil.rmtree(root / name / "checkpoints", ignore_errors=True)
     (root / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def tag_text_cosine(model, processor, candidates: dict, device: str) -> dict:
+    """Per entity, the mean pairwise cosine of its distinct tags' text embeddings: near 1 when the
+    text tower sees them as one (the region loss then has nothing to pull apart)."""
+    import torch
+
+    from e2_hf.tagging import candidate_embeddings
+
+    embeddings = candidate_embeddings(model, processor, candidates, device)
+    result = {}
+    for entity, tags in embeddings.items():
+        similarity = tags @ tags.t()  # normalised rows
+        off_diagonal = similarity[~torch.eye(len(tags), dtype=torch.bool)]
+        result[entity] = float(off_diagonal.mean()) if len(off_diagonal) else float("nan")
     return result
 
 

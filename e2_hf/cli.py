@@ -67,7 +67,11 @@ def _demo(args: argparse.Namespace) -> None:
 def _add_demo(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--quick", action="store_true", help="a smaller run for smoke tests (under 2 minutes)")
-    parser.add_argument("--base", help="start from this CLIP (Hub id or folder) instead of a small random one")
+    parser.add_argument(
+        "--base",
+        help="start from this CLIP (Hub id or folder), or 'random' for a small random CLIP "
+        "(default: the small CLIP pretrained on a generic synthetic catalog that ships with the package)",
+    )
     parser.add_argument("--seed", type=int, default=0)
 
 

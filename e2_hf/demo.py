@@ -1,12 +1,16 @@
-"""The main job in one command: synthetic catalog -> tokenizer -> small CLIP -> E2 and CLIP-FT
-trained on the same budget -> both evaluated -> report.
+"""The main job in one command: synthetic catalog -> small pretrained CLIP -> E2 and CLIP-FT
+trained from it on the same data and budget -> both evaluated -> report.
 
-    e2-hf demo --output-dir demo [--quick] [--base NAME_OR_PATH] [--seed 0]
+    e2-hf demo --output-dir demo [--quick] [--base NAME_OR_PATH | --base random] [--seed 0]
 
-Without `--base` the starting point is a randomly initialised small CLIP (no network needed), so
-the demo uses larger learning rates than the fine-tuning recipe. Written to `--output-dir`:
-`e2-model/`, `clip-ft-model/` (Hub-ready), `report.json`, `report.md`, `selection.png`, and the
-catalog, tokenizer and runs they came from.
+Without `--base` the starting point is the small CLIP pretrained on a generic synthetic catalog
+that ships with the package (`e2_hf/assets/small-clip-synthetic`, made by
+`benchmarks/pretrain_small_clip.py`): the paper fine-tunes from pretrained CLIP, and no network
+is needed. `--base random` starts from a randomly initialised small CLIP (with a tokenizer learned
+from the catalog and larger learning rates); `--quick` always does, at a smaller size. Written to
+`--output-dir`: `e2-model/`, `clip-ft-model/` (Hub-ready), `report.json`, `report.md` (retrieval,
+zero-shot tagging per entity, and where the selection tokens look against the catalog's ground
+truth), `selection.png`, and the catalog and runs they came from.
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ PRETRAINED_BASE = Path(__file__).resolve().parent / "assets" / "small-clip-synth
 
 # E2 options beyond the paper's recipe that the demo uses, each measured against the paper's
 # default in BENCHMARKS.md ("Making the regions real").
-E2_OPTIONS: dict[str, Any] = {"region_loss": "multi_positive"}
+E2_OPTIONS: dict[str, Any] = {"region_loss": "multi_positive", "selection_attention": "isolated"}
 # Learning rates (stage 1: E2's new parameters only; stage 2: everything).
 PRETRAINED_RATES = {"warmup_lr": 5e-4, "lr": 1e-4}
 RANDOM_RATES = {"warmup_lr": 2e-3, "lr": 5e-4}

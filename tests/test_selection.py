@@ -60,6 +60,13 @@ def test_every_view_has_detail_boxes_in_both_layouts(truth_catalog):
             assert stored.tolist() == expected
 
 
+def test_detail_boxes_are_not_read_as_a_tag(truth_catalog):
+    from e2_hf.data import open_catalog
+
+    product = open_catalog(f"jsonl:{truth_catalog / 'catalog.jsonl'}")[0]
+    assert "details" not in product.tags and set(product.tags) == {"brand", "season", "subcategory", "composition"}
+
+
 def test_edits_change_only_their_detail(truth_catalog):
     edits = read_interventions(truth_catalog / "catalog.jsonl")
     kinds = {edit for edit, _ in edits}

@@ -9,7 +9,8 @@ A data spec string names one:
     hf:PATH[:SPLIT]           a `datasets` dataset saved with save_to_disk, or local data files
 
 JSONL / CSV / dataset columns: `images` (list, or ';'-separated) or `image`, `description` (or
-`text`), optional `product_id`, `split` (filtered by `:SPLIT`), and one column per entity name.
+`text`), optional `product_id`, `split` (filtered by `:SPLIT`), and one column per entity name;
+`details` (ground-truth detail boxes per view, as `e2-hf make-synthetic` writes) is not a tag.
 For datasets, `column_map` renames columns first, e.g. `{"caption": "description"}`.
 A missing, empty or whitespace-only tag is missing (masked in the region loss); an empty
 description is an error naming the file and row.
@@ -165,7 +166,7 @@ class FileCatalog(Catalog):
             raise ValueError(f"{source}: field 'description' (or 'text') is empty")
         if not images:
             raise ValueError(f"{source}: no image (fields 'images' or 'image')")
-        reserved = {"images", "image", "description", "text", "product_id", "split"}
+        reserved = {"images", "image", "description", "text", "product_id", "split", "details"}  # details: boxes
         tags = {key: clean_tag(value) for key, value in record.items() if key not in reserved}
         product_id = str(record.get("product_id", len(self.products)))
         self.products.append(Product(product_id, description, tags, len(images), source))
