@@ -75,9 +75,10 @@ def main() -> None:
         "tagging",
         {
             "setting": (
-                f"`e2-hf demo`{' --quick' if args.toy else ''} models (small random CLIP trained on the hard "
-                f"synthetic catalog), {per_entity['brand']['items']} validation products, candidates = each "
-                "entity's distinct validation tags"
+                f"`e2-hf demo`{' --quick' if args.toy else ''} models (E2 and CLIP-FT from "
+                f"{report.get('base', 'the demo base')}, trained on the hard synthetic catalog), "
+                f"{per_entity['brand']['items']} validation products, candidates = each entity's distinct "
+                "validation tags"
             ),
             "per_entity": per_entity,
             "mean": mean,

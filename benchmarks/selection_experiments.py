@@ -56,6 +56,14 @@ RECIPES = {
     "pretrained_isolated": {**PRETRAINED, "selection_attention": "isolated"},
     "pretrained_mp_isolated": {**PRETRAINED, "region_loss": "multi_positive", "selection_attention": "isolated"},
     "pretrained_mp_lr5e-5": {**PRETRAINED, "region_loss": "multi_positive", "lr": 5e-5},
+    # the demo's options with a longer stage 1 (only E2's parts train) in the same 20 epochs
+    "pretrained_mp_isolated_warm4": {
+        **PRETRAINED,
+        "region_loss": "multi_positive",
+        "selection_attention": "isolated",
+        "warmup_epochs": 4,
+        "epochs": 16,
+    },
 }
 
 

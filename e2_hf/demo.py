@@ -163,7 +163,7 @@ def evaluate_selection(model_dir: Path, catalog_dir: Path) -> dict[str, Any]:
 def draw_selection(model_dir: Path, catalog_dir: Path, output_path: Path, count: int = 3) -> None:
     """`e2-hf visualize` on the first validation products, each beside its copy with the logo
     moved: every entity's chosen patches per fusion block, and the CLS token's attention."""
-    from .evaluation.selection import read_interventions
+    from .evaluation.selection import read_ground_truth, read_interventions
     from .modeling import E2CLIPModel, E2CLIPProcessor
     from .visualization import render_selection_figure, selection_maps
 
@@ -175,6 +175,9 @@ def draw_selection(model_dir: Path, catalog_dir: Path, output_path: Path, count:
         product_id = view.key[0]
         paths += [catalog_dir / "images" / f"{int(product_id):06d}_0.png", view.image_path]
         titles += [f"product {product_id}", f"product {product_id}, logo moved"]
+    if not paths:  # no logo could be moved: the first validation views alone
+        views = read_ground_truth(catalog_dir / "catalog.jsonl")[: 2 * count : 2]
+        paths, titles = [view.image_path for view in views], [f"product {view.key[0]}" for view in views]
     images = [Image.open(path).convert("RGB") for path in paths]
     render_selection_figure(selection_maps(model, processor, images), titles).image.save(output_path)
 
@@ -323,8 +326,11 @@ def run_demo(output_dir: str | Path, quick: bool = False, base: str | None = Non
     for key, baseline in (("e2", "e2"), ("clip_ft", "clip-ft")):
         tick = time.perf_counter()
         options = E2_OPTIONS if baseline == "e2" else {}
-        arguments = demo_training_arguments(base, catalog_dir, output_dir / "runs" / key, size, seed,
-                                            pretrained=pretrained, baseline=baseline, **options)  # fmt: skip
+        # no evaluation after every epoch: the demo keeps the final model and evaluates it once below
+        arguments = demo_training_arguments(
+            base, catalog_dir, output_dir / "runs" / key, size, seed, pretrained=pretrained, baseline=baseline,
+            eval_data=None, **options,
+        )  # fmt: skip
         train(arguments)
         seconds[f"train_{key}"] = time.perf_counter() - tick
         target = output_dir / ("e2-model" if key == "e2" else "clip-ft-model")
