@@ -454,9 +454,9 @@ def main() -> None:
     ]
     if machine:
         lines += [
-            f"Machine: {machine['cpu']}, {machine['cores']} cores ({machine['torch_threads']} torch threads), "
-            f"{machine['memory_gib']} GiB; Python {machine['python']}, torch {machine['torch']}, "
-            f"transformers {machine['transformers']}. No GPU.",
+            f"Machine (unless a section names another): {machine['cpu']}, {machine['cores']} cores "
+            f"({machine['torch_threads']} torch threads), {machine['memory_gib']} GiB; Python {machine['python']}, "
+            f"torch {machine['torch']}, transformers {machine['transformers']}. No GPU.",
             "",
         ]
     lines += [

@@ -66,8 +66,8 @@ def test_pretraining_script_writes_a_clip_that_e2_starts_from(tmp_path):
 
     output, work = tmp_path / "base", tmp_path / "work"
     completed = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "pretrain_small_clip.py"), "--products", "30", "--epochs", "1", "--batch-size", "8",
-         "--output-dir", str(output), "--work-dir", str(work)],
+        [sys.executable, str(BENCHMARKS / "pretrain_small_clip.py"), "--products", "30", "--epochs", "1",
+         "--batch-size", "8", "--output-dir", str(output), "--work-dir", str(work)],
         capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr[-3000:]

@@ -54,3 +54,28 @@ def test_make_synthetic_command(tmp_path):
     assert completed.returncode == 0, completed.stderr
     assert json.loads(completed.stdout)["validation_products"] == 2
     assert (tmp_path / "train.h5").exists() and len(list((tmp_path / "images").glob("*.png"))) == 20
+
+
+def test_the_shipped_pretrained_base_fits_the_demo():
+    """The demo starts from e2_hf/assets/small-clip-synthetic: it must load as a CLIP, turn into E2
+    and match the demo's image and patch sizes and test bed."""
+    import json
+
+    from transformers import CLIPModel
+
+    from e2_hf import E2CLIPProcessor
+    from e2_hf.demo import DEFAULT, PRETRAINED_BASE, TESTBED
+
+    clip = CLIPModel.from_pretrained(PRETRAINED_BASE)
+    vision = clip.config.vision_config
+    assert (vision.image_size, vision.patch_size, vision.hidden_size) == (
+        DEFAULT.image_size, DEFAULT.patch_size, DEFAULT.width,
+    )  # fmt: skip
+    record = json.loads((PRETRAINED_BASE / "pretraining.json").read_text())
+    assert {key: record["catalog"][key] for key in TESTBED} == TESTBED and record["catalog"]["seed"] not in (0, 1, 2)
+    model = E2CLIPModel.from_clip(str(PRETRAINED_BASE), fusion_layers=DEFAULT.fusion_layers)
+    processor = E2CLIPProcessor.from_pretrained(str(PRETRAINED_BASE), entities=model.config.entities)
+    tokens = processor.tokenizer(["Aurel", "SS2017"])["input_ids"]
+    assert all(
+        ids[0] == processor.tokenizer.bos_token_id and ids[-1] == processor.tokenizer.eos_token_id for ids in tokens
+    )
