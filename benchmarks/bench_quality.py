@@ -20,7 +20,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import parser, write_result  # noqa: E402
 
-from e2_hf.data import open_catalog  # noqa: E402
 from e2_hf.demo import (  # noqa: E402
     DEFAULT,
     E2_OPTIONS,
@@ -29,18 +28,10 @@ from e2_hf.demo import (  # noqa: E402
     QUICK,
     TESTBED,
     demo_training_arguments,
+    evaluate_model,
     prepare_base,
 )
-from e2_hf.evaluation import (  # noqa: E402
-    embed_catalog,
-    linear_probe_accuracy,
-    load_for_inference,
-    retrieval_metrics,
-    sample100_metrics,
-)
-from e2_hf.evaluation.selection import selection_metrics  # noqa: E402
 from e2_hf.synthetic import make_synthetic  # noqa: E402
-from e2_hf.tagging import catalog_candidates, tagging_accuracy  # noqa: E402
 from e2_hf.training import train  # noqa: E402
 
 MODELS = {
@@ -52,26 +43,14 @@ SELECTION_ENTITIES = ("brand", "season")
 
 
 def evaluate(model_dir: Path, catalog_dir: Path, seed: int) -> dict:
-    spec = f"jsonl:{catalog_dir / 'catalog.jsonl'}:validation"
-    model, processor, device, dtype = load_for_inference(model_dir, "cpu")
-    embeddings = embed_catalog(model, processor, open_catalog(spec), device=device, dtype=dtype)
-    images, texts, catalog = embeddings.image_embeds, embeddings.text_embeds, embeddings.catalog
-    subcategories = [product.tags.get("subcategory") or "" for product in catalog.products]
-    tagging = tagging_accuracy(model, processor, embeddings, catalog_candidates(catalog, ENTITIES), device)
-    result = {
-        "full": retrieval_metrics(images, texts),
-        "sample100": sample100_metrics(images, texts, subcategories, queries=1000, seeds=5),
-        "linear_probe": {
-            entity: linear_probe_accuracy(images, catalog.tag_values(entity), seed=seed)["accuracy"]
-            for entity in ENTITIES
-        },
-        "tagging": {
-            entity: {key: row[key] for key in ("region", "global", "chance") if key in row}
-            for entity, row in tagging.items()
-        },  # fmt: skip
+    """The demo's evaluation with linear probes; tagging and selection reduced to what is summarised."""
+    result = evaluate_model(model_dir, catalog_dir, probe_seed=seed)
+    result["tagging"] = {
+        entity: {key: row[key] for key in ("region", "global", "chance") if key in row}
+        for entity, row in result["tagging"].items()
     }
-    if model.config.entities:
-        selection = selection_metrics(model, processor, catalog_dir / "catalog.jsonl")
+    if "selection" in result:
+        selection = result["selection"]
         result["selection"] = {entity: selection_summary(selection, entity) for entity in SELECTION_ENTITIES}
     return result
 

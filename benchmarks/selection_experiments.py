@@ -42,7 +42,6 @@ TESTBEDS = {
 }
 # Training settings on top of the demo's (TrainingArguments fields). `"base": "pretrained"` starts
 # from the shipped small pretrained CLIP (benchmarks/pretrain_small_clip.py) at its learning rates.
-NOT_MODEL_INPUTS = ("skipped_images", "indices", "return_loss")  # what the collator adds for the trainer
 PRETRAINED = {"base": "pretrained"}
 RECIPES = {
     "paper": {},
@@ -85,11 +84,10 @@ def run_experiment(testbed: str, recipe: str, seed: int, output_dir: str, device
     import torch
 
     from e2_hf.data import open_catalog
-    from e2_hf.demo import PRETRAINED_BASE, demo_training_arguments, prepare_base
-    from e2_hf.evaluation import embed_catalog, load_for_inference, retrieval_metrics
-    from e2_hf.evaluation.selection import selection_metrics
+    from e2_hf.demo import ENTITIES, PRETRAINED_BASE, demo_training_arguments, evaluate_model, prepare_base
+    from e2_hf.evaluation import load_for_inference
     from e2_hf.synthetic import make_synthetic
-    from e2_hf.tagging import catalog_candidates, tagging_accuracy
+    from e2_hf.tagging import catalog_candidates
     from e2_hf.training import train
 
     if threads:
@@ -114,15 +112,12 @@ def run_experiment(testbed: str, recipe: str, seed: int, output_dir: str, device
         args = demo_training_arguments(base, catalog_dir, root / baseline, size, seed, pretrained=pretrained,
                                        baseline=baseline, num_workers=num_workers, **overrides)  # fmt: skip
         train(args)
-        model, processor, model_device, dtype = load_for_inference(root / baseline / "model", device)
-        catalog = open_catalog(eval_spec)
-        embeddings = embed_catalog(model, processor, catalog, device=model_device, dtype=dtype)
-        entry = {"sumr": retrieval_metrics(embeddings.image_embeds, embeddings.text_embeds)["sumr"]}
-        candidates = catalog_candidates(catalog, ["brand", "season", "subcategory", "composition"])
-        entry["tagging"] = tagging_accuracy(model, processor, embeddings, candidates, model_device)
+        entry = evaluate_model(root / baseline / "model", catalog_dir, device)
+        entry["sumr"] = entry["full"]["sumr"]
+        model, processor, model_device, _ = load_for_inference(root / baseline / "model", device)
+        candidates = catalog_candidates(open_catalog(eval_spec), ENTITIES)
         entry["tag_text_cosine"] = tag_text_cosine(model, processor, candidates, model_device)
         if baseline == "e2":
-            entry["selection"] = selection_metrics(model, processor, catalog_dir / "catalog.jsonl")
             entry["gradients"] = gradient_check(model, processor, catalog_dir)
         result[baseline.replace("-", "_")] = entry
     result["seconds"] = time.perf_counter() - start
@@ -156,6 +151,7 @@ def gradient_check(model, processor, catalog_dir: Path, batch_size: int = 64) ->
 
     from e2_hf.data import E2Collator, ProductDataset, open_catalog
     from e2_hf.training.loss import E2ContrastiveLoss
+    from e2_hf.training.trainer import COLLATOR_BOOKKEEPING
 
     dataset = ProductDataset(open_catalog(f"fashiongen:{catalog_dir / 'train.h5'}"), model.config.entities,
                              training=True, seed=0)  # fmt: skip
@@ -169,7 +165,7 @@ def gradient_check(model, processor, catalog_dir: Path, batch_size: int = 64) ->
     report = {}
     for loss_name in ("global_loss", "region_loss"):
         model.zero_grad()
-        outputs = model(**{key: value for key, value in batch.items() if key not in NOT_MODEL_INPUTS})
+        outputs = model(**{key: value for key, value in batch.items() if key not in COLLATOR_BOOKKEEPING})
         losses = E2ContrastiveLoss.from_config(model.config)(outputs, model.logit_scale.exp())
         losses[loss_name].backward()
         for group, prefixes in groups.items():

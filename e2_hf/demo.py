@@ -27,8 +27,7 @@ from PIL import Image
 
 from .data import open_catalog
 from .modeling.processing_e2clip import clip_image_processor
-
-ENTITIES = ["brand", "season", "subcategory", "composition"]
+from .synthetic import ENTITIES
 
 
 @dataclass
@@ -133,31 +132,39 @@ def make_small_clip(
     return output_dir
 
 
-def evaluate_model(model_dir: Path, catalog_spec: str) -> dict[str, Any]:
-    """Full-candidate and sample-100 retrieval of a saved model on a catalog (first views), and
-    zero-shot tagging per entity with the catalog's distinct tags as candidates."""
-    from .evaluation import embed_catalog, load_for_inference, retrieval_metrics, sample100_metrics
+def evaluate_model(model_dir: Path, catalog_dir: Path, device: str = "cpu", probe_seed: int | None = None):
+    """A saved model on a synthetic catalog's validation products (first views): full-candidate
+    and sample-100 retrieval, zero-shot tagging per entity (the catalog's distinct tags as
+    candidates), for E2 where its selection tokens look, and with `probe_seed` linear probes per
+    entity on the global image embeddings."""
+    from .evaluation import (
+        embed_catalog,
+        linear_probe_accuracy,
+        load_for_inference,
+        retrieval_metrics,
+        sample100_metrics,
+    )
+    from .evaluation.selection import selection_metrics
     from .tagging import catalog_candidates, tagging_accuracy
 
-    model, processor, device, dtype = load_for_inference(model_dir, "cpu")
-    embeddings = embed_catalog(model, processor, open_catalog(catalog_spec), device=device, dtype=dtype)
-    images, texts, catalog = embeddings.image_embeds, embeddings.text_embeds, embeddings.catalog
+    model, processor, device, dtype = load_for_inference(model_dir, device)
+    catalog = open_catalog(f"jsonl:{catalog_dir / 'catalog.jsonl'}:validation")
+    embeddings = embed_catalog(model, processor, catalog, device=device, dtype=dtype)
+    images, texts = embeddings.image_embeds, embeddings.text_embeds
     subcategories = [product.tags.get("subcategory") or "" for product in catalog.products]
-    candidates = catalog_candidates(catalog, ENTITIES)
-    return {
+    result = {
         "full": retrieval_metrics(images, texts),
         "sample100": sample100_metrics(images, texts, subcategories, queries=1000, seeds=5),
-        "tagging": tagging_accuracy(model, processor, embeddings, candidates, device),
+        "tagging": tagging_accuracy(model, processor, embeddings, catalog_candidates(catalog, ENTITIES), device),
     }
-
-
-def evaluate_selection(model_dir: Path, catalog_dir: Path) -> dict[str, Any]:
-    """Where the E2 model's selection tokens look, against the catalog's detail boxes."""
-    from .evaluation.selection import selection_metrics
-    from .modeling import E2CLIPModel, E2CLIPProcessor
-
-    model = E2CLIPModel.from_pretrained(model_dir)
-    return selection_metrics(model, E2CLIPProcessor.from_pretrained(model_dir), catalog_dir / "catalog.jsonl")
+    if probe_seed is not None:
+        result["linear_probe"] = {
+            entity: linear_probe_accuracy(images, catalog.tag_values(entity), seed=probe_seed)["accuracy"]
+            for entity in ENTITIES
+        }
+    if model.config.entities:
+        result["selection"] = selection_metrics(model, processor, catalog_dir / "catalog.jsonl")
+    return result
 
 
 def draw_selection(model_dir: Path, catalog_dir: Path, output_path: Path, count: int = 3) -> None:
@@ -169,15 +176,16 @@ def draw_selection(model_dir: Path, catalog_dir: Path, output_path: Path, count:
 
     model = E2CLIPModel.from_pretrained(model_dir).eval()
     processor = E2CLIPProcessor.from_pretrained(model_dir)
+    views = read_ground_truth(catalog_dir / "catalog.jsonl")
+    original = {view.key: view for view in views}
     moved = [view for edit, view in read_interventions(catalog_dir / "catalog.jsonl") if edit == "logo_moved"][:count]
     paths, titles = [], []
     for view in moved:
-        product_id = view.key[0]
-        paths += [catalog_dir / "images" / f"{int(product_id):06d}_0.png", view.image_path]
-        titles += [f"product {product_id}", f"product {product_id}, logo moved"]
+        paths += [original[view.key].image_path, view.image_path]
+        titles += [f"product {view.key[0]}", f"product {view.key[0]}, logo moved"]
     if not paths:  # no logo could be moved: the first validation views alone
-        views = read_ground_truth(catalog_dir / "catalog.jsonl")[: 2 * count : 2]
-        paths, titles = [view.image_path for view in views], [f"product {view.key[0]}" for view in views]
+        first_views = [view for view in views if view.key[1] == 0][:count]
+        paths, titles = [view.image_path for view in first_views], [f"product {v.key[0]}" for v in first_views]
     images = [Image.open(path).convert("RGB") for path in paths]
     render_selection_figure(selection_maps(model, processor, images), titles).image.save(output_path)
 
@@ -321,7 +329,6 @@ def run_demo(output_dir: str | Path, quick: bool = False, base: str | None = Non
         base, base_name = prepare_base(output_dir, catalog_dir, size, seed), "small random CLIP"
     else:
         base_name = base
-    eval_spec = f"jsonl:{catalog_dir / 'catalog.jsonl'}:validation"
     models = {}
     for key, baseline in (("e2", "e2"), ("clip_ft", "clip-ft")):
         tick = time.perf_counter()
@@ -340,8 +347,7 @@ def run_demo(output_dir: str | Path, quick: bool = False, base: str | None = Non
 
     tick = time.perf_counter()
     fresh_process_outputs(str(models["e2"].resolve()))  # AutoModel(..., trust_remote_code=True) reloads it
-    report = {key: evaluate_model(path, eval_spec) for key, path in models.items()}
-    report["e2"]["selection"] = evaluate_selection(models["e2"], catalog_dir)
+    report = {key: evaluate_model(path, catalog_dir) for key, path in models.items()}
     seconds["evaluate"] = time.perf_counter() - tick
     draw_selection(models["e2"], catalog_dir, output_dir / "selection.png")
     seconds["total"] = time.perf_counter() - start

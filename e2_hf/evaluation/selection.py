@@ -138,18 +138,23 @@ def chosen_patches(model, processor, image_paths: Sequence[Path], batch_size: in
     return np.concatenate(chosen)
 
 
-def _detail_patch_sets(
-    views: Sequence[GroundTruthView], detail: str, geometry: PatchGeometry
-) -> list[np.ndarray | None]:
-    sets = []
+def _image_sizes(views: Sequence[GroundTruthView]) -> list[tuple[int, int]]:
+    """`(width, height)` of each view's image, read from the file header once."""
+    sizes = []
     for view in views:
-        box = view.details.get(detail)
-        if box is None:
-            sets.append(None)
-            continue
         with Image.open(view.image_path) as image:
-            sets.append(geometry.patches(box, image.size))
-    return sets
+            sizes.append(image.size)
+    return sizes
+
+
+def _detail_patch_sets(
+    views: Sequence[GroundTruthView], sizes: Sequence[tuple[int, int]], detail: str, geometry: PatchGeometry
+) -> list[np.ndarray | None]:
+    """Per view, the patches holding `detail` (None where the view has no such detail)."""
+    return [
+        None if view.details.get(detail) is None else geometry.patches(view.details[detail], size)
+        for view, size in zip(views, sizes)
+    ]
 
 
 def token_rates(choices: np.ndarray, targets: Sequence[np.ndarray | None], num_patches: int) -> dict[str, float]:
@@ -215,12 +220,13 @@ def selection_metrics(
     geometry = patch_geometry(model, processor)
     num_patches = geometry.grid[0] * geometry.grid[1]
     views = read_ground_truth(catalog_path, split)
+    sizes = _image_sizes(views)
     chosen = chosen_patches(model, processor, [view.image_path for view in views], batch_size)  # [v, blocks, tokens]
     report: dict[str, Any] = {"views": len(views), "grid": list(geometry.grid), "entities": {}, "interventions": {}}
     scored = [entity for entity in config.entities if entity_details.get(entity)]
     for entity in scored:
         detail = entity_details[entity]
-        targets = _detail_patch_sets(views, detail, geometry)
+        targets = _detail_patch_sets(views, sizes, detail, geometry)
         start, end = config.entity_token_slices[config.entities.index(entity)]
         blocks = []
         for block, layer in enumerate(config.active_fusion_layers):
@@ -234,19 +240,23 @@ def selection_metrics(
     edits = [(edit, view) for edit, view in edits if view.key in index_of]
     if edits:
         edited = chosen_patches(model, processor, [view.image_path for _, view in edits], batch_size)
+        edited_sizes = _image_sizes([view for _, view in edits])
         for edit in sorted({edit for edit, _ in edits}):
-            report["interventions"][edit] = _edit_report(edit, edits, edited, views, index_of, chosen, config,
-                                                         entity_details, geometry)  # fmt: skip
+            rows = [row for row, (name, _) in enumerate(edits) if name == edit]
+            originals = [index_of[edits[row][1].key] for row in rows]
+            old = _detail_patch_sets([views[i] for i in originals], [sizes[i] for i in originals], EDIT_DETAILS[edit],
+                                     geometry)  # fmt: skip
+            new = _detail_patch_sets([edits[row][1] for row in rows], [edited_sizes[row] for row in rows],
+                                     EDIT_DETAILS[edit], geometry)  # fmt: skip
+            report["interventions"][edit] = _edit_report(EDIT_DETAILS[edit], chosen[originals], edited[rows], old, new,
+                                                         config, entity_details)  # fmt: skip
     return report
 
 
-def _edit_report(edit, edits, edited, views, index_of, chosen, config, entity_details, geometry) -> dict[str, Any]:
-    detail = EDIT_DETAILS[edit]
-    rows = [row for row, (name, _) in enumerate(edits) if name == edit]
-    originals = [index_of[edits[row][1].key] for row in rows]
-    old = _detail_patch_sets([views[index] for index in originals], detail, geometry)
-    new = _detail_patch_sets([edits[row][1] for row in rows], detail, geometry)
-    report: dict[str, Any] = {"detail": detail, "pairs": len(rows), "entities": {}}
+def _edit_report(detail, before, after, old, new, config, entity_details) -> dict[str, Any]:
+    """Per entity whose detail was edited and per fusion block: each token's `edit_rates`, and
+    their mean. `before`/`after`: `[pairs, blocks, tokens]` choices on the originals and the edits."""
+    report: dict[str, Any] = {"detail": detail, "pairs": len(before), "entities": {}}
     for entity in config.entities:
         if entity_details.get(entity) != detail:
             continue
@@ -254,8 +264,7 @@ def _edit_report(edit, edits, edited, views, index_of, chosen, config, entity_de
         blocks = []
         for block, layer in enumerate(config.active_fusion_layers):
             tokens = [
-                edit_rates(chosen[originals, block, token], edited[rows, block, token], old, new)
-                for token in range(start, end)
+                edit_rates(before[:, block, token], after[:, block, token], old, new) for token in range(start, end)
             ]
             summary = {key: float(np.mean([t[key] for t in tokens if key in t]))
                        for key in tokens[0] if key != "pairs" and any(key in t for t in tokens)}  # fmt: skip

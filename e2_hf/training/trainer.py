@@ -35,6 +35,8 @@ from ..modeling.processing_e2clip import DEFAULT_PRODUCT_TEXT_FIELDS
 from .loss import E2ContrastiveLoss
 
 BASELINES = ("e2", "clip-ft")
+# What E2Collator adds to a batch for the trainer, not for the model.
+COLLATOR_BOOKKEEPING = ("skipped_images", "indices", "return_loss")
 
 
 class TrainingError(RuntimeError):
@@ -430,7 +432,7 @@ def train_epoch(run: Run, epoch: int, bar) -> bool:
         loader.set_epoch(epoch)
     for batch in loader:
         progress.skipped_images += len(batch.pop("skipped_images", []))
-        for key in ("indices", "return_loss"):
+        for key in COLLATOR_BOOKKEEPING:
             batch.pop(key, None)
         progress.batches_in_epoch += 1
         if "input_ids" not in batch:  # every image of the batch was unreadable
