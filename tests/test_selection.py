@@ -202,3 +202,17 @@ def test_selection_needs_ground_truth(catalog, model_and_processor, tmp_path):
     plain.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "details"}) + "\n" for r in lines))
     with pytest.raises(ValueError, match="plain.jsonl line 41: no `details`"):  # the first validation row
         selection_metrics(*model_and_processor, plain)
+
+
+def test_an_edit_summary_keeps_rates_that_only_some_tokens_have(model_and_processor):
+    from e2_hf.evaluation.selection import _edit_report
+
+    config = model_and_processor[0].config
+    num_tokens, blocks = config.num_selection_tokens, len(config.active_fusion_layers)
+    before = np.full((2, blocks, num_tokens), 9)
+    before[:, :, 1] = 0  # only the second brand token is on the logo (patch 0) before the edit
+    after = before.copy()
+    after[:, :, 1] = 3  # ... and follows it to patch 3
+    old, new = [np.array([0]), np.array([0])], [np.array([3]), np.array([3])]
+    brand = _edit_report("logo", before, after, old, new, config, {"brand": "logo"})["entities"]["brand"][-1]
+    assert brand["follow_if_hit"] == 1.0 and brand["hit_before"] == 0.5

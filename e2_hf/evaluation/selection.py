@@ -266,8 +266,8 @@ def _edit_report(detail, before, after, old, new, config, entity_details) -> dic
             tokens = [
                 edit_rates(before[:, block, token], after[:, block, token], old, new) for token in range(start, end)
             ]
-            summary = {key: float(np.mean([t[key] for t in tokens if key in t]))
-                       for key in tokens[0] if key != "pairs" and any(key in t for t in tokens)}  # fmt: skip
+            keys = dict.fromkeys(key for token in tokens for key in token if key != "pairs")  # any token's keys
+            summary = {key: float(np.mean([token[key] for token in tokens if key in token])) for key in keys}
             blocks.append({"block": block, "layer": layer, **summary, "tokens": tokens})
         report["entities"][entity] = blocks
     return report
