@@ -44,6 +44,13 @@ def processor_with_tokenizer(tokenizer_name: str, config: E2CLIPConfig) -> E2CLI
 def load_weights_only(path: str | Path, allowed: Sequence[type] = ()) -> Any:
     """`torch.load(weights_only=True)` (plus the `allowed` classes); any other pickled object is
     refused with a clear error, and a `{"state_dict": ...}` wrapper is unwrapped."""
+    from .torchscript_weights import is_torchscript_archive
+
+    if is_torchscript_archive(Path(path)):
+        raise ValueError(
+            f"{path} is a TorchScript archive, not a checkpoint saved with torch.save; it is not loaded "
+            "(loading one runs its code). Convert OpenAI-layout CLIP archives with `e2-hf init-from-clip`."
+        )
     try:
         with torch.serialization.safe_globals(list(allowed)):
             loaded = torch.load(path, map_location="cpu", weights_only=True)

@@ -10,14 +10,14 @@ Sources:
   `.pt` / `.safetensors` files of OpenAI-style ViTs; `--tokenizer` names the tokenizer.
 
 Before saving, the converted model's text embeddings are compared with the source CLIP's on
-sample inputs (transformers' `CLIPModel` with the source weights; for TorchScript archives also
-the archive's own `encode_text`), and the new parameters are listed.
+sample inputs (transformers' `CLIPModel` with the source weights), and the new parameters are
+listed. No file is ever executed: TorchScript archives are read as data (their tensors only, never
+`torch.jit.load`), other files with safetensors or `torch.load(weights_only=True)`.
 """
 
 from __future__ import annotations
 
 import argparse
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from e2_hf.parameters import count_new_parameters
 
 from .common import command_main, int_list, load_weights_only, name_list, processor_with_tokenizer
 from .openai_layout import convert_clip_key, infer_clip_sizes, strip_prefixes
+from .torchscript_weights import is_torchscript_archive, read_torchscript_tensors
 
 # Non-weight entries of OpenAI's archives (sizes stored as tensors) and open_clip buffers.
 OPENAI_NON_WEIGHT_KEYS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
@@ -36,35 +37,26 @@ TEXT_CHECK_TOLERANCE = 1e-4
 
 
 # ------------------------------------------------------------------------------------ reading
-def is_torchscript_archive(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any(name.split("/", 1)[-1].startswith("code/") for name in archive.namelist())
+def load_openai_layout(path: str | Path) -> dict[str, torch.Tensor]:
+    """Reads an OpenAI-layout CLIP file's weights without running anything it contains.
 
-
-def load_openai_layout(path: str | Path) -> tuple[dict[str, torch.Tensor], Any]:
-    """Reads an OpenAI-layout CLIP file: `(state_dict, torchscript_module_or_None)`.
-
-    TorchScript archives are read with `torch.jit.load` (TorchScript code, no Python pickles);
-    everything else with safetensors or `torch.load(weights_only=True)`.
+    TorchScript archives (OpenAI's `.pt`) are read as data; everything else with safetensors or
+    `torch.load(weights_only=True)`.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"CLIP weights not found: {path}")
-    scripted = None
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         state_dict = load_file(path)
     elif is_torchscript_archive(path):
-        scripted = torch.jit.load(str(path), map_location="cpu").eval()
-        state_dict = dict(scripted.state_dict())
+        state_dict = read_torchscript_tensors(path)
     else:
         state_dict = load_weights_only(path)
     state_dict = strip_prefixes(state_dict, ("module.",))
-    state_dict = {key: value for key, value in state_dict.items() if key not in OPENAI_NON_WEIGHT_KEYS}
-    return state_dict, scripted
+    # OpenAI's archives keep sizes and the causal mask as tensor attributes, also inside blocks
+    return {key: value for key, value in state_dict.items() if key.rsplit(".", 1)[-1] not in OPENAI_NON_WEIGHT_KEYS}
 
 
 def convert_openai_clip(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -199,15 +191,13 @@ def init_from_clip(
 
 
 def _from_openai_file(source, projection_init, vision_heads, text_heads, config_overrides):
-    state_dict, scripted = load_openai_layout(source)
+    state_dict = load_openai_layout(source)
     clip_fields = openai_clip_config(state_dict, vision_heads, text_heads)
     clip_state_dict = convert_openai_clip(state_dict)
     config = E2CLIPConfig(**clip_fields, **config_overrides)
     model = E2CLIPModel.from_clip_state_dict(config, clip_state_dict, projection_init, source=str(source))
     clip = clip_reference_model(clip_fields, clip_state_dict)
     references = {"transformers CLIPModel with the same weights": lambda ids: clip.get_text_features(input_ids=ids)}
-    if scripted is not None and hasattr(scripted, "encode_text"):
-        references[f"{source.name}'s own encode_text"] = scripted.encode_text
     return model, references
 
 

@@ -17,6 +17,7 @@ from e2_hf.conversion.convert_original_e2 import (
 )
 
 from .conftest import FIXTURE_DIR, require_shared
+from .hostile_files import torchscript_payload
 from .test_modeling import features
 
 TOLERANCE = 1e-5
@@ -102,6 +103,17 @@ def test_pickled_objects_are_refused(tmp_path):
     torch.save({"state_dict": {"a": torch.zeros(1)}, "extra": ArbitraryObject()}, tmp_path / "unsafe.pth")
     with pytest.raises(ValueError, match="refusing to load"):
         load_original_checkpoint(tmp_path / "unsafe.pth")
+
+
+def test_torchscript_checkpoints_are_refused_unread(tmp_path):
+    marker = tmp_path / "written-by-the-archive"
+    archive = torchscript_payload(tmp_path / "checkpoint.pth", marker)
+    with pytest.raises(ValueError, match="is a TorchScript archive.*not loaded"):
+        load_original_checkpoint(archive)
+    command = [sys.executable, "-m", "e2_hf.cli", "convert-original", "--checkpoint", str(archive)]
+    completed = subprocess.run(command + ["--output-dir", str(tmp_path / "out")], capture_output=True, text=True)
+    assert completed.returncode != 0 and "is a TorchScript archive" in completed.stderr
+    assert "Traceback" not in completed.stderr and not marker.exists()
 
 
 def test_command_line(fixture_dir, tmp_path):

@@ -12,6 +12,7 @@ from e2_hf import E2CLIPModel
 from e2_hf.conversion.convert_clip_to_e2 import init_from_clip, load_openai_layout
 
 from .conftest import E2CLIPModelTester, make_images
+from .hostile_files import torchscript_payload
 from .openai_layout_clip import OpenAILayoutCLIP
 from .test_modeling import features
 
@@ -48,8 +49,6 @@ def sample_inputs(tiny_processor):
 @pytest.mark.parametrize("kind", ["torchscript", "open_clip_bin", "safetensors"])
 def test_openai_layout_files_become_clip_exact_e2(kind, openai_files, openai_clip, tiny_processor, tokenizer_dir):
     model, _, differences = init_from_clip(openai_files[kind], tokenizer=str(tokenizer_dir), entities=[], **HEADS)
-    if kind == "torchscript":
-        assert any("encode_text" in reference for reference in differences)
     assert all(difference < 1e-5 for difference in differences.values())
     input_ids, pixel_values = sample_inputs(tiny_processor)
     with torch.no_grad():
@@ -116,6 +115,24 @@ def test_bad_sources_fail_clearly(openai_files, openai_clip, tmp_path, tokenizer
         load_openai_layout(tmp_path / "pickled.pt")
     with pytest.raises(FileNotFoundError):
         load_openai_layout(tmp_path / "missing.pt")
+
+
+def test_torchscript_archives_are_read_without_running_their_code(tmp_path, tokenizer_dir):
+    marker = tmp_path / "written-by-the-archive"
+    for name in ("ViT-evil.pt", "pytorch_model.bin"):  # a TorchScript zip behind a .bin name too
+        archive = torchscript_payload(tmp_path / name, marker)
+        (weight,) = load_openai_layout(archive).values()  # the archive's one tensor, read as data
+        torch.testing.assert_close(weight, torch.ones(3, 2))
+        with pytest.raises(ValueError, match="not an OpenAI-style ViT CLIP"):
+            init_from_clip(archive, tokenizer=str(tokenizer_dir), entities=[], **HEADS)
+        command = [sys.executable, "-m", "e2_hf.cli", "init-from-clip", "--clip", str(archive)]
+        command += ["--tokenizer", str(tokenizer_dir), "--output-dir", str(tmp_path / "e2")]
+        completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert completed.returncode != 0 and "not an OpenAI-style ViT CLIP" in completed.stderr
+        assert "Traceback" not in completed.stderr
+        assert not marker.exists()
+    torch.jit.load(str(archive))  # the payload is live: the unsafe reader runs it
+    assert marker.exists()
 
 
 def test_command_line(openai_files, tokenizer_dir, tmp_path):
