@@ -456,6 +456,14 @@ class LoopbackHub(ThreadingHTTPServer):
         self.shutdown()
         self.server_close()
 
+    def publish(self, repo_id: str, files: dict[str, bytes]) -> None:
+        """Creates `repo_id` holding `files` (regular files), as if someone else had pushed them."""
+        with self.hub.lock:
+            repo = self.hub.create_repo(repo_id, private=False)
+            entries = dict(repo.commits[repo.branches["main"]])
+            entries.update({path: Entry(size=len(content), content=content) for path, content in files.items()})
+            repo.branches["main"] = self.hub.new_commit(repo, entries, "published by someone else")
+
     def files_of(self, repo_id: str, revision: str = "main") -> dict[str, bytes]:
         """The content of every file of a revision (for assertions)."""
         repo = self.hub.repos[repo_id]

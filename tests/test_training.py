@@ -14,6 +14,9 @@ from e2_hf import E2CLIPModel
 from e2_hf.data import ImageLoadError
 from e2_hf.training import TrainingArguments, TrainingError, train
 
+from .hub_server import LoopbackHub
+from .test_hub import TOKEN, hub_env
+
 SMALL = dict(fusion_layers=[1, 2], warmup_epochs=1, epochs=1, batch_size=8, eval_batch_size=16, log_steps=1)
 
 
@@ -196,3 +199,27 @@ def test_command_line_with_mixed_precision_accumulation_and_checkpointing(small_
     model = E2CLIPModel.from_pretrained(tmp_path / "run" / "model")
     assert model.config.fusion_layers == [1, 2]
     assert all(torch.isfinite(parameter).all() for parameter in model.parameters())
+
+
+def test_training_never_runs_code_from_a_model_repo(catalog, tmp_path):
+    marker = tmp_path / "written-by-repo-code"
+    payload = (
+        f"open({str(marker)!r}, 'w').write('ran')\n"
+        "from transformers import PretrainedConfig\n\n\n"
+        "class CustomConfig(PretrainedConfig):\n    model_type = 'custom_clip'\n"
+    )
+    config = {"model_type": "custom_clip", "auto_map": {"AutoConfig": "configuration_custom.CustomConfig"}}
+    files = {"config.json": json.dumps(config).encode(), "configuration_custom.py": payload.encode()}
+    train_command = [sys.executable, "-m", "e2_hf.cli", "train", "--model", "someone/custom-clip"]
+    train_command += ["--train-data", f"fashiongen:{catalog / 'train.h5'}", "--output-dir", str(tmp_path / "run")]
+    load_with_consent = [sys.executable, "-c", "import sys; from transformers import AutoConfig; "
+                         "AutoConfig.from_pretrained(sys.argv[1], trust_remote_code=True)", "someone/custom-clip"]  # fmt: skip
+    with LoopbackHub(TOKEN) as hub:
+        hub.publish("someone/custom-clip", files)
+        env = hub_env(hub, tmp_path / "home")
+        completed = subprocess.run(train_command, env=env, capture_output=True, text=True, timeout=600)
+        assert completed.returncode != 0 and "is a 'custom_clip' checkpoint" in completed.stderr
+        assert "Traceback" not in completed.stderr and not marker.exists()
+        # the payload is live: loading the repo with the user's consent runs it
+        subprocess.run(load_with_consent, env=env, capture_output=True, text=True, timeout=600, check=True)
+    assert marker.exists()

@@ -185,14 +185,20 @@ def parameter_groups(model: E2CLIPModel, weight_decay: float) -> list[dict[str, 
 
 
 def build_model(args: TrainingArguments) -> E2CLIPModel:
-    """An E2 checkpoint as it is, or a CLIP checkpoint turned into E2 (or plain CLIP for clip-ft)."""
-    config_path = Path(args.model) / "config.json"
-    if config_path.is_file():
-        model_type = json.loads(config_path.read_text()).get("model_type")
-    else:
-        from transformers import AutoConfig
+    """An E2 checkpoint as it is, or a CLIP checkpoint turned into E2 (or plain CLIP for clip-ft).
 
-        model_type = AutoConfig.from_pretrained(args.model, trust_remote_code=True).model_type
+    The checkpoint's config is read as JSON and only E2 and CLIP checkpoints are accepted, so no
+    code from a model repo ever runs: E2's code is this package's own.
+    """
+    from transformers import PretrainedConfig
+
+    config_dict, _ = PretrainedConfig.get_config_dict(args.model)
+    model_type = config_dict.get("model_type")
+    if model_type not in (E2CLIPConfig.model_type, "clip"):
+        raise ValueError(
+            f"{args.model} is a {model_type!r} checkpoint; training starts from an E2 checkpoint or a transformers "
+            "CLIP checkpoint (model_type 'clip'). Code from a model repo is never run."
+        )
     overrides: dict[str, Any] = {"entities": [] if args.baseline == "clip-ft" else args.entities}
     if args.baseline == "e2":
         overrides.update(tokens_per_entity=args.tokens_per_entity, fusion_layers=args.fusion_layers,
