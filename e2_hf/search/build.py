@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from ..data import Catalog, ImageLoadError, open_catalog
 from ..evaluation.embedding import evaluating
 from ..modeling import E2CLIPModel, E2CLIPProcessor
-from .index import EmbeddingIndex, EmbeddingIndexError, IndexItem, letterbox, model_fingerprint
+from .index import EmbeddingIndex, EmbeddingIndexError, IndexItem, letterbox, model_fingerprint, writer_lock
 
 DEFAULT_THUMBNAIL_SIZE = 128
 DEFAULT_SHARD_ROWS = 20_000
@@ -61,14 +61,15 @@ def open_or_create_index(folder: str | Path, model: E2CLIPModel, model_name: str
                          thumbnail_size: int = DEFAULT_THUMBNAIL_SIZE) -> EmbeddingIndex:  # fmt: skip
     """The index in `folder`, checked to come from `model`; a new one where there is none."""
     fingerprint = model_fingerprint(model)
-    if (Path(folder) / "index.json").exists():
-        index = EmbeddingIndex(folder)
-        index.check_model(fingerprint, model_name)
-        return index
-    if not model.config.entities:
-        raise EmbeddingIndexError(f"{model_name} has no entities, so no regional embeddings to index")
-    return EmbeddingIndex.create(folder, model_name, fingerprint, model.config.entities, model.config.projection_dim,
-                                 thumbnail_size)  # fmt: skip
+    with writer_lock(folder):
+        if (Path(folder) / "index.json").exists():
+            index = EmbeddingIndex(folder)
+            index.check_model(fingerprint, model_name)
+            return index
+        if not model.config.entities:
+            raise EmbeddingIndexError(f"{model_name} has no entities, so no regional embeddings to index")
+        return EmbeddingIndex.create(folder, model_name, fingerprint, model.config.entities,
+                                     model.config.projection_dim, thumbnail_size)  # fmt: skip
 
 
 @torch.no_grad()
@@ -86,18 +87,48 @@ def add_catalog(
 ) -> IndexingReport:
     """Embeds every product of the catalog `spec` (first view) and appends it to `index`.
 
-    A product id already in the index is an error, unless `skip_existing`, which leaves those
-    products out (so that re-running on a grown catalog adds only the new products)."""
+    The whole add holds the index folder's writer lock (a concurrent add waits for it). A product id
+    already in the index, or repeated within the catalog, is an error, unless `skip_existing`, which
+    leaves those products out (so that re-running on a grown catalog adds only the new products; of
+    ids repeated in the catalog the first is kept)."""
     catalog = open_catalog(spec)
-    existing = index.product_ids()
-    duplicates = [product.product_id for product in catalog.products if product.product_id in existing]
-    if duplicates and not skip_existing:
-        shown = ", ".join(duplicates[:5]) + (", ..." if len(duplicates) > 5 else "")
+    with writer_lock(index.folder):
+        index.reload()  # another writer may have committed while this one waited
+        positions = _new_positions(catalog, index.product_ids(), index.folder, spec, skip_existing)
+        _embed_and_add(index, model, processor, catalog, positions, spec, batch_size, device, dtype, num_workers,
+                       shard_rows)  # fmt: skip
+    return IndexingReport(added=len(positions), skipped_existing=len(catalog) - len(positions), total=len(index))
+
+
+def _new_positions(catalog: Catalog, existing: set[str], folder: Path, spec: str, skip_existing: bool) -> list[int]:
+    """Rows of the catalog to add: all of them, or (with `skip_existing`) those whose id is new."""
+    positions, seen, in_index, repeated = [], set(), [], []
+    for row, product in enumerate(catalog.products):
+        if product.product_id in existing:
+            in_index.append(product.product_id)
+        elif product.product_id in seen:
+            repeated.append(f"{product.product_id} (row {row + 1})")
+        else:
+            positions.append(row)
+        seen.add(product.product_id)
+    if (in_index or repeated) and not skip_existing:
+        problems = []
+        if in_index:
+            problems.append(f"{len(in_index)} products are already in {folder} (product ids {_first(in_index)})")
+        if repeated:
+            problems.append(f"{len(repeated)} product ids appear more than once in it ({_first(repeated)})")
         raise EmbeddingIndexError(
-            f"{len(duplicates)} products of {spec} are already in {index.folder} (product ids {shown}); "
-            "pass --skip-existing to add only the new ones"
+            f"{spec}: " + "; ".join(problems) + ". Pass --skip-existing to add each product id once"
         )
-    positions = [row for row, product in enumerate(catalog.products) if product.product_id not in existing]
+    return positions
+
+
+def _first(values: list[str], shown: int = 5) -> str:
+    return ", ".join(values[:shown]) + (", ..." if len(values) > shown else "")
+
+
+def _embed_and_add(index, model, processor, catalog, positions, spec, batch_size, device, dtype, num_workers,
+                   shard_rows) -> None:  # fmt: skip
     dataset = _CatalogImages(catalog, positions, processor, index.thumbnail_size)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
     pending: dict[str, list] = {"image_embeds": [], "region_embeds": [], "thumbnails": [], "items": []}
@@ -116,7 +147,6 @@ def add_catalog(
         if len(pending["items"]) >= shard_rows:
             _flush(index, pending, spec)
     _flush(index, pending, spec)
-    return IndexingReport(added=len(positions), skipped_existing=len(catalog) - len(positions), total=len(index))
 
 
 def _item(catalog: Catalog, position: int) -> IndexItem:

@@ -8,10 +8,12 @@ from .build import DEFAULT_THUMBNAIL_SIZE
 
 
 def add_index_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--model", required=True, help="E2 model: Hub id or local folder")
-    parser.add_argument("--data", action="append", required=True,
+    parser.add_argument("--model", help="E2 model: Hub id or local folder (required to add)")
+    parser.add_argument("--data", action="append",
                         help="data spec, e.g. jsonl:catalog.jsonl; repeat to add several catalogs")  # fmt: skip
     parser.add_argument("--output", required=True, help="index folder; an existing index is extended")
+    parser.add_argument("--verify", action="store_true",
+                        help="only check the index in --output: every shard against its recorded SHA-256")  # fmt: skip
     parser.add_argument("--skip-existing", action="store_true", help="leave out products already in the index")
     parser.add_argument("--thumbnail-size", type=int, default=DEFAULT_THUMBNAIL_SIZE, help="for a new index")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -24,6 +26,17 @@ def add_index_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
 def run_index(args: argparse.Namespace) -> None:
     from ..evaluation.embedding import load_for_inference
     from .build import add_catalog, open_or_create_index
+    from .index import EmbeddingIndex, EmbeddingIndexError
+
+    if args.verify:
+        index = EmbeddingIndex(args.output)
+        problems = index.verify()
+        if problems:
+            raise EmbeddingIndexError("the index is damaged:\n  " + "\n  ".join(problems))
+        print(f"{args.output}: {len(index)} rows in {len(index.metadata['shards'])} shards, all checksums match")
+        return
+    if not args.model or not args.data:
+        raise ValueError("adding to an index needs --model and --data (or pass --verify to check one)")
 
     model, processor, device, dtype = load_for_inference(args.model, args.device, args.dtype)
     index = open_or_create_index(args.output, model, args.model, args.thumbnail_size)

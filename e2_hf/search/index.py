@@ -10,7 +10,10 @@ Layout of an index folder:
                                  thumbnails [rows, size, size, 3] uint8 (letterboxed on white)
 
 `index.json` is written last, atomically: it is the commit point of an add. Rows a failed add left
-in `items.jsonl`, or a shard it left behind, are ignored and cleaned up by the next add.
+in `items.jsonl`, or a shard it left behind, are ignored and cleaned up by the next add. A writer
+holds an exclusive lock on the folder (`.lock`) for a whole add, so concurrent adds queue up instead
+of overwriting each other. Each shard's size and SHA-256 are recorded in `index.json`: the size is
+checked whenever the index is opened, the checksum by `verify()` (`e2-hf index --verify`).
 Reads map the shards into memory (`numpy.memmap`), so embeddings larger than RAM can be searched;
 the item texts are read into memory.
 """
@@ -20,7 +23,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +42,12 @@ INDEX_VERSION = 1
 METADATA_FILE = "index.json"
 ITEMS_FILE = "items.jsonl"
 SHARD_PATTERN = "shard-{:05d}.safetensors"
+LOCK_FILE = ".lock"
+# index.json's fields and their JSON types
+METADATA_FIELDS = {"format": str, "version": int, "model": str, "model_fingerprint": str, "entities": list,
+                   "dim": int, "thumbnail_size": int, "rows": int, "shards": list}  # fmt: skip
+SHARD_FIELDS = {"file": str, "rows": int, "source": str}
+ITEM_FIELDS = ("product_id", "description", "tags", "source")
 
 
 class EmbeddingIndexError(ValueError):
@@ -88,12 +99,7 @@ class EmbeddingIndex:
             raise EmbeddingIndexError(
                 f"{self.folder} is not an E2 index: {METADATA_FILE} is missing (build one with e2-hf index)"
             )
-        try:
-            self.metadata = json.loads(metadata_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
-            raise EmbeddingIndexError(f"{metadata_path} is not valid JSON: {error}") from None
-        if self.metadata.get("format") != INDEX_FORMAT or self.metadata.get("version") != INDEX_VERSION:
-            raise EmbeddingIndexError(f"{metadata_path}: not an {INDEX_FORMAT} version {INDEX_VERSION} file")
+        self.metadata = read_metadata(metadata_path)
         self._shards: list[dict[str, np.memmap]] | None = None
         self._items: list[IndexItem] | None = None
 
@@ -101,6 +107,7 @@ class EmbeddingIndex:
     @classmethod
     def create(cls, folder: str | Path, model_name: str, fingerprint: str, entities: Sequence[str], dim: int,
                thumbnail_size: int) -> EmbeddingIndex:  # fmt: skip
+        """A new, empty index in `folder` (the caller holds `writer_lock(folder)`)."""
         folder = Path(folder)
         if (folder / METADATA_FILE).exists():
             raise EmbeddingIndexError(f"{folder} already holds an index")
@@ -147,17 +154,61 @@ class EmbeddingIndex:
     def shards(self) -> list[dict[str, np.memmap]]:
         """Each shard's tensors, memory-mapped (read-only)."""
         if self._shards is None:
-            self._shards = [memory_map(self.folder / shard["file"]) for shard in self.metadata["shards"]]
+            self._shards = [self._open_shard(shard) for shard in self.metadata["shards"]]
         return self._shards
+
+    def _open_shard(self, shard: dict[str, Any]) -> dict[str, np.memmap]:
+        """Maps one shard after checking its size and its row count against `index.json`."""
+        path = self.folder / shard["file"]
+        if "bytes" in shard and path.is_file() and path.stat().st_size != shard["bytes"]:
+            raise EmbeddingIndexError(
+                f"{path} has {path.stat().st_size} bytes, index.json recorded {shard['bytes']}: the shard was "
+                "changed or truncated after it was written; rebuild the index"
+            )
+        try:
+            tensors = memory_map(path)
+        except ValueError as error:
+            raise EmbeddingIndexError(f"{error}; rebuild the index") from None
+        expected = {"image_embeds": (shard["rows"], self.dim),
+                    "region_embeds": (shard["rows"], len(self.entities), self.dim),
+                    "thumbnails": (shard["rows"], self.thumbnail_size, self.thumbnail_size, 3)}  # fmt: skip
+        for name, shape in expected.items():
+            actual = tuple(tensors[name].shape) if name in tensors else None
+            if actual != shape:
+                raise EmbeddingIndexError(
+                    f"{path}: {name} has shape {actual}, index.json ({shard['rows']} rows) needs {shape}"
+                )
+        return tensors
+
+    def _read_all_metadata(self) -> tuple[list[IndexItem], list[dict[str, np.memmap]]]:
+        """Parses `items.jsonl` and checks every shard's header and shapes (the open-time checks)."""
+        return self.items, self.shards
+
+    def verify(self) -> list[str]:
+        """Problems found by re-reading every shard against its recorded SHA-256 (empty when sound)."""
+        problems = []
+        for shard in self.metadata["shards"]:
+            path = self.folder / shard["file"]
+            if not path.is_file():
+                problems.append(f"{path} is missing")
+            elif "sha256" not in shard:
+                problems.append(f"{path}: index.json records no checksum (written by an older version)")
+            elif file_sha256(path) != shard["sha256"]:
+                problems.append(f"{path}: its bytes differ from the SHA-256 recorded when it was written")
+        try:
+            self._read_all_metadata()
+        except (EmbeddingIndexError, FileNotFoundError) as error:
+            problems.append(str(error))
+        return problems
 
     @property
     def items(self) -> list[IndexItem]:
         if self._items is None:
             self._items = []
-            with open(self.folder / ITEMS_FILE, encoding="utf-8") as handle:
+            path = self.folder / ITEMS_FILE
+            with open(path, encoding="utf-8") as handle:
                 for row, line in zip(range(len(self)), handle):
-                    record = json.loads(line)
-                    self._items.append(IndexItem(row=row, **record))
+                    self._items.append(IndexItem(row=row, **parse_item(line, path, row + 1)))
             if len(self._items) != len(self):
                 raise EmbeddingIndexError(
                     f"{self.folder / ITEMS_FILE} has {len(self._items)} rows, index.json says {len(self)}"
@@ -223,16 +274,24 @@ class EmbeddingIndex:
             "region_embeds": torch.nn.functional.normalize(region_embeds.float(), dim=-1).contiguous(),
             "thumbnails": torch.from_numpy(np.ascontiguousarray(thumbnails, dtype=np.uint8)),
         }
-        save_file(tensors, str(self.folder / shard_file), metadata={"source": source})
+        shard_path = self.folder / shard_file
+        save_file(tensors, str(shard_path), metadata={"source": source})
         with open(self.folder / ITEMS_FILE, "a", encoding="utf-8") as handle:
             handle.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
             handle.flush()
             os.fsync(handle.fileno())
         metadata = dict(self.metadata)
-        metadata["shards"] = [*self.metadata["shards"], {"file": shard_file, "rows": rows, "source": source}]
+        shard = {"file": shard_file, "rows": rows, "source": source, "bytes": shard_path.stat().st_size,
+                 "sha256": file_sha256(shard_path)}  # fmt: skip
+        metadata["shards"] = [*self.metadata["shards"], shard]
         metadata["rows"] = len(self) + rows
         _write_json_atomically(self.folder / METADATA_FILE, metadata)
         self.metadata, self._shards, self._items = metadata, None, None
+
+    def reload(self) -> None:
+        """Re-reads `index.json` (another writer may have committed since this object was opened)."""
+        self.metadata = read_metadata(self.folder / METADATA_FILE)
+        self._shards, self._items = None, None
 
     def _discard_uncommitted(self) -> None:
         """Drops what an interrupted add left: item lines past the committed rows, unlisted shards."""
@@ -243,6 +302,107 @@ class EmbeddingIndex:
         for path in self.folder.glob("shard-*.safetensors"):
             if path.name not in listed:
                 path.unlink()
+
+
+@contextmanager
+def writer_lock(folder: str | Path) -> Iterator[None]:
+    """Holds the folder's exclusive writer lock; a second writer waits (and says so) until it is free.
+    The lock is the operating system's (`flock`), so a killed writer never leaves it held."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / LOCK_FILE, "a+b") as handle:
+        if not _try_lock(handle):
+            print(f"{folder} is being written by another process; waiting for it to finish", file=sys.stderr)
+            _lock(handle)
+        try:
+            yield
+        finally:
+            _unlock(handle)
+
+
+if os.name == "nt":
+    import msvcrt
+
+    def _try_lock(handle) -> bool:
+        try:
+            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+
+    def _lock(handle) -> None:
+        while not _try_lock(handle):  # LK_LOCK gives up after 10 s; keep waiting
+            msvcrt.locking(handle.fileno(), msvcrt.LK_LOCK, 1)
+
+    def _unlock(handle) -> None:
+        msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
+
+else:
+    import fcntl
+
+    def _try_lock(handle) -> bool:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    def _lock(handle) -> None:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+
+    def _unlock(handle) -> None:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def read_metadata(path: Path) -> dict[str, Any]:
+    """`index.json`, checked field by field."""
+    try:
+        metadata = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise EmbeddingIndexError(f"{path} is not valid JSON: {error}") from None
+    if not isinstance(metadata, dict):
+        raise EmbeddingIndexError(f"{path} holds a JSON {type(metadata).__name__}, not an object")
+    if metadata.get("format") != INDEX_FORMAT or metadata.get("version") != INDEX_VERSION:
+        raise EmbeddingIndexError(f"{path}: not an {INDEX_FORMAT} version {INDEX_VERSION} file")
+    _check_fields(metadata, METADATA_FIELDS, f"{path}")
+    for position, shard in enumerate(metadata["shards"]):
+        if not isinstance(shard, dict):
+            raise EmbeddingIndexError(f"{path}: shards[{position}] is not an object")
+        _check_fields(shard, SHARD_FIELDS, f"{path}: shards[{position}]")
+    if sum(shard["rows"] for shard in metadata["shards"]) != metadata["rows"]:
+        raise EmbeddingIndexError(f"{path}: 'rows' is {metadata['rows']}, its shards hold a different number")
+    return metadata
+
+
+def _check_fields(record: dict[str, Any], fields: dict[str, type], where: str) -> None:
+    for name, kind in fields.items():
+        if name not in record:
+            raise EmbeddingIndexError(f"{where} lacks the field {name!r}")
+        if not isinstance(record[name], kind) or isinstance(record[name], bool) and kind is int:
+            raise EmbeddingIndexError(f"{where}: field {name!r} is not a {kind.__name__}: {record[name]!r}")
+
+
+def parse_item(line: str, path: Path, line_number: int) -> dict[str, Any]:
+    """One `items.jsonl` line -> the `IndexItem` fields; errors name the file and line."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise EmbeddingIndexError(f"{path} line {line_number} is not valid JSON: {error}") from None
+    if not isinstance(record, dict):
+        raise EmbeddingIndexError(f"{path} line {line_number} is not a JSON object")
+    unknown = sorted(set(record) - set(ITEM_FIELDS))
+    missing = [name for name in ITEM_FIELDS if name not in record]
+    if unknown or missing:
+        raise EmbeddingIndexError(f"{path} line {line_number}: unknown fields {unknown}, missing fields {missing}")
+    return record
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _write_json_atomically(path: Path, content: dict[str, Any]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +24,8 @@ def search_embedding(index: EmbeddingIndex, query: torch.Tensor, entity: str | N
                      top_k: int = 10) -> list[SearchHit]:  # fmt: skip
     """The `top_k` rows most similar to `query` (`[dim]`, any norm): by the global image embedding,
     or by the regional embedding of `entity`. Streams the memory-mapped shards block by block;
-    equal scores rank by row."""
+    equal scores rank by row. Rows whose stored embedding is not finite (a damaged shard) are never
+    returned; a warning counts them."""
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}")
     if query.shape != (index.dim,):
@@ -32,15 +34,27 @@ def search_embedding(index: EmbeddingIndex, query: torch.Tensor, entity: str | N
     entity_position = None if entity is None else index.entity_index(entity)
     name = "image_embeds" if entity is None else "region_embeds"
     best_scores, best_rows = torch.empty(0), torch.empty(0, dtype=torch.long)
+    broken_rows = 0
     for first_row, block in index.iter_blocks(name):
         vectors = block if entity_position is None else block[:, entity_position]  # [rows, dim]
         scores = torch.from_numpy(vectors @ query)  # [rows]; numpy reads the memory map in place
+        broken = ~torch.isfinite(scores)
+        if broken.any():
+            broken_rows += int(broken.sum())
+            scores = scores.masked_fill(broken, -torch.inf)
         rows = torch.arange(first_row, first_row + len(scores))
         best_scores, best_rows = _keep_best(torch.cat([best_scores, scores]), torch.cat([best_rows, rows]), top_k)
+    if broken_rows:
+        warnings.warn(
+            f"{index.folder}: {broken_rows} rows have non-finite embeddings and were left out of the results; "
+            "the index is damaged (check it with e2-hf index --verify)",
+            stacklevel=2,
+        )
+    keep = torch.isfinite(best_scores)
     items = index.items
     return [
         SearchHit(rank=rank, row=int(row), score=float(score), item=items[int(row)])
-        for rank, (score, row) in enumerate(zip(best_scores.tolist(), best_rows.tolist()), start=1)
+        for rank, (score, row) in enumerate(zip(best_scores[keep].tolist(), best_rows[keep].tolist()), start=1)
     ]
 
 
