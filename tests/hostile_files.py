@@ -6,7 +6,6 @@ Each one writes a marker file when it is executed; a safe reader must never let 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Tuple
 
 import torch
 from torch import nn
@@ -24,11 +23,11 @@ class MarkerOnSetstate(nn.Module):
         return x @ self.weight.t()
 
     @torch.jit.export
-    def __getstate__(self) -> Tuple[torch.Tensor, str, bool]:  # noqa: UP006 (TorchScript needs typing.Tuple)
+    def __getstate__(self) -> tuple[torch.Tensor, str, bool]:
         return (self.weight, self.marker, self.training)
 
     @torch.jit.export
-    def __setstate__(self, state: Tuple[torch.Tensor, str, bool]) -> None:  # noqa: UP006
+    def __setstate__(self, state: tuple[torch.Tensor, str, bool]) -> None:
         created = torch.from_file(state[1], True, 4)  # shared=True creates the file
         self.weight = state[0] + 0 * created.sum()
         self.marker = state[1]

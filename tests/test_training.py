@@ -212,8 +212,9 @@ def test_training_never_runs_code_from_a_model_repo(catalog, tmp_path):
     files = {"config.json": json.dumps(config).encode(), "configuration_custom.py": payload.encode()}
     train_command = [sys.executable, "-m", "e2_hf.cli", "train", "--model", "someone/custom-clip"]
     train_command += ["--train-data", f"fashiongen:{catalog / 'train.h5'}", "--output-dir", str(tmp_path / "run")]
-    load_with_consent = [sys.executable, "-c", "import sys; from transformers import AutoConfig; "
-                         "AutoConfig.from_pretrained(sys.argv[1], trust_remote_code=True)", "someone/custom-clip"]  # fmt: skip
+    consenting_load = "import sys; from transformers import AutoConfig; "
+    consenting_load += "AutoConfig.from_pretrained(sys.argv[1], trust_remote_code=True)"
+    load_with_consent = [sys.executable, "-c", consenting_load, "someone/custom-clip"]
     with LoopbackHub(TOKEN) as hub:
         hub.publish("someone/custom-clip", files)
         env = hub_env(hub, tmp_path / "home")
