@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .conversion import convert_clip_to_e2, convert_original_e2, push_to_hub
+from .errors import TrainingError
 from .evaluation import cli as evaluation_cli
 from .training import cli as training_cli
 
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     _, _, run = COMMANDS[args.command]
     try:
         run(args)
-    except (ValueError, FileNotFoundError, OSError) as error:
+    except (ValueError, FileNotFoundError, OSError, TrainingError) as error:
         sys.exit(f"e2-hf {args.command}: error: {error}")
 
 

@@ -2,9 +2,11 @@
 
 import json
 import math
+import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -143,16 +145,63 @@ def test_bad_data_and_settings_fail_before_training(small_clip, catalog, tmp_pat
         train(arguments(small_clip, catalog, tmp_path / "c", train_data=str(catalog / "train.h5")))
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(small_clip, catalog, tmp_path):
-    train(arguments(small_clip, catalog, tmp_path / "run", stop_after_steps=2, save_steps=2))
-    with pytest.raises(TrainingError, match=r"non-finite loss .* last good checkpoint is .*checkpoint-2"):
-        train(
-            arguments(
-                small_clip, catalog, tmp_path / "run", save_steps=100, warmup_lr=1e30, resume_from_checkpoint="latest"
-            )
-        )
-    kept = weights(tmp_path / "run" / "checkpoints" / "checkpoint-2")
-    assert all(torch.isfinite(tensor).all() for tensor in kept.values())
+def test_non_finite_loss_names_a_checkpoint_whose_weights_gave_a_finite_loss(small_clip, catalog, tmp_path):
+    train(arguments(small_clip, catalog, tmp_path / "run", stop_after_steps=2, save_steps=1))
+    # with save_steps=1 the checkpoint saved just before the failing step holds the weights that fail
+    with pytest.raises(TrainingError) as stopped:
+        train(arguments(small_clip, catalog, tmp_path / "run", save_steps=1, warmup_lr=1e30,
+                        resume_from_checkpoint="latest"))  # fmt: skip
+    match = re.search(
+        r"non-finite loss .* at step (\d+),.* last good checkpoint is (.*checkpoint-(\d+))\.", str(stopped.value)
+    )
+    failed_step, named, named_step = int(match[1]), Path(match[2]), int(match[3])
+    assert checkpoint(tmp_path / "run", failed_step - 1).is_dir() and named_step == failed_step - 2
+    assert all(torch.isfinite(tensor).all() for tensor in weights(named).values())
+    # from the start: the only checkpoint already holds the weights that give the first non-finite loss
+    command = [sys.executable, "-m", "e2_hf.cli", "train", "--model", str(small_clip), "--train-data",
+               f"fashiongen:{catalog / 'train.h5'}", "--output-dir", str(tmp_path / "fresh"), "--fusion-layers",
+               "1,2", "--batch-size", "8", "--save-steps", "1", "--warmup-lr", "1e30"]  # fmt: skip
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert completed.returncode != 0 and "Traceback" not in completed.stderr
+    assert (
+        "non-finite loss" in completed.stderr and "No checkpoint with finite-loss weights is kept" in completed.stderr
+    )
+
+
+def checkpoint(run_dir, step: int):
+    return run_dir / "checkpoints" / f"checkpoint-{step}"
+
+
+KILLED_DURING_SAVE = """
+import os, signal, sys
+from accelerate import Accelerator
+from e2_hf.training import TrainingArguments, train
+
+original = Accelerator.save_state
+def save_state_then_die(self, output_dir, **kwargs):
+    original(self, output_dir, **kwargs)
+    if "2" in os.path.basename(output_dir):  # the second checkpoint: its optimizer file not yet written
+        os.remove(os.path.join(output_dir, "optimizer.bin"))
+        os.kill(os.getpid(), signal.SIGKILL)
+Accelerator.save_state = save_state_then_die
+train(TrainingArguments(model=sys.argv[1], train_data=sys.argv[2], output_dir=sys.argv[3], fusion_layers=[1, 2],
+                        batch_size=8, warmup_epochs=1, epochs=1, save_steps=1))
+"""
+
+
+def test_a_save_killed_midway_is_never_resumed_from(small_clip, catalog, tmp_path):
+    script = tmp_path / "killed.py"
+    script.write_text(KILLED_DURING_SAVE)
+    run_dir = tmp_path / "run"
+    command = [sys.executable, str(script), str(small_clip), f"fashiongen:{catalog / 'train.h5'}", str(run_dir)]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == -9, completed.stderr[-3000:]
+    assert [path.name for path in (run_dir / "checkpoints").glob("checkpoint-*")] == ["checkpoint-1"]
+    summary = train(arguments(small_clip, catalog, run_dir, save_steps=1, resume_from_checkpoint="latest"))
+    uninterrupted = train(arguments(small_clip, catalog, tmp_path / "whole", save_steps=1))
+    assert summary["global_step"] == uninterrupted["global_step"]
+    for name, tensor in weights(run_dir / "model").items():
+        torch.testing.assert_close(tensor, weights(tmp_path / "whole" / "model")[name])
 
 
 def test_settings_from_a_file_with_overrides(tmp_path):

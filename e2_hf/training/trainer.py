@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
 from ..data import E2Collator, ProductDataset, open_catalog, parse_spec
+from ..errors import TrainingError
 from ..evaluation import retrieval_metrics
 from ..modeling import E2CLIPConfig, E2CLIPModel, E2CLIPProcessor
 from ..modeling.processing_e2clip import DEFAULT_PRODUCT_TEXT_FIELDS
@@ -37,10 +38,6 @@ from .loss import E2ContrastiveLoss
 BASELINES = ("e2", "clip-ft")
 # What E2Collator adds to a batch for the trainer, not for the model.
 COLLATOR_BOOKKEEPING = ("skipped_images", "indices", "return_loss")
-
-
-class TrainingError(RuntimeError):
-    """Training stopped; the message says why and what was kept."""
 
 
 @dataclass
@@ -256,14 +253,33 @@ def portable_args(args: TrainingArguments) -> dict[str, Any]:
     return values
 
 
+COMPLETE_MARKER = "checkpoint_complete.json"
+
+
 def all_checkpoints(output_dir: Path) -> list[Path]:
-    """`checkpoints/checkpoint-<step>` folders, oldest first."""
-    return sorted((output_dir / "checkpoints").glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
+    """Complete `checkpoints/checkpoint-<step>` folders, oldest first. A checkpoint is written into a
+    temporary folder and renamed when complete, with `COMPLETE_MARKER` written last; a folder without
+    the marker (a save that was killed) is never offered."""
+    folders = (output_dir / "checkpoints").glob("checkpoint-*")
+    complete = [path for path in folders if path.name.split("-")[1].isdigit() and (path / COMPLETE_MARKER).is_file()]
+    return sorted(complete, key=checkpoint_step)
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(path.name.split("-")[1])
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:
     checkpoints = all_checkpoints(output_dir)
     return checkpoints[-1] if checkpoints else None
+
+
+def last_good_checkpoint(output_dir: Path, global_step: int) -> Path | None:
+    """The newest checkpoint whose weights gave a finite loss. A step taken after `global_step`
+    updates runs with the weights of `checkpoint-<global_step>`: when that step's loss is not finite,
+    that checkpoint holds the weights that produce it, and only older ones are good."""
+    good = [path for path in all_checkpoints(output_dir) if checkpoint_step(path) < global_step]
+    return good[-1] if good else None
 
 
 @torch.no_grad()
@@ -305,7 +321,7 @@ class Run:
     stage1_epochs: int
     total_epochs: int
     steps_per_epoch: int
-    last_checkpoint: Path | None = None
+    last_checkpoint: Path | None = None  # the newest this run saved
 
 
 def prepare_run(args: TrainingArguments) -> Run:
@@ -368,7 +384,7 @@ def prepare_run(args: TrainingArguments) -> Run:
         eval_set = ProductDataset(eval_catalog, entities, training=False, text_fields=args.text_fields)
     run = Run(args, accelerator, model, unwrapped, processor, optimizer, scheduler, progress,
               E2ContrastiveLoss.from_config(unwrapped.config), train_set, sampler, train_loader, eval_set,
-              stage1_epochs, total_epochs, steps_per_epoch, latest_checkpoint(Path(args.output_dir)))  # fmt: skip
+              stage1_epochs, total_epochs, steps_per_epoch)  # fmt: skip
     if args.resume_from_checkpoint:
         resume(run)
     return run
@@ -381,7 +397,9 @@ def resume(run: Run) -> None:
     else:
         checkpoint = Path(args.resume_from_checkpoint)
     if checkpoint is None or not checkpoint.is_dir():
-        raise ValueError(f"no checkpoint to resume from ({args.resume_from_checkpoint}) in {output_dir}")
+        raise ValueError(f"no complete checkpoint to resume from ({args.resume_from_checkpoint}) in {output_dir}")
+    if not (checkpoint / COMPLETE_MARKER).is_file():
+        raise ValueError(f"{checkpoint} is incomplete (its save was interrupted); resume from another one")
     run.accelerator.load_state(str(checkpoint))
     run.accelerator.print(f"resumed from {checkpoint} at step {run.progress.global_step} (epoch {run.progress.epoch})")
 
@@ -466,11 +484,11 @@ def train_step(run: Run, batch: dict[str, Any], epoch: int) -> dict[str, torch.T
         outputs = run.model(**batch)
         losses = run.loss_fn(outputs, run.unwrapped.logit_scale.exp())
         if not torch.isfinite(losses["loss"]):
-            checkpoint = run.last_checkpoint or "none (no checkpoint yet)"
+            good = last_good_checkpoint(Path(run.args.output_dir), run.progress.global_step)
+            kept = f"The last good checkpoint is {good}." if good else "No checkpoint with finite-loss weights is kept."
             raise TrainingError(
-                f"non-finite loss ({float(losses['loss'].detach())}) at step {run.progress.global_step}, "
-                f"epoch {epoch}; "
-                f"training stopped. The last good checkpoint is {checkpoint}."
+                f"non-finite loss ({float(losses['loss'].detach())}) at step {run.progress.global_step + 1}, "
+                f"epoch {epoch}; training stopped. {kept}"
             )
         run.accelerator.backward(losses["loss"])
         run.optimizer.step()
@@ -511,10 +529,23 @@ def set_stage(model: E2CLIPModel, optimizer, stage: int, reset_backbone: bool) -
 
 
 def save_checkpoint(accelerator, output_dir: Path, progress: TrainingProgress, keep: int | None) -> Path:
-    """`accelerator.save_state` into `checkpoints/checkpoint-<step>`; keeps the newest `keep`."""
-    path = output_dir / "checkpoints" / f"checkpoint-{progress.global_step}"
-    accelerator.save_state(str(path))
-    if keep is not None and accelerator.is_main_process:
-        for old in all_checkpoints(output_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+    """`accelerator.save_state` into `checkpoints/checkpoint-<step>`, atomically: written into a
+    temporary folder, marked complete, then renamed. Keeps the newest `keep`, and always the one
+    before the newest (the newest is known to be good only once a later step's loss is finite)."""
+    checkpoints = output_dir / "checkpoints"
+    path = checkpoints / f"checkpoint-{progress.global_step}"
+    temporary = checkpoints / f".checkpoint-{progress.global_step}.partial"
+    if accelerator.is_main_process:
+        shutil.rmtree(temporary, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(temporary))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (temporary / COMPLETE_MARKER).write_text(json.dumps({"global_step": progress.global_step}) + "\n")
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(temporary, path)
+        if keep is not None:
+            for old in all_checkpoints(output_dir)[: -max(keep, 2)]:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
     return path

@@ -1,0 +1,5 @@
+"""Errors the command line reports as a message (no traceback): each says what happened and what was kept."""
+
+
+class TrainingError(RuntimeError):
+    """Training stopped; the message says why and what was kept."""
