@@ -164,3 +164,84 @@ def test_sample100_uses_same_subcategory_negatives_then_tops_up():
     embeds = torch.randn(180, 16)
     metrics = sample100_metrics(embeds, embeds, labels, queries=50, seeds=2)
     assert metrics["image_to_text"]["R@1"] == 100.0 and metrics["sumr"] == 600.0
+
+
+def write_csv(path, rows: list[str], encoding: str = "utf-8") -> str:
+    path.write_bytes(("\n".join(["product_id,images,description,brand", *rows]) + "\n").encode(encoding))
+    return f"csv:{path}"
+
+
+def good_rows(count: int = 16) -> list[str]:
+    return [f"{index},a.png,plain shirt number {index},Brand {index}" for index in range(count)]
+
+
+def test_a_csv_quote_that_swallows_rows_is_named_not_loaded(tmp_path):
+    rows = good_rows()
+    rows[3] = '3,a.png,"a 12 inch bag,Brand 3'  # opened, never closed: the reader would take the rest as one field
+    with pytest.raises(ValueError, match=r"items.csv line 5: malformed CSV .*unbalanced or stray quote"):
+        open_catalog(write_csv(tmp_path / "items.csv", rows))
+    rows[8] = '8,a.png,the "classic" fit,Brand 8'  # a second stray quote closes the first: rows 4-8 become one field
+    with pytest.raises(ValueError, match=r"items.csv row 5 \(line 5\): .*malformed CSV|line 5: malformed CSV"):
+        open_catalog(write_csv(tmp_path / "items.csv", rows))
+    rows = good_rows()
+    rows[3] = '3,a.png,"a 12 inch bag,Brand 3'
+    rows[5] = '5,a.png,plain shirt",Brand 5'  # a stray quote that closes it: 4 fields, rows 4-6 in one field
+    with pytest.raises(
+        ValueError, match=r"items.csv row 5: a quoted field spans 3 lines that look like CSV rows"
+    ):
+        open_catalog(write_csv(tmp_path / "items.csv", rows))
+    rows = good_rows()
+    rows[2] = '2,a.png,"a long description\nover two lines",Brand 2'  # legal: kept as one product
+    catalog = open_catalog(write_csv(tmp_path / "items.csv", rows))
+    assert len(catalog) == 16 and catalog[2].description == "a long description\nover two lines"
+
+
+def test_csv_rows_with_other_field_counts_and_other_encodings_are_named(tmp_path):
+    rows = good_rows()
+    rows[6] = "6,a.png,plain shirt,Brand 6,extra"
+    with pytest.raises(ValueError, match=r"items.csv row 8: 5 fields, the header has 4"):
+        open_catalog(write_csv(tmp_path / "items.csv", rows))
+    rows[6] = "6,a.png,plain shirt"
+    with pytest.raises(ValueError, match=r"items.csv row 8: 3 fields, the header has 4"):
+        open_catalog(write_csv(tmp_path / "items.csv", rows))
+    rows = good_rows()
+    rows[4] = "4,a.png,Café shirt,Brand 4"
+    with pytest.raises(ValueError, match=r"items.csv line 6 is not UTF-8 \(byte 0xe9 at column 12\).*save the file as"):
+        open_catalog(write_csv(tmp_path / "items.csv", rows, encoding="latin-1"))
+    assert open_catalog(write_csv(tmp_path / "items.csv", rows, encoding="utf-8-sig"))[4].description == "Café shirt"
+
+
+def test_jsonl_records_of_the_wrong_shape_are_named(tmp_path):
+    path = tmp_path / "items.jsonl"
+    path.write_text('{"image": "a.png", "description": "ok"}\n["a.png", "a list"]\n')
+    with pytest.raises(ValueError, match=r"items.jsonl row 2: a JSON list, not an object"):
+        open_catalog(f"jsonl:{path}")
+    path.write_text('{"images": 5, "description": "ok"}\n')
+    with pytest.raises(ValueError, match=r"items.jsonl row 1: field 'images' must be an image path or a list of paths"):
+        open_catalog(f"jsonl:{path}")
+
+
+def test_hdf5_files_of_the_wrong_kind_or_shape_are_named(tmp_path):
+    import h5py
+
+    (tmp_path / "empty.h5").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"empty.h5 is not an HDF5 file \(it is empty\)"):
+        open_catalog(f"fashiongen:{tmp_path / 'empty.h5'}")
+    (tmp_path / "text.h5").write_text("product_id,description\n")
+    with pytest.raises(ValueError, match=r"text.h5 is not an HDF5 file$"):
+        open_catalog(f"fashiongen:{tmp_path / 'text.h5'}")
+
+    def fashiongen(name, images, product_ids):
+        with h5py.File(tmp_path / name, "w") as handle:
+            handle["input_image"] = images
+            handle["input_productID"] = product_ids
+            handle["input_description"] = np.array([[b"a shirt"]] * len(images))
+        return f"fashiongen:{tmp_path / name}"
+
+    images = np.zeros((3, 8, 8, 3), dtype=np.uint8)
+    flat_ids = open_catalog(fashiongen("flat_ids.h5", images, np.array([1, 1, 2])))  # 1-D ids: read as they are
+    assert [product.product_id for product in flat_ids.products] == ["1", "2"]
+    with pytest.raises(ValueError, match=r"dataset 'input_productID' has shape \(2, 1\); one value per image \(3\)"):
+        open_catalog(fashiongen("short_ids.h5", images, np.array([[1], [2]])))
+    with pytest.raises(ValueError, match=r"'input_image' has shape \(3, 8, 8, 3\) and dtype float64; .* are uint8 RGB"):
+        open_catalog(fashiongen("float.h5", images.astype(np.float64), np.array([[1], [1], [2]])))

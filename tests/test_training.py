@@ -126,6 +126,26 @@ def test_unreadable_images_are_skipped_and_counted_or_fail_strictly(small_clip, 
         )
 
 
+def test_training_on_mostly_unreadable_images_stops_without_a_model(small_clip, catalog, tmp_path):
+    broken = copy_catalog(catalog, tmp_path / "broken")
+    records = [json.loads(line) for line in (broken / "catalog.jsonl").read_text().splitlines()]
+    for record in records:
+        for image in record["images"]:
+            (broken / image).write_bytes(b"not a png")
+    spec = f"jsonl:{broken / 'catalog.jsonl'}:train"
+    settings = dict(train_data=spec, eval_data=None, warmup_epochs=0, save_steps=100)
+    with pytest.raises(TrainingError, match=r"40 of 40 images .* were unreadable .* 0 optimizer steps .*no model"):
+        train(arguments(small_clip, catalog, tmp_path / "none", **settings))
+    assert not (tmp_path / "none" / "model").exists()
+    for record in records[:10]:  # 8 of the 40 training products readable again: 80% unreadable
+        for image in record["images"]:
+            shutil.copy(catalog / image, broken / image)
+    with pytest.raises(TrainingError, match=r"3\d of 40 images .* unreadable \(allowed: 10%"):
+        train(arguments(small_clip, catalog, tmp_path / "most", **settings))
+    summary = train(arguments(small_clip, catalog, tmp_path / "allowed", max_skipped_share=1.0, **settings))
+    assert 30 <= summary["skipped_images"] < 40
+
+
 def test_bad_data_and_settings_fail_before_training(small_clip, catalog, tmp_path):
     broken = copy_catalog(catalog, tmp_path / "broken")
     lines = (broken / "catalog.jsonl").read_text().splitlines()

@@ -105,13 +105,18 @@ class FashionGenCatalog(Catalog):
         self.name = self.path.name
         self._handle = None
         self._handle_pid = None
+        if not h5py.is_hdf5(self.path):
+            size = self.path.stat().st_size
+            raise ValueError(f"{self.path} is not an HDF5 file" + (" (it is empty)" if size == 0 else ""))
         with h5py.File(self.path, "r") as handle:
             missing = [key for key in ("input_image", "input_productID", "input_description") if key not in handle]
             if missing:
                 raise ValueError(f"{self.path}: not the FashionGen layout, missing {missing}")
-            product_ids = handle["input_productID"][:, 0]
-            descriptions = handle["input_description"][:, 0]
-            tag_columns = {entity: handle[key][:, 0] for entity, key in FASHIONGEN_TAG_FIELDS.items() if key in handle}
+            rows = _check_images(self.path, handle["input_image"])
+            product_ids = _column(self.path, handle, "input_productID", rows)
+            descriptions = _column(self.path, handle, "input_description", rows)
+            tag_columns = {entity: _column(self.path, handle, key, rows)
+                           for entity, key in FASHIONGEN_TAG_FIELDS.items() if key in handle}  # fmt: skip
         self.row_ranges: list[tuple[int, int]] = []
         self.products = []
         start = 0
@@ -122,12 +127,13 @@ class FashionGenCatalog(Catalog):
 
     def _add_product(self, start, end, product_id, description, tag_columns) -> None:
         source = f"{self.name} rows {start}-{end - 1}"
-        text = description.decode("latin-1").strip()
+        text = _text(description).strip()
         if not text:
             raise ValueError(f"{source}: field 'input_description' is empty")
-        tags = {entity: clean_tag(column[start].decode("latin-1")) for entity, column in tag_columns.items()}
+        tags = {entity: clean_tag(_text(column[start])) for entity, column in tag_columns.items()}
         self.row_ranges.append((start, end))
-        self.products.append(Product(str(int(product_id)), text, tags, end - start, source))
+        product_id = _text(product_id) if isinstance(product_id, bytes) else str(int(product_id))
+        self.products.append(Product(product_id, text, tags, end - start, source))
 
     def _file(self):
         """One h5py handle per process (dataloader workers are forked)."""
@@ -146,6 +152,30 @@ class FashionGenCatalog(Catalog):
         state = dict(self.__dict__)
         state["_handle"] = state["_handle_pid"] = None  # handles do not travel to workers
         return state
+
+
+def _check_images(path: Path, images) -> int:
+    """The number of rows of `input_image`, which must hold uint8 RGB images `[rows, height, width, 3]`."""
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != "uint8":
+        raise ValueError(
+            f"{path}: dataset 'input_image' has shape {images.shape} and dtype {images.dtype}; FashionGen images "
+            "are uint8 RGB, [rows, height, width, 3] (convert float images with (x * 255).round().astype('uint8'))"
+        )
+    return images.shape[0]
+
+
+def _column(path: Path, handle, key: str, rows: int):
+    """One value per row of a `[rows, 1]` (FashionGen) or `[rows]` dataset."""
+    dataset = handle[key]
+    if dataset.shape not in ((rows,), (rows, 1)):
+        raise ValueError(f"{path}: dataset {key!r} has shape {dataset.shape}; one value per image ({rows}) expected")
+    values = dataset[:]
+    return values.reshape(rows)
+
+
+def _text(value) -> str:
+    """FashionGen strings are latin-1 bytes; newer files may store str."""
+    return value.decode("latin-1") if isinstance(value, bytes) else str(value)
 
 
 class FileCatalog(Catalog):
@@ -173,13 +203,16 @@ class FileCatalog(Catalog):
         self.image_paths.append([image_root / path for path in images])
 
 
-def _images_of(record: Mapping[str, Any], separator: str | None = None) -> list[str]:
-    images = record.get("images", record.get("image"))
+def _images_of(record: Mapping[str, Any], source: str, separator: str | None = None) -> list[str]:
+    field = "images" if "images" in record else "image"
+    images = record.get(field)
     if images is None or images == "":
         return []
     if isinstance(images, str):
         return [part.strip() for part in images.split(separator or "\n") if part.strip()] if separator else [images]
-    return [str(image) for image in images]
+    if not isinstance(images, list) or not all(isinstance(image, str) for image in images):
+        raise ValueError(f"{source}: field {field!r} must be an image path or a list of paths, got {images!r}")
+    return images
 
 
 class TabularCatalog(FileCatalog):
@@ -192,23 +225,35 @@ class TabularCatalog(FileCatalog):
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.kind} catalog not found: {self.path}")
         self.name, self.products, self.image_paths = self.path.name, [], []
-        with open(self.path, encoding="utf-8", newline="") as handle:
-            for source, record, images in self._rows(handle):
+        with open(self.path, "rb") as handle:
+            for source, record, images in self._rows(_utf8_lines(handle, self.path)):
                 if split is None or record.get("split") == split:
                     self._add_record(record, source, self.path.parent, images)
         if not self.products:
             raise ValueError(f"{self.path}: no products" + (f" in split {split!r}" if split else ""))
 
-    def _rows(self, handle):
-        """Yields `(source for error messages, record, image paths)`."""
+    def _rows(self, lines):
+        """Yields `(source for error messages, record, image paths)` from the file's text lines."""
         raise NotImplementedError
+
+
+def _utf8_lines(handle, path: Path):
+    """The file's lines as text; a line that is not UTF-8 is an error naming it."""
+    for number, raw in enumerate(handle, start=1):
+        try:
+            yield raw.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError as error:
+            raise ValueError(
+                f"{path} line {number} is not UTF-8 (byte 0x{raw[error.start]:02x} at column {error.start + 1}); "
+                "save the file as UTF-8, e.g. `iconv -f latin1 -t utf-8`"
+            ) from None
 
 
 class JsonlCatalog(TabularCatalog):
     kind = "JSONL"
 
-    def _rows(self, handle):
-        for row, line in enumerate(handle, start=1):
+    def _rows(self, lines):
+        for row, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             source = f"{self.path.name} row {row}"
@@ -216,15 +261,60 @@ class JsonlCatalog(TabularCatalog):
                 record = json.loads(line)
             except json.JSONDecodeError as error:
                 raise ValueError(f"{source}: not valid JSON ({error})") from None
-            yield source, record, _images_of(record)
+            if not isinstance(record, dict):
+                raise ValueError(f"{source}: a JSON {type(record).__name__}, not an object with one product's fields")
+            yield source, record, _images_of(record, source)
 
 
 class CsvCatalog(TabularCatalog):
+    """Strict CSV: a stray or unbalanced quote, or a row with more or fewer fields than the header,
+    is an error naming the line, never a row that silently swallows the rows after it."""
+
     kind = "CSV"
 
-    def _rows(self, handle):
-        for row, record in enumerate(csv.DictReader(handle), start=2):  # row 1 is the header
-            yield f"{self.path.name} row {row}", record, _images_of(record, ";")
+    def _rows(self, lines):
+        reader = csv.reader(lines, strict=True)
+        header = self._next_record(reader, 1)
+        if header is None:
+            return
+        row = 1
+        while True:
+            first_line = reader.line_num + 1
+            fields = self._next_record(reader, first_line)
+            if fields is None:
+                return
+            if not any(field.strip() for field in fields):
+                continue
+            row += 1
+            source = f"{self.path.name} row {row}" + (f" (line {first_line})" if first_line != row else "")
+            if len(fields) != len(header):
+                raise ValueError(f"{source}: {len(fields)} fields, the header has {len(header)} ({', '.join(header)})")
+            if reader.line_num > first_line:
+                self._check_not_swallowed(fields, len(header), source)
+            record = dict(zip(header, fields))
+            yield source, record, _images_of(record, source, ";")
+
+    def _next_record(self, reader, first_line: int) -> list[str] | None:
+        try:
+            return next(reader)
+        except StopIteration:
+            return None
+        except csv.Error as error:
+            raise ValueError(
+                f"{self.path} line {first_line}: malformed CSV ({error}); look for an unbalanced or stray quote (\") "
+                "in this row or the rows above it"
+            ) from None
+
+    def _check_not_swallowed(self, fields: list[str], columns: int, source: str) -> None:
+        """A quoted field spanning lines is legal; one whose lines look like whole rows is a quote
+        opened by mistake that took the following rows into one field."""
+        for field in fields:
+            swallowed = [line for line in field.splitlines()[1:] if line.count(",") >= columns - 1]
+            if swallowed:
+                raise ValueError(
+                    f"{source}: a quoted field spans {len(field.splitlines())} lines that look like CSV rows "
+                    f"({swallowed[0][:60]!r}); an unbalanced quote (\") made them one field"
+                )
 
 
 class AmazonCatalog(FileCatalog):

@@ -75,6 +75,7 @@ class TrainingArguments:
     resume_from_checkpoint: str | None = None
     report_to: str = "none"
     strict: bool = False
+    max_skipped_share: float = 0.1
     text_fields: list[str] = field(default_factory=lambda: list(DEFAULT_PRODUCT_TEXT_FIELDS))
     log_steps: int = 10
     stop_after_steps: int | None = None  # simulate an interruption (tests); the schedule is unchanged
@@ -87,6 +88,8 @@ class TrainingArguments:
         for name in ("epochs", "batch_size", "gradient_accumulation_steps", "save_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.max_skipped_share <= 1:
+            raise ValueError(f"max_skipped_share must be between 0 and 1, got {self.max_skipped_share}")
         if self.warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
 
@@ -134,6 +137,8 @@ class TrainingProgress:
         self.batches_in_epoch = 0  # micro-batches done in the current epoch
         self.best_sumr = -1.0
         self.skipped_images = 0
+        self.loaded_images = 0
+        self.first_skipped: str | None = None  # the first unreadable image's error
 
     def state_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -422,6 +427,7 @@ def train(args: TrainingArguments) -> dict[str, Any]:
         if stopped_early:
             break
         progress.batches_in_epoch, progress.epoch = 0, epoch + 1
+        check_usable_data(progress, args)
         if run.eval_set is not None:
             history.append({"epoch": epoch, **evaluate_and_keep_best(run)})
     bar.close()
@@ -440,6 +446,17 @@ def train(args: TrainingArguments) -> dict[str, Any]:
     return summary
 
 
+def check_usable_data(progress: TrainingProgress, args: TrainingArguments) -> None:
+    """Too many unreadable images, or none readable, stops the run instead of training on what is left."""
+    total = progress.loaded_images + progress.skipped_images
+    if progress.global_step == 0 or total and progress.skipped_images > args.max_skipped_share * total:
+        raise TrainingError(
+            f"{progress.skipped_images} of {total} images of {args.train_data} were unreadable (allowed: "
+            f"{args.max_skipped_share:.0%}, --max-skipped-share) and {progress.global_step} optimizer steps were "
+            f"taken; training stopped, no model was written. First unreadable image: {progress.first_skipped}"
+        )
+
+
 def train_epoch(run: Run, epoch: int, bar) -> bool:
     """One epoch (or what is left of it after a resume); True when `stop_after_steps` stopped it."""
     args, accelerator, progress = run.args, run.accelerator, run.progress
@@ -455,7 +472,10 @@ def train_epoch(run: Run, epoch: int, bar) -> bool:
     if hasattr(loader, "set_epoch"):
         loader.set_epoch(epoch)
     for batch in loader:
-        progress.skipped_images += len(batch.pop("skipped_images", []))
+        skipped = batch.pop("skipped_images", [])
+        progress.skipped_images += len(skipped)
+        progress.first_skipped = progress.first_skipped or (skipped[0] if skipped else None)
+        progress.loaded_images += len(batch.get("indices", []))
         for key in COLLATOR_BOOKKEEPING:
             batch.pop(key, None)
         progress.batches_in_epoch += 1
