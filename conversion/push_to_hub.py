@@ -3,9 +3,11 @@
     e2-hf push --model e2-fashion --repo-id my-org/e2-fashion [--private] [--revision BRANCH]
                [--commit-message MSG] [--metrics metrics.json] [--base-model ID] [--license ID]
 
-1. Validate the folder: every file present, weights in safetensors only, no absolute local
-   path in any text file, and it loads with `trust_remote_code=True` in a fresh process.
-2. Render `model_card.md` into the repo's README.md (metadata, model-index from `--metrics`).
+1. Validate the folder: every file present, weights in safetensors only, and it loads with
+   `trust_remote_code=True` in a fresh process.
+2. Render `model_card.md` into the repo's README.md (metadata, model-index from `--metrics`), and
+   check everything to be uploaded, the rendered card included, for absolute local paths (any,
+   not only this folder's: a config naming a data folder or a card naming a local base model).
 3. Upload with huggingface_hub in one commit (`create_repo(exist_ok=True)`, `upload_folder`).
    A failed upload leaves the remote repo at its previous commit; an unchanged folder makes no
    commit.
@@ -31,6 +33,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from e2_hf.local_paths import check_no_local_paths, local_path_leaks
+
 from .common import command_main
 
 CODE_FILES = ("configuration_e2clip.py", "modeling_e2clip.py", "processing_e2clip.py")
@@ -44,7 +48,6 @@ REQUIRED_FILES = (
 TOKENIZER_FILE_SETS = (("vocab.json", "merges.txt"), ("tokenizer.json",))
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".pth.tar")
-TEXT_SUFFIXES = (".json", ".txt", ".md", ".py", ".yaml", ".yml")
 OUTPUT_TOLERANCE = 1e-5
 CARD_TEMPLATE = "model_card.md"
 
@@ -105,24 +108,9 @@ def validate_model_folder(folder: str | Path) -> None:
         for name in sorted(names)
         if name.endswith(PICKLE_SUFFIXES)
     ]
-    problems += [f"{path.name} contains the local path {leak}" for path, leak in _local_path_leaks(folder)]
+    problems += [f"local path in {leak}" for leak in local_path_leaks(folder)]
     if problems:
         raise ValueError(f"{folder} cannot be published: " + "; ".join(problems))
-
-
-def _local_path_leaks(folder: Path) -> list[tuple[Path, str]]:
-    """Text files that mention this machine's paths (the folder, its parents, the home folder)."""
-    resolved = folder.resolve()
-    needles = {str(resolved), str(resolved.parent)}
-    home = Path.home()
-    if str(home) not in ("/", ""):
-        needles.add(str(home) + "/")
-    leaks = []
-    for path in sorted(folder.iterdir()):
-        if path.is_file() and path.name.endswith(TEXT_SUFFIXES):
-            text = path.read_text(encoding="utf-8", errors="ignore")
-            leaks += [(path, needle) for needle in sorted(needles) if needle in text]
-    return leaks
 
 
 def fresh_process_outputs(source: str, revision: str | None = None, env: dict[str, str] | None = None) -> dict:
@@ -288,15 +276,15 @@ def push_to_hub(
 
     model_dir = Path(model_dir)
     validate_model_folder(model_dir)
-    log(f"validated {model_dir}: files, safetensors weights, no local paths")
-    local_outputs = fresh_process_outputs(str(model_dir.resolve()))
-    log("loads with trust_remote_code=True in a fresh process")
     card = render_model_card(model_dir, repo_id, metrics, base_model, license, datasets, dataset_name)
-
     api = HfApi()
     branch = revision or "main"
     with tempfile.TemporaryDirectory() as staging:
         _stage(model_dir, Path(staging), card)
+        check_no_local_paths(staging, f"pushing {model_dir}")  # what is uploaded, the rendered card included
+        log(f"validated {model_dir}: files, safetensors weights, no local paths in anything uploaded")
+        local_outputs = fresh_process_outputs(str(model_dir.resolve()))
+        log("loads with trust_remote_code=True in a fresh process")
         try:
             repo_url = api.create_repo(repo_id, private=private, exist_ok=True)
             if branch != "main":

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import e2_hf
 
+from .local_paths import check_no_local_paths, portable_name
+
 # Packages that setup.cfg maps into e2_hf from top-level folders of the source tree.
 MAPPED_SUBPACKAGES = ("modeling", "conversion", "space")
 
@@ -73,14 +75,15 @@ def build_space(model: str, data: list[str], output: str | Path, title: str = "E
     loaded, processor, device, dtype = load_for_inference(model, "cpu")
     loaded.save_pretrained(output / "model")
     processor.save_pretrained(output / "model")
-    index = open_or_create_index(output / "index", loaded, model, thumbnail_size)
+    index = open_or_create_index(output / "index", loaded, portable_name(model), thumbnail_size)
     for spec in data:
         report = add_catalog(index, loaded, processor, spec, batch_size, device, dtype)
         print(f"{spec}: indexed {report.added} products")
     shutil.copy2(Path(importlib.import_module("e2_hf.space").__file__).parent / "app.py", output / "app.py")
     vendor_package(output / "e2_hf")
     (output / "requirements.txt").write_text("\n".join(requirements) + "\n", encoding="utf-8")
-    (output / "README.md").write_text(_space_card(title, model, len(index)), encoding="utf-8")
+    (output / "README.md").write_text(_space_card(title, portable_name(model), len(index)), encoding="utf-8")
+    check_no_local_paths(output, f"the Space in {output}")
     return output
 
 

@@ -186,9 +186,7 @@ def test_a_csv_quote_that_swallows_rows_is_named_not_loaded(tmp_path):
     rows = good_rows()
     rows[3] = '3,a.png,"a 12 inch bag,Brand 3'
     rows[5] = '5,a.png,plain shirt",Brand 5'  # a stray quote that closes it: 4 fields, rows 4-6 in one field
-    with pytest.raises(
-        ValueError, match=r"items.csv row 5: a quoted field spans 3 lines that look like CSV rows"
-    ):
+    with pytest.raises(ValueError, match=r"items.csv row 5: a quoted field spans 3 lines that look like CSV rows"):
         open_catalog(write_csv(tmp_path / "items.csv", rows))
     rows = good_rows()
     rows[2] = '2,a.png,"a long description\nover two lines",Brand 2'  # legal: kept as one product

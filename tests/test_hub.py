@@ -252,7 +252,22 @@ def test_validation_names_every_problem(model_dir, tmp_path):
     message = str(error.value)
     assert "missing processing_e2clip.py" in message
     assert "pytorch_model.bin: pickled weights" in message
-    assert "notes.json contains the local path" in message
+    assert "local path in notes.json: " + str(model_dir.resolve()) in message
+
+
+def test_nothing_with_an_absolute_local_path_is_uploaded(hub, model_dir, tmp_path):
+    config = json.loads((model_dir / "config.json").read_text())
+    (model_dir / "config.json").write_text(json.dumps({**config, "data_root": "/mnt/catalogs/spring"}))
+    pushed = run_cli(hub, tmp_path / "home", "push", "--model", str(model_dir), "--repo-id", "tester/leaky")
+    assert pushed.returncode != 0 and "local path in config.json: /mnt/catalogs/spring" in pushed.stderr
+    (model_dir / "config.json").write_text(json.dumps(config))
+    (tmp_path / "metrics.json").write_text(json.dumps(METRICS))
+    pushed = run_cli(hub, tmp_path / "home", "push", "--model", str(model_dir), "--repo-id", "tester/leaky",
+                     "--base-model", "/opt/models/clip-base", "--dataset-name", "/home/someone/catalog",
+                     "--metrics", str(tmp_path / "metrics.json"))  # fmt: skip
+    assert pushed.returncode != 0 and "Traceback" not in pushed.stderr
+    assert "README.md: /opt/models/clip-base" in pushed.stderr and "README.md: /home/someone/catalog" in pushed.stderr
+    assert "tester/leaky" not in hub.hub.repos  # refused before anything was created
 
 
 def test_model_card_without_metrics(model_dir):

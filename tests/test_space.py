@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from e2_hf import E2CLIPModel, E2CLIPProcessor
+from e2_hf.local_paths import local_path_leaks
 from e2_hf.search import EmbeddingIndex
 from e2_hf.visualization import render_selection_figure, selection_maps
 
@@ -31,7 +32,7 @@ def space_dir(e2_model_dir, catalog, tmp_path_factory):
     return folder
 
 
-def test_build_space_lays_out_a_self_contained_space(space_dir, catalog, tmp_path):
+def test_build_space_lays_out_a_self_contained_space(space_dir, e2_model_dir, catalog, tmp_path):
     expected = ["app.py", "requirements.txt", "README.md", "model/config.json", "index/index.json",
                 "e2_hf/modeling/modeling_e2clip.py", "e2_hf/space/app.py",
                 "e2_hf/conversion/model_card.md"]  # fmt: skip
@@ -44,6 +45,8 @@ def test_build_space_lays_out_a_self_contained_space(space_dir, catalog, tmp_pat
         "pytest" in r for r in requirements
     )
     assert len(EmbeddingIndex(space_dir / "index")) == 10  # the catalog's validation products
+    assert local_path_leaks(space_dir) == [] and f"Model: `{e2_model_dir.name}`" in card
+    assert EmbeddingIndex(space_dir / "index").metadata["shards"][0]["source"] == "jsonl:catalog.jsonl:validation"
     imported = subprocess.run([sys.executable, "-c", "import e2_hf; print(e2_hf.__file__)"], cwd=space_dir,
                               capture_output=True, text=True, timeout=120)  # fmt: skip
     assert imported.stdout.strip() == str(space_dir / "e2_hf" / "__init__.py")  # the Space runs its own copy

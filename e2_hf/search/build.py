@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from ..data import Catalog, ImageLoadError, open_catalog
 from ..evaluation.embedding import evaluating
+from ..local_paths import portable_name, portable_spec
 from ..modeling import E2CLIPModel, E2CLIPProcessor
 from .index import EmbeddingIndex, EmbeddingIndexError, IndexItem, letterbox, model_fingerprint, writer_lock
 
@@ -68,7 +69,7 @@ def open_or_create_index(folder: str | Path, model: E2CLIPModel, model_name: str
             return index
         if not model.config.entities:
             raise EmbeddingIndexError(f"{model_name} has no entities, so no regional embeddings to index")
-        return EmbeddingIndex.create(folder, model_name, fingerprint, model.config.entities,
+        return EmbeddingIndex.create(folder, portable_name(model_name), fingerprint, model.config.entities,
                                      model.config.projection_dim, thumbnail_size)  # fmt: skip
 
 
@@ -95,8 +96,8 @@ def add_catalog(
     with writer_lock(index.folder):
         index.reload()  # another writer may have committed while this one waited
         positions = _new_positions(catalog, index.product_ids(), index.folder, spec, skip_existing)
-        _embed_and_add(index, model, processor, catalog, positions, spec, batch_size, device, dtype, num_workers,
-                       shard_rows)  # fmt: skip
+        _embed_and_add(index, model, processor, catalog, positions, portable_spec(spec), batch_size, device, dtype,
+                       num_workers, shard_rows)  # fmt: skip
     return IndexingReport(added=len(positions), skipped_existing=len(catalog) - len(positions), total=len(index))
 
 

@@ -28,9 +28,10 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
-from ..data import E2Collator, ProductDataset, open_catalog, parse_spec
+from ..data import E2Collator, ProductDataset, open_catalog
 from ..errors import TrainingError
 from ..evaluation import retrieval_metrics
+from ..local_paths import portable_name, portable_spec
 from ..modeling import E2CLIPConfig, E2CLIPModel, E2CLIPProcessor
 from ..modeling.processing_e2clip import DEFAULT_PRODUCT_TEXT_FIELDS
 from .loss import E2ContrastiveLoss
@@ -249,12 +250,10 @@ def portable_args(args: TrainingArguments) -> dict[str, Any]:
     values = asdict(args)
     for key in ("output_dir", "resume_from_checkpoint", "stop_after_steps"):
         values.pop(key)
-    if os.path.exists(args.model):
-        values["model"] = Path(args.model).name
+    values["model"] = portable_name(args.model)
     for key in ("train_data", "eval_data"):
         if values[key]:
-            kind, path, split = parse_spec(values[key])
-            values[key] = f"{kind}:{Path(path).name}" + (f":{split}" if split else "")
+            values[key] = portable_spec(values[key])
     return values
 
 
