@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 
 import gradio as gr
+from PIL import Image, UnidentifiedImageError
 
 from e2_hf.evaluation.embedding import load_for_inference
 from e2_hf.search import EmbeddingIndex, search_text
@@ -29,6 +30,34 @@ HERE = Path(__file__).resolve().parent
 WHOLE_IMAGE = "whole image"
 TAGS_SHOWN = 5
 IMAGE_HEIGHT = 420
+# Pillow's own decompression-bomb threshold (about 89 megapixels): larger uploads are refused.
+MAX_UPLOAD_PIXELS = Image.MAX_IMAGE_PIXELS
+
+
+class UploadedImage(gr.Image):
+    """`gr.Image` that answers an upload it cannot use (not an image, too many pixels) with a message
+    the visitor can act on, instead of Gradio's generic error."""
+
+    def get_block_name(self) -> str:
+        return "image"  # the same component in the browser
+
+    def preprocess(self, payload):
+        if payload is not None and payload.path:
+            check_upload(Path(payload.path), payload.orig_name or "the file")
+        return super().preprocess(payload)
+
+
+def check_upload(path: Path, name: str) -> None:
+    try:
+        with Image.open(path) as image:  # reads the header only
+            width, height = image.size
+    except (UnidentifiedImageError, OSError):
+        raise gr.Error(f"{name} is not an image this app can read: upload a JPEG, PNG or WebP photo.") from None
+    if width * height > MAX_UPLOAD_PIXELS:
+        raise gr.Error(
+            f"{name} is {width}x{height} pixels ({width * height / 1e6:.0f} MP); upload an image of at most "
+            f"{MAX_UPLOAD_PIXELS / 1e6:.0f} MP (the model sees it at a few hundred pixels anyway)."
+        )
 
 
 class E2Space:
@@ -73,8 +102,8 @@ def build_demo(space: E2Space) -> gr.Blocks:
         )
         with gr.Tab("Selection map and tags"):
             with gr.Row():
-                image = gr.Image(type="pil", sources=["upload"], label="Product image", height=IMAGE_HEIGHT,
-                                 elem_id="upload-image")  # fmt: skip
+                image = UploadedImage(type="pil", sources=["upload"], label="Product image", height=IMAGE_HEIGHT,
+                                      elem_id="upload-image")  # fmt: skip
                 figure = gr.Image(type="pil", label="Patches each entity chose | CLS attention", height=IMAGE_HEIGHT,
                                   elem_id="selection-map")  # fmt: skip
             look = gr.Button("Show what E2 looks at", variant="primary", elem_id="look-button")

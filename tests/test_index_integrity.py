@@ -182,3 +182,19 @@ def test_a_truncated_shard_without_a_recorded_size_is_still_named(index_copy):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert any("shard-00001" in problem for problem in EmbeddingIndex(index_copy).verify())
+
+
+def test_model_folders_without_config_or_with_truncated_weights_are_named(e2_model_dir, catalog, tmp_path):
+    no_config = shutil.copytree(e2_model_dir, tmp_path / "no-config")
+    (no_config / "config.json").unlink()
+    truncated = shutil.copytree(e2_model_dir, tmp_path / "truncated")
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    for model, message in ((no_config, "is not a model folder: config.json is missing"),
+                           (truncated, "model.safetensors is damaged or truncated")):  # fmt: skip
+        for command in (index_command(model, f"jsonl:{catalog / 'catalog.jsonl'}", tmp_path / "index"),
+                        [sys.executable, "-m", "e2_hf.cli", "train", "--model", str(model), "--train-data",
+                         f"fashiongen:{catalog / 'train.h5'}", "--output-dir", str(tmp_path / "run")]):  # fmt: skip
+            completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+            assert completed.returncode != 0 and message in completed.stderr, completed.stderr[-2000:]
+            assert "Traceback" not in completed.stderr

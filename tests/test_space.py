@@ -125,3 +125,29 @@ def test_space_page_returns_a_selection_map_and_search_results(space_url, space_
         captions = page.locator("#results").inner_text()
         assert "#1 (" in captions and "#8 (" in captions
         page.screenshot(path=str(tmp_path / "space-search.png"), full_page=True)
+
+
+def test_uploads_the_app_cannot_use_get_a_message_the_visitor_can_act_on(space_url, tmp_path):
+    not_an_image = tmp_path / "photo.png"
+    not_an_image.write_text("these are notes, not a photo")
+    with chromium_page(height=1100) as page:
+        page.goto(space_url)
+        page.get_by_text("E2: what a fashion model looks at").wait_for(timeout=60_000)
+        page.set_input_files("#upload-image input[type=file]", str(not_an_image))
+        page.click("#look-button")
+        page.get_by_text("photo.png is not an image this app can read").first.wait_for(timeout=60_000)
+
+
+def test_oversized_and_unreadable_uploads_are_refused_by_their_header(tmp_path):
+    gradio = pytest.importorskip("gradio", reason="gradio is not installed (pip install '.[test]')")
+    from e2_hf.space.app import MAX_UPLOAD_PIXELS, check_upload
+
+    side = int(MAX_UPLOAD_PIXELS**0.5) + 100
+    Image.new("1", (side, side)).save(tmp_path / "huge.png")  # 1-bit: a small file with a huge size
+    with pytest.raises(gradio.Error, match=rf"huge.png is {side}x{side} pixels .*upload an image of at most"):
+        check_upload(tmp_path / "huge.png", "huge.png")
+    (tmp_path / "notes.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    with pytest.raises(gradio.Error, match="notes.jpg is not an image this app can read"):
+        check_upload(tmp_path / "notes.jpg", "notes.jpg")
+    Image.new("RGB", (64, 48)).save(tmp_path / "fine.png")
+    check_upload(tmp_path / "fine.png", "fine.png")

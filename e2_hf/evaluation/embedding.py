@@ -41,11 +41,32 @@ def evaluating(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         model.train(was_training)
 
 
+def check_model_folder(model_name_or_path: str | Path) -> None:
+    """A local model folder must hold `config.json` and readable safetensors weights; the error names
+    the file. (A name that is not a local path is a Hub id, checked by the download.)"""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(model_name_or_path)
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise ValueError(f"{path} is a file; give the model's folder (with config.json and model.safetensors)")
+    if not (path / "config.json").is_file():
+        raise ValueError(f"{path} is not a model folder: config.json is missing (a folder written by save_pretrained)")
+    for weights in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(str(weights), framework="pt"):
+                pass
+        except SafetensorError as error:
+            raise ValueError(f"{weights} is damaged or truncated ({error}); save or download the model again") from None
+
+
 def load_for_inference(
     model_name_or_path: str | Path, device: str | None = None, dtype: str | torch.dtype = torch.float32
 ) -> tuple[E2CLIPModel, E2CLIPProcessor, str, torch.dtype]:
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    check_model_folder(model_name_or_path)
     model = E2CLIPModel.from_pretrained(model_name_or_path, dtype=dtype).to(device).eval()
     return model, E2CLIPProcessor.from_pretrained(model_name_or_path), device, dtype
 

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from ..data import E2Collator, ProductDataset, open_catalog
 from ..errors import TrainingError
 from ..evaluation import retrieval_metrics
+from ..evaluation.embedding import check_model_folder
 from ..local_paths import portable_name, portable_spec
 from ..modeling import E2CLIPConfig, E2CLIPModel, E2CLIPProcessor
 from ..modeling.processing_e2clip import DEFAULT_PRODUCT_TEXT_FIELDS
@@ -195,6 +196,7 @@ def build_model(args: TrainingArguments) -> E2CLIPModel:
     """
     from transformers import PretrainedConfig
 
+    check_model_folder(args.model)
     config_dict, _ = PretrainedConfig.get_config_dict(args.model)
     model_type = config_dict.get("model_type")
     if model_type not in (E2CLIPConfig.model_type, "clip"):
