@@ -76,4 +76,3 @@ def check_no_local_paths(folder: str | Path, what: str) -> None:
     if leaks:
         shown = "; ".join(leaks[:10]) + (f"; and {len(leaks) - 10} more" if len(leaks) > 10 else "")
         raise ValueError(f"{what} would publish absolute local paths: {shown}")
-

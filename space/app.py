@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 
 import gradio as gr
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from e2_hf.evaluation.embedding import load_for_inference
 from e2_hf.search import EmbeddingIndex, search_text
@@ -34,23 +34,16 @@ IMAGE_HEIGHT = 420
 MAX_UPLOAD_PIXELS = Image.MAX_IMAGE_PIXELS
 
 
-class UploadedImage(gr.Image):
-    """`gr.Image` that answers an upload it cannot use (not an image, too many pixels) with a message
-    the visitor can act on, instead of Gradio's generic error."""
-
-    def get_block_name(self) -> str:
-        return "image"  # the same component in the browser
-
-    def preprocess(self, payload):
-        if payload is not None and payload.path:
-            check_upload(Path(payload.path), payload.orig_name or "the file")
-        return super().preprocess(payload)
-
-
-def check_upload(path: Path, name: str) -> None:
+def open_upload(path: str | Path | None, name: str | None = None) -> Image.Image:
+    """The uploaded file as an RGB image, or a `gr.Error` the visitor can act on: no file, not an
+    image, or more pixels than allowed (checked from the header, before decoding)."""
+    if path is None:
+        raise gr.Error("Upload an image first.")
+    path = Path(path)
+    name = name or path.name
     try:
-        with Image.open(path) as image:  # reads the header only
-            width, height = image.size
+        image = Image.open(path)  # reads the header only
+        width, height = image.size
     except (UnidentifiedImageError, OSError):
         raise gr.Error(f"{name} is not an image this app can read: upload a JPEG, PNG or WebP photo.") from None
     if width * height > MAX_UPLOAD_PIXELS:
@@ -58,6 +51,10 @@ def check_upload(path: Path, name: str) -> None:
             f"{name} is {width}x{height} pixels ({width * height / 1e6:.0f} MP); upload an image of at most "
             f"{MAX_UPLOAD_PIXELS / 1e6:.0f} MP (the model sees it at a few hundred pixels anyway)."
         )
+    try:
+        return ImageOps.exif_transpose(image).convert("RGB")
+    except OSError:
+        raise gr.Error(f"{name} is damaged: its pixels cannot be read. Upload another photo.") from None
 
 
 class E2Space:
@@ -72,10 +69,9 @@ class E2Space:
         self.tag_embeds = candidate_embeddings(self.model, self.processor, self.candidates, str(self.model.device))
         self.entities = list(self.model.config.entities)
 
-    def look(self, image) -> tuple:
-        """An uploaded image -> (selection-map figure, {tag: probability} per entity)."""
-        if image is None:
-            raise gr.Error("Upload an image first.")
+    def look(self, upload: str | None) -> tuple:
+        """An uploaded file -> (selection-map figure, {tag: probability} per entity)."""
+        image = open_upload(upload)
         figure = render_selection_figure(selection_maps(self.model, self.processor, [image])).image
         tags = zero_shot_tags(self.model, self.processor, [image], self.candidates, TAGS_SHOWN,
                               tag_embeds=self.tag_embeds)[0]  # fmt: skip
@@ -102,15 +98,21 @@ def build_demo(space: E2Space) -> gr.Blocks:
         )
         with gr.Tab("Selection map and tags"):
             with gr.Row():
-                image = UploadedImage(type="pil", sources=["upload"], label="Product image", height=IMAGE_HEIGHT,
-                                      elem_id="upload-image")  # fmt: skip
+                with gr.Column():
+                    # a file, not gr.Image: Gradio would decode an image upload itself and answer a
+                    # bad one with a generic error; open_upload names the problem instead
+                    upload = gr.File(label="Product image", file_types=["image"], type="filepath",
+                                     elem_id="upload-image")  # fmt: skip
+                    preview = gr.Image(type="pil", label="Uploaded", interactive=False, height=IMAGE_HEIGHT,
+                                       elem_id="upload-preview")  # fmt: skip
                 figure = gr.Image(type="pil", label="Patches each entity chose | CLS attention", height=IMAGE_HEIGHT,
                                   elem_id="selection-map")  # fmt: skip
             look = gr.Button("Show what E2 looks at", variant="primary", elem_id="look-button")
             with gr.Row():
                 labels = [gr.Label(num_top_classes=TAGS_SHOWN, label=entity, elem_id=f"tags-{entity}")
                           for entity in space.entities]  # fmt: skip
-            look.click(space.look, inputs=image, outputs=[figure, *labels])
+            upload.upload(open_upload, inputs=upload, outputs=preview)
+            look.click(space.look, inputs=upload, outputs=[figure, *labels])
         with gr.Tab("Search", elem_id="search-tab"):
             with gr.Row():
                 query = gr.Textbox(label="Query", placeholder='e.g. "Gucci" or "black wool coat"', elem_id="query")

@@ -105,7 +105,7 @@ def test_space_page_returns_a_selection_map_and_search_results(space_url, space_
         page.goto(space_url)
         page.get_by_text("E2: what a fashion model looks at").wait_for(timeout=60_000)
         page.set_input_files("#upload-image input[type=file]", str(image_path))
-        page.locator("#upload-image img").wait_for(timeout=60_000)
+        page.locator("#upload-preview img").wait_for(timeout=60_000)
         page.click("#look-button")
         page.locator("#selection-map img").wait_for(timeout=120_000)
         loaded = "(() => { const i = document.querySelector('#selection-map img'); return i && i.complete })()"
@@ -134,20 +134,19 @@ def test_uploads_the_app_cannot_use_get_a_message_the_visitor_can_act_on(space_u
         page.goto(space_url)
         page.get_by_text("E2: what a fashion model looks at").wait_for(timeout=60_000)
         page.set_input_files("#upload-image input[type=file]", str(not_an_image))
-        page.click("#look-button")
         page.get_by_text("photo.png is not an image this app can read").first.wait_for(timeout=60_000)
 
 
 def test_oversized_and_unreadable_uploads_are_refused_by_their_header(tmp_path):
     gradio = pytest.importorskip("gradio", reason="gradio is not installed (pip install '.[test]')")
-    from e2_hf.space.app import MAX_UPLOAD_PIXELS, check_upload
+    from e2_hf.space.app import MAX_UPLOAD_PIXELS, open_upload
 
     side = int(MAX_UPLOAD_PIXELS**0.5) + 100
     Image.new("1", (side, side)).save(tmp_path / "huge.png")  # 1-bit: a small file with a huge size
     with pytest.raises(gradio.Error, match=rf"huge.png is {side}x{side} pixels .*upload an image of at most"):
-        check_upload(tmp_path / "huge.png", "huge.png")
+        open_upload(tmp_path / "huge.png")
     (tmp_path / "notes.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     with pytest.raises(gradio.Error, match="notes.jpg is not an image this app can read"):
-        check_upload(tmp_path / "notes.jpg", "notes.jpg")
-    Image.new("RGB", (64, 48)).save(tmp_path / "fine.png")
-    check_upload(tmp_path / "fine.png", "fine.png")
+        open_upload(tmp_path / "notes.jpg")
+    Image.new("L", (64, 48)).save(tmp_path / "fine.png")
+    assert open_upload(tmp_path / "fine.png").mode == "RGB"

@@ -301,7 +301,7 @@ class CsvCatalog(TabularCatalog):
             return None
         except csv.Error as error:
             raise ValueError(
-                f"{self.path} line {first_line}: malformed CSV ({error}); look for an unbalanced or stray quote (\") "
+                f'{self.path} line {first_line}: malformed CSV ({error}); look for an unbalanced or stray quote (") '
                 "in this row or the rows above it"
             ) from None
 
@@ -313,7 +313,7 @@ class CsvCatalog(TabularCatalog):
             if swallowed:
                 raise ValueError(
                     f"{source}: a quoted field spans {len(field.splitlines())} lines that look like CSV rows "
-                    f"({swallowed[0][:60]!r}); an unbalanced quote (\") made them one field"
+                    f'({swallowed[0][:60]!r}); an unbalanced quote (") made them one field'
                 )
 
 
