@@ -25,6 +25,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from .evaluation.embedding import evaluating
+from .images import open_image
 from .modeling import E2CLIPModel, E2CLIPProcessor
 
 ENTITY_COLOURS = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240))
@@ -259,19 +260,8 @@ def _draw_legend(draw: ImageDraw.ImageDraw, selection_map: SelectionMap, top: in
 # Command line
 # ---------------------------------------------------------------------------------------------
 def load_images(paths: Sequence[str | Path]) -> list[Image.Image]:
-    """RGB images from files; a missing or unreadable file is an error naming it."""
-    from .modeling.processing_e2clip import to_rgb_image
-
-    images = []
-    for path in paths:
-        try:
-            with Image.open(path) as image:
-                images.append(to_rgb_image(image))
-        except FileNotFoundError:
-            raise FileNotFoundError(f"image {path} does not exist") from None
-        except (OSError, ValueError) as error:
-            raise ValueError(f"image {path} cannot be read as an image: {error}") from None
-    return images
+    """RGB images from files, upright; a missing or unreadable file is an error naming it."""
+    return [open_image(path) for path in paths]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -19,9 +19,10 @@ import os
 from pathlib import Path
 
 import gradio as gr
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from e2_hf.evaluation.embedding import load_for_inference
+from e2_hf.images import upright
 from e2_hf.search import EmbeddingIndex, search_text
 from e2_hf.tagging import candidate_embeddings, catalog_candidates, zero_shot_tags
 from e2_hf.visualization import render_selection_figure, selection_maps
@@ -52,7 +53,7 @@ def open_upload(path: str | Path | None, name: str | None = None) -> Image.Image
             f"{MAX_UPLOAD_PIXELS / 1e6:.0f} MP (the model sees it at a few hundred pixels anyway)."
         )
     try:
-        return ImageOps.exif_transpose(image).convert("RGB")
+        return upright(image).convert("RGB")
     except OSError:
         raise gr.Error(f"{name} is damaged: its pixels cannot be read. Upload another photo.") from None
 

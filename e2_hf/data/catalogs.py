@@ -28,6 +28,8 @@ from typing import Any
 
 from PIL import Image
 
+from ..images import upright
+
 FASHIONGEN_TAG_FIELDS = {
     "brand": "input_brand",
     "season": "input_season",
@@ -76,11 +78,12 @@ class Catalog:
         return self.products[index]
 
     def load_image(self, index: int, view: int = 0) -> Image.Image:
+        """The view's image, upright (its EXIF orientation applied); unreadable -> `ImageLoadError`."""
         product = self.products[index]
         try:
             image = self._open_image(index, view)
             image.load()
-            return image
+            return upright(image)
         except ImageLoadError:
             raise
         except Exception as error:  # PIL raises many kinds for broken files

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..images import open_image
 from ..synthetic import ENTITY_DETAILS
 from .embedding import evaluating
 
@@ -131,7 +132,7 @@ def chosen_patches(model, processor, image_paths: Sequence[Path], batch_size: in
     chosen = []
     with evaluating(model):
         for start in range(0, len(image_paths), batch_size):
-            images = [Image.open(path).convert("RGB") for path in image_paths[start : start + batch_size]]
+            images = [open_image(path) for path in image_paths[start : start + batch_size]]
             pixel_values = processor(images=images, return_tensors="pt")["pixel_values"]
             outputs = model.vision_model(pixel_values.to(parameter.device, parameter.dtype))
             chosen.append(outputs.selection_indices.cpu().numpy())
