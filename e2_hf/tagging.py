@@ -212,6 +212,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--image", action="append", help="tag this image; repeat for more")
     source.add_argument("--data", help="measure accuracy on this catalog (data spec), regional vs global")
+    parser.add_argument("--keep-html", action="store_true", help="with --data: leave HTML in texts")
     parser.add_argument("--candidates", help="JSON file {entity: [tags]} or a data spec to take distinct tags from "
                                              "(default with --data: that catalog's tags)")  # fmt: skip
     parser.add_argument("--entity", action="append", help="only these entities (default: all with candidates)")
@@ -263,10 +264,15 @@ def _tag_images(args, model, processor, candidates) -> list[dict[str, Any]]:
 
 
 def _measure(args, model, processor, candidates, device, dtype) -> dict[str, Any]:
-    from .data import open_catalog
+    from .data import open_catalog, untagged_entities_notice
+    from .evaluation.cli import _notice, report_catalog_texts
     from .evaluation.embedding import embed_catalog
 
-    embeddings = embed_catalog(model, processor, open_catalog(args.data), args.batch_size, device, dtype)
+    catalog = open_catalog(args.data, keep_html=args.keep_html)
+    report_catalog_texts(catalog, processor, args.data)
+    entities = args.entity or model.config.entities
+    _notice(untagged_entities_notice(catalog, entities, args.data, "no tagging accuracy can be measured for it"))
+    embeddings = embed_catalog(model, processor, catalog, args.batch_size, device, dtype)
     if candidates is None and args.entity:
         candidates = catalog_candidates(embeddings.catalog, args.entity)
     results = tagging_accuracy(model, processor, embeddings, candidates, device)

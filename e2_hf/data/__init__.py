@@ -9,10 +9,12 @@ from .catalogs import (
     ImageLoadError,
     JsonlCatalog,
     Product,
+    clean_tag,
     open_catalog,
     parse_spec,
+    untagged_entities_notice,
 )
-from .loading import E2Collator, ProductDataset
+from .loading import E2Collator, ProductDataset, TruncationReport, dataset_truncation, truncation_report
 
 __all__ = [
     "AmazonCatalog",
@@ -25,6 +27,11 @@ __all__ = [
     "JsonlCatalog",
     "Product",
     "ProductDataset",
+    "TruncationReport",
+    "clean_tag",
+    "dataset_truncation",
     "open_catalog",
     "parse_spec",
+    "truncation_report",
+    "untagged_entities_notice",
 ]

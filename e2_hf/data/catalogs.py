@@ -13,7 +13,9 @@ JSONL / CSV / dataset columns: `images` (list, or ';'-separated) or `image`, `de
 `details` (ground-truth detail boxes per view, as `e2-hf make-synthetic` writes) is not a tag.
 For datasets, `column_map` renames columns first, e.g. `{"caption": "description"}`.
 A missing, empty or whitespace-only tag is missing (masked in the region loss); an empty
-description is an error naming the file and row.
+description is an error naming the file and row. Texts and tags are cleaned: HTML is reduced to its
+text (tags dropped, entities decoded, one sentence per block) and whitespace runs become single
+spaces; `keep_html=True` (`--keep-html`) leaves them as they are.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -58,15 +62,69 @@ class Product:
     source: str  # where it comes from, for error messages: "catalog.jsonl row 12"
 
 
-def clean_tag(value: Any) -> str | None:
+def clean_tag(value: Any, keep_html: bool = False) -> str | None:
+    """A text field as the model reads it, or `None` when it is missing or blank. Unless
+    `keep_html`, HTML markup is reduced to its text (see `html_to_text`) and whitespace runs,
+    newlines included, become single spaces."""
     if value is None:
         return None
-    text = str(value).strip()
+    text = str(value)
+    if not keep_html:
+        text = html_to_text(text) if HTML_MARKUP.search(text) else " ".join(text.split())
+    text = text.strip()
     return text or None
 
 
+# A tag (`<p>`, `</li>`, `<br />`, `<!-- -->`) or a character reference (`&bull;`, `&#174;`).
+HTML_MARKUP = re.compile(r"<[A-Za-z/!][^>]*>|&(?:#\d+|#x[0-9A-Fa-f]+|[A-Za-z][A-Za-z0-9]*);")
+BLOCK_TAGS = {"p", "br", "li", "ul", "ol", "div", "tr", "td", "th", "table", "h1", "h2", "h3", "h4", "h5", "h6",
+              "section", "article", "dd", "dt", "hr", "blockquote"}  # fmt: skip
+LIST_MARKERS = " \t•·◦▪‣-*"
+SENTENCE_ENDS = ".!?:;,"
+
+
+class _HtmlText(HTMLParser):
+    """Collects the text of an HTML fragment (character references decoded), a line per block."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self.skipping = 0  # inside <script> or <style>
+
+    def handle_starttag(self, tag, attrs):
+        self.skipping += tag in ("script", "style")
+        if tag in BLOCK_TAGS:
+            self.parts.append("\n")
+
+    def handle_endtag(self, tag):
+        self.skipping -= tag in ("script", "style") and self.skipping > 0
+        if tag in BLOCK_TAGS:
+            self.parts.append("\n")
+
+    def handle_data(self, data):
+        if not self.skipping:
+            self.parts.append(data)
+
+
+def html_to_text(fragment: str) -> str:
+    """`<p>Soft.</p><ul><li>Machine wash</li></ul>` -> `Soft. Machine wash.`: tags dropped (unclosed
+    ones too), entities decoded, each block a sentence, list markers (`&bull;`) removed."""
+    parser = _HtmlText()
+    parser.feed(fragment)
+    parser.close()
+    lines = (" ".join(line.split()).strip(LIST_MARKERS) for line in "".join(parser.parts).split("\n"))
+    sentences = [line if line[-1] in SENTENCE_ENDS else f"{line}." for line in lines if line]
+    return " ".join(sentences)
+
+
 class Catalog:
-    """Products with lazily loaded images. Subclasses fill `self.products` and `_open_image`."""
+    """Products with lazily loaded images. Subclasses fill `self.products` and `_open_image`;
+    their texts and tags go through `clean_tag` (HTML reduced to text unless `keep_html`)."""
+
+    keep_html: bool = False
+
+    def _clean(self, value: Any) -> str | None:
+        return clean_tag(value, self.keep_html)
 
     name: str
     products: list[Product]
@@ -95,14 +153,27 @@ class Catalog:
     def tag_values(self, entity: str) -> list[str | None]:
         return [product.tags.get(entity) for product in self.products]
 
+    def untagged_entities(self, entities: Sequence[str]) -> list[str]:
+        """The entities no product of this catalog has a tag for."""
+        return [entity for entity in entities if not any(product.tags.get(entity) for product in self.products)]
+
+
+def untagged_entities_notice(catalog: Catalog, entities: Sequence[str], spec: str, consequence: str) -> str | None:
+    """One line naming the entities without any tag in the catalog and what that means, or `None`."""
+    untagged = catalog.untagged_entities(entities)
+    if not untagged:
+        return None
+    names = ", ".join(untagged)
+    return f"no product of {spec} has a {names} tag ({len(catalog)} products): {consequence}"
+
 
 class FashionGenCatalog(Catalog):
     """The FashionGen HDF5 layout: rows of one product are contiguous (grouped by `input_productID`)."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, keep_html: bool = False):
         import h5py
 
-        self.path = Path(path)
+        self.path, self.keep_html = Path(path), keep_html
         if not self.path.is_file():
             raise FileNotFoundError(f"FashionGen file not found: {self.path}")
         self.name = self.path.name
@@ -130,10 +201,10 @@ class FashionGenCatalog(Catalog):
 
     def _add_product(self, start, end, product_id, description, tag_columns) -> None:
         source = f"{self.name} rows {start}-{end - 1}"
-        text = _text(description).strip()
+        text = self._clean(_text(description))
         if not text:
             raise ValueError(f"{source}: field 'input_description' is empty")
-        tags = {entity: clean_tag(_text(column[start])) for entity, column in tag_columns.items()}
+        tags = {entity: self._clean(_text(column[start])) for entity, column in tag_columns.items()}
         self.row_ranges.append((start, end))
         product_id = _text(product_id) if isinstance(product_id, bytes) else str(int(product_id))
         self.products.append(Product(product_id, text, tags, end - start, source))
@@ -194,13 +265,13 @@ class FileCatalog(Catalog):
         return Image.open(path)
 
     def _add_record(self, record: Mapping[str, Any], source: str, image_root: Path, images: Sequence[str]) -> None:
-        description = clean_tag(record.get("description", record.get("text")))
+        description = self._clean(record.get("description", record.get("text")))
         if description is None:
             raise ValueError(f"{source}: field 'description' (or 'text') is empty")
         if not images:
             raise ValueError(f"{source}: no image (fields 'images' or 'image')")
         reserved = {"images", "image", "description", "text", "product_id", "split", "details"}  # details: boxes
-        tags = {key: clean_tag(value) for key, value in record.items() if key not in reserved}
+        tags = {key: self._clean(value) for key, value in record.items() if key not in reserved}
         product_id = str(record.get("product_id", len(self.products)))
         self.products.append(Product(product_id, description, tags, len(images), source))
         self.image_paths.append([image_root / path for path in images])
@@ -223,8 +294,8 @@ class TabularCatalog(FileCatalog):
 
     kind = "tabular"
 
-    def __init__(self, path: str | Path, split: str | None = None):
-        self.path = Path(path)
+    def __init__(self, path: str | Path, split: str | None = None, keep_html: bool = False):
+        self.path, self.keep_html = Path(path), keep_html
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.kind} catalog not found: {self.path}")
         self.name, self.products, self.image_paths = self.path.name, [], []
@@ -323,8 +394,8 @@ class CsvCatalog(TabularCatalog):
 class AmazonCatalog(FileCatalog):
     """AmazonFashion: text is the title, the only tag is the brand."""
 
-    def __init__(self, root: str | Path, split: str = "train"):
-        self.root = Path(root)
+    def __init__(self, root: str | Path, split: str = "train", keep_html: bool = False):
+        self.root, self.keep_html = Path(root), keep_html
         meta_path, split_path = self.root / "meta-fashion.json", self.root / "split.json"
         for path in (meta_path, split_path):
             if not path.is_file():
@@ -346,10 +417,11 @@ class AmazonCatalog(FileCatalog):
 class HFDatasetCatalog(Catalog):
     """A `datasets` dataset: `image` column of PIL images (or paths), `description`, entity columns."""
 
-    def __init__(self, path: str | Path, split: str | None = None, column_map: Mapping[str, str] | None = None):
+    def __init__(self, path: str | Path, split: str | None = None, column_map: Mapping[str, str] | None = None,
+                 keep_html: bool = False):  # fmt: skip
         import datasets
 
-        self.path = Path(path)
+        self.path, self.keep_html = Path(path), keep_html
         if (self.path / "dataset_info.json").exists() or (self.path / "dataset_dict.json").exists():
             dataset = datasets.load_from_disk(str(self.path))
             if isinstance(dataset, datasets.DatasetDict):
@@ -367,10 +439,10 @@ class HFDatasetCatalog(Catalog):
         text_columns = [name for name in dataset.column_names if name != image_column]
         for row, record in enumerate(dataset.select_columns(text_columns)):
             source = f"{self.name} row {row}"
-            description = clean_tag(record.get("description", record.get("text")))
+            description = self._clean(record.get("description", record.get("text")))
             if description is None:
                 raise ValueError(f"{source}: field 'description' (or 'text') is empty")
-            tags = {key: clean_tag(value) for key, value in record.items() if key not in ("description", "text")}
+            tags = {key: self._clean(value) for key, value in record.items() if key not in ("description", "text")}
             self.products.append(Product(str(record.get("product_id", row)), description, tags, 1, source))
 
     def _open_image(self, index: int, view: int) -> Image.Image:
@@ -394,15 +466,15 @@ def parse_spec(spec: str) -> tuple[str, str, str | None]:
     return kind, path, split
 
 
-def open_catalog(spec: str, column_map: Mapping[str, str] | None = None) -> Catalog:
-    """The catalog a data spec string names (see module doc)."""
+def open_catalog(spec: str, column_map: Mapping[str, str] | None = None, keep_html: bool = False) -> Catalog:
+    """The catalog a data spec string names (see module doc); `keep_html` leaves texts as they are."""
     kind, path, split = parse_spec(spec)
     if kind == "fashiongen":
-        return FashionGenCatalog(path)
+        return FashionGenCatalog(path, keep_html)
     if kind == "amazon":
-        return AmazonCatalog(path, split or "train")
+        return AmazonCatalog(path, split or "train", keep_html)
     if kind == "jsonl":
-        return JsonlCatalog(path, split)
+        return JsonlCatalog(path, split, keep_html)
     if kind == "csv":
-        return CsvCatalog(path, split)
-    return HFDatasetCatalog(path, split, column_map)
+        return CsvCatalog(path, split, keep_html)
+    return HFDatasetCatalog(path, split, column_map, keep_html)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -98,3 +99,43 @@ class E2Collator:
             batch["skipped_images"] = skipped
             batch["indices"] = torch.tensor([item["index"] for item in items])
         return batch
+
+
+@dataclass
+class TruncationReport:
+    """How many texts are longer than the text tower's context, and by how many tokens."""
+
+    texts: int
+    truncated: int
+    context: int
+    median_excess: int = 0  # tokens cut from a truncated text (median, max)
+    max_excess: int = 0
+
+    def message(self, what: str) -> str | None:
+        """One line for the user, or `None` when nothing is cut."""
+        if not self.truncated:
+            return None
+        return (
+            f"{self.truncated} of {self.texts} {what} ({100 * self.truncated / self.texts:.0f}%) are longer than "
+            f"the {self.context}-token context and are truncated: a median of {self.median_excess} tokens cut "
+            f"(at most {self.max_excess}); what comes first is kept (--text-fields sets the order)"
+        )
+
+
+def truncation_report(texts: Sequence[str], tokenizer, context: int, batch_size: int = 1024) -> TruncationReport:
+    """Tokenizes `texts` without truncation (special tokens included) and compares with `context`."""
+    excess = []
+    for start in range(0, len(texts), batch_size):
+        encoded = tokenizer(list(texts[start : start + batch_size]), truncation=False)["input_ids"]
+        excess += [len(ids) - context for ids in encoded if len(ids) > context]
+    excess.sort()
+    report = TruncationReport(texts=len(texts), truncated=len(excess), context=context)
+    if excess:
+        report.median_excess, report.max_excess = excess[len(excess) // 2], excess[-1]
+    return report
+
+
+def dataset_truncation(dataset: ProductDataset, processor) -> TruncationReport:
+    """`truncation_report` of every product text of the dataset, at the processor's context length."""
+    texts = [dataset.text_of(index) for index in range(len(dataset))]
+    return truncation_report(texts, processor.tokenizer, processor.max_length)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     parser.add_argument("--regions", action="store_true", help="also region retrieval per entity")
+    parser.add_argument("--keep-html", action="store_true", help="leave HTML in texts (default: reduced to text)")
     parser.add_argument("--linear-probe", action="store_true", help="also linear-probe accuracy per entity")
     parser.add_argument(
         "--selection",
@@ -31,14 +33,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+def report_catalog_texts(catalog, processor, data_spec: str) -> None:
+    """One line on stderr when product texts are longer than the model's context."""
+    from ..data import truncation_report
+
+    texts = [processor.build_product_text(product.description, product.tags) for product in catalog.products]
+    _notice(
+        truncation_report(texts, processor.tokenizer, processor.max_length).message(f"product texts of {data_spec}")
+    )
+
+
+def _notice(message: str | None) -> None:
+    """A line for the user on stderr (stdout carries the results)."""
+    if message:
+        print(message, file=sys.stderr)
+
+
 def evaluate_catalog(args: argparse.Namespace) -> dict[str, Any]:
-    from ..data import open_catalog
+    from ..data import open_catalog, untagged_entities_notice
     from .embedding import embed_catalog, embed_texts, load_for_inference
     from .entities import distinct_tags, linear_probe_accuracy, region_retrieval_metrics
     from .retrieval import retrieval_metrics, sample100_metrics
 
     model, processor, device, dtype = load_for_inference(args.model, args.device, args.dtype)
-    embeddings = embed_catalog(model, processor, open_catalog(args.data), args.batch_size, device, dtype)
+    catalog = open_catalog(args.data, keep_html=args.keep_html)
+    report_catalog_texts(catalog, processor, args.data)
+    embeddings = embed_catalog(model, processor, catalog, args.batch_size, device, dtype)
     images, texts, catalog = embeddings.image_embeds, embeddings.text_embeds, embeddings.catalog
     if args.protocol == "full":
         results: dict[str, Any] = {"full": retrieval_metrics(images, texts)}
@@ -46,6 +66,14 @@ def evaluate_catalog(args: argparse.Namespace) -> dict[str, Any]:
         subcategories = [product.tags.get("subcategory") or "" for product in catalog.products]
         results = {"sample100": sample100_metrics(images, texts, subcategories, queries=args.queries, seeds=args.seeds)}
     if args.regions and embeddings.region_embeds is not None:
+        _notice(
+            untagged_entities_notice(
+                catalog,
+                embeddings.entities,
+                args.data,
+                "left out of the region metrics (no tag to score its region against)",
+            )
+        )
         results["region"] = {}
         for index, entity in enumerate(embeddings.entities):
             names, labels, _ = distinct_tags(catalog.tag_values(entity))

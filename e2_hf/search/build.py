@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ..data import Catalog, ImageLoadError, open_catalog
+from ..data import Catalog, ImageLoadError, open_catalog, untagged_entities_notice
 from ..evaluation.embedding import evaluating
 from ..local_paths import portable_name, portable_spec
 from ..modeling import E2CLIPModel, E2CLIPProcessor
@@ -85,6 +86,7 @@ def add_catalog(
     num_workers: int = 0,
     skip_existing: bool = False,
     shard_rows: int = DEFAULT_SHARD_ROWS,
+    keep_html: bool = False,
 ) -> IndexingReport:
     """Embeds every product of the catalog `spec` (first view) and appends it to `index`.
 
@@ -92,7 +94,11 @@ def add_catalog(
     already in the index, or repeated within the catalog, is an error, unless `skip_existing`, which
     leaves those products out (so that re-running on a grown catalog adds only the new products; of
     ids repeated in the catalog the first is kept)."""
-    catalog = open_catalog(spec)
+    catalog = open_catalog(spec, keep_html=keep_html)
+    notice = untagged_entities_notice(catalog, index.entities, spec, "its regional embeddings are stored, but "
+                                      "no tag of the catalog can show what they match")  # fmt: skip
+    if notice:
+        print(notice, file=sys.stderr)
     with writer_lock(index.folder):
         index.reload()  # another writer may have committed while this one waited
         positions = _new_positions(catalog, index.product_ids(), index.folder, spec, skip_existing)

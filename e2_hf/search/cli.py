@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from pathlib import Path
 
 from .build import DEFAULT_THUMBNAIL_SIZE
 
@@ -15,6 +18,7 @@ def add_index_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--verify", action="store_true",
                         help="only check the index in --output: every shard against its recorded SHA-256")  # fmt: skip
     parser.add_argument("--skip-existing", action="store_true", help="leave out products already in the index")
+    parser.add_argument("--keep-html", action="store_true", help="store descriptions and tags with their HTML")
     parser.add_argument("--thumbnail-size", type=int, default=DEFAULT_THUMBNAIL_SIZE, help="for a new index")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--num-workers", type=int, default=0, help="image-loading processes")
@@ -42,7 +46,7 @@ def run_index(args: argparse.Namespace) -> None:
     index = open_or_create_index(args.output, model, args.model, args.thumbnail_size)
     for spec in args.data:
         report = add_catalog(index, model, processor, spec, args.batch_size, device, dtype, args.num_workers,
-                             skip_existing=args.skip_existing)  # fmt: skip
+                             skip_existing=args.skip_existing, keep_html=args.keep_html)  # fmt: skip
         skipped = f", {report.skipped_existing} already there" if report.skipped_existing else ""
         print(f"{spec}: added {report.added} products{skipped}; the index has {report.total}")
     print(f"index in {args.output}")
@@ -59,6 +63,19 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     return parser
 
 
+def untrained_entity_warning(model: str, index, entity: str) -> str | None:
+    """Why a search by `entity`'s region may mean nothing: the model was trained without any tag of
+    it (its `training_args.json` says so), or no indexed product has one."""
+    record = Path(model) / "training_args.json"
+    if record.is_file() and entity in json.loads(record.read_text(encoding="utf-8")).get("untagged_entities", []):
+        return (f"{model} was trained on data without any {entity} tag: its {entity} region was never trained on "
+                f"tags, so this ranking does not reflect {entity}")  # fmt: skip
+    if not any(index.tag_values(entity)):
+        return (f"no product in {index.folder} has a {entity} tag: nothing shows whether the {entity} region "
+                f"matches the query")  # fmt: skip
+    return None
+
+
 def run_search(args: argparse.Namespace) -> None:
     from ..evaluation.embedding import load_for_inference
     from .index import EmbeddingIndex
@@ -69,6 +86,9 @@ def run_search(args: argparse.Namespace) -> None:
     index = EmbeddingIndex(args.index)
     if args.entity is not None:
         index.entity_index(args.entity)  # fail on a wrong name before loading the model
+        warning = untrained_entity_warning(args.model, index, args.entity)
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
     model, processor, _, _ = load_for_inference(args.model, args.device)
     hits = search_text(model, processor, index, args.query, args.entity, args.top_k)
     write_results(args.output, hits, index, args.query, args.entity)

@@ -36,6 +36,7 @@ HELP = {
     "resume_from_checkpoint": "latest (the newest complete one), or a checkpoint folder, to continue a run exactly",
     "report_to": "none, tensorboard, wandb, ... (Accelerate trackers)",
     "strict": "stop at the first unreadable image instead of skipping it",
+    "keep_html": "leave HTML in descriptions and tags (default: reduced to text)",
     "max_skipped_share": "stop when more than this share of the images read so far were unreadable",
     "text_fields": "order of the product text: tag names and description",
 }

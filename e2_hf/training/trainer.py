@@ -20,6 +20,8 @@ import json
 import math
 import os
 import shutil
+import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
-from ..data import E2Collator, ProductDataset, open_catalog
+from ..data import E2Collator, ProductDataset, dataset_truncation, open_catalog, untagged_entities_notice
 from ..errors import TrainingError
 from ..evaluation import retrieval_metrics
 from ..evaluation.embedding import check_model_folder
@@ -77,6 +79,7 @@ class TrainingArguments:
     resume_from_checkpoint: str | None = None
     report_to: str = "none"
     strict: bool = False
+    keep_html: bool = False
     max_skipped_share: float = 0.1
     text_fields: list[str] = field(default_factory=lambda: list(DEFAULT_PRODUCT_TEXT_FIELDS))
     log_steps: int = 10
@@ -231,14 +234,17 @@ def check_entities(model: E2CLIPModel, catalog, data_spec: str) -> None:
         )
 
 
-def save_hub_folder(model: E2CLIPModel, processor: E2CLIPProcessor, target: Path, args: TrainingArguments) -> None:
+def save_hub_folder(model: E2CLIPModel, processor: E2CLIPProcessor, target: Path, args: TrainingArguments,
+                    untagged_entities: Sequence[str] = ()) -> None:  # fmt: skip
     """`save_pretrained` into a temporary folder, then rename it into place: a crash never leaves
     a half-written model at `target`."""
     temporary = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(temporary, ignore_errors=True)
     model.save_pretrained(temporary)
     processor.save_pretrained(temporary)
-    (temporary / "training_args.json").write_text(json.dumps(portable_args(args), indent=2) + "\n")
+    # untagged_entities: entities the training data had no tag for (their regions never learned from tags)
+    record = {**portable_args(args), "untagged_entities": list(untagged_entities)}
+    (temporary / "training_args.json").write_text(json.dumps(record, indent=2) + "\n")
     previous = target.with_name(f".{target.name}.old-{os.getpid()}")
     if target.exists():
         os.replace(target, previous)
@@ -328,6 +334,7 @@ class Run:
     total_epochs: int
     steps_per_epoch: int
     last_checkpoint: Path | None = None  # the newest this run saved
+    untagged_entities: list[str] = field(default_factory=list)  # no tag in the training data
 
 
 def prepare_run(args: TrainingArguments) -> Run:
@@ -345,8 +352,8 @@ def prepare_run(args: TrainingArguments) -> Run:
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
     set_seed(args.seed)
-    train_catalog = open_catalog(args.train_data)
-    eval_catalog = open_catalog(args.eval_data) if args.eval_data else None
+    train_catalog = open_catalog(args.train_data, keep_html=args.keep_html)
+    eval_catalog = open_catalog(args.eval_data, keep_html=args.keep_html) if args.eval_data else None
 
     model = build_model(args)
     processor = E2CLIPProcessor.from_pretrained(args.model, entities=model.config.entities)
@@ -358,6 +365,13 @@ def prepare_run(args: TrainingArguments) -> Run:
         enable()
     entities = model.config.entities
     train_set = ProductDataset(train_catalog, entities, training=True, seed=args.seed, text_fields=args.text_fields)
+    report_truncation(accelerator, dataset_truncation(train_set, processor), args.train_data)
+    untagged = train_catalog.untagged_entities(entities)
+    notice = untagged_entities_notice(train_catalog, entities, args.train_data,
+                                      "its region loss is masked for every product, so its selection tokens and "
+                                      "regional embedding are not trained on tags")  # fmt: skip
+    if notice and accelerator.is_main_process:
+        print(notice, file=sys.stderr)
     sampler = EpochSampler(len(train_set), args.seed)
     # The loader's own generator: creating an iterator must not draw from the global RNG, which
     # drives the Gumbel noise and is restored on resume.
@@ -390,10 +404,16 @@ def prepare_run(args: TrainingArguments) -> Run:
         eval_set = ProductDataset(eval_catalog, entities, training=False, text_fields=args.text_fields)
     run = Run(args, accelerator, model, unwrapped, processor, optimizer, scheduler, progress,
               E2ContrastiveLoss.from_config(unwrapped.config), train_set, sampler, train_loader, eval_set,
-              stage1_epochs, total_epochs, steps_per_epoch)  # fmt: skip
+              stage1_epochs, total_epochs, steps_per_epoch, untagged_entities=untagged)  # fmt: skip
     if args.resume_from_checkpoint:
         resume(run)
     return run
+
+
+def report_truncation(accelerator, report, data_spec: str) -> None:
+    message = report.message(f"product texts of {data_spec}")
+    if message and accelerator.is_main_process:
+        print(message, file=sys.stderr)
 
 
 def resume(run: Run) -> None:
@@ -439,7 +459,7 @@ def train(args: TrainingArguments) -> dict[str, Any]:
     if not stopped_early:
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            save_hub_folder(run.unwrapped, run.processor, output_dir / "model", args)
+            save_hub_folder(run.unwrapped, run.processor, output_dir / "model", args, run.untagged_entities)
         summary["model"] = str(output_dir / "model")
     if progress.skipped_images:
         accelerator.print(f"skipped {progress.skipped_images} unreadable images (use --strict to stop on the first)")
@@ -531,7 +551,8 @@ def evaluate_and_keep_best(run: Run) -> dict[str, Any]:
     if metrics["sumr"] > run.progress.best_sumr:
         run.progress.best_sumr = metrics["sumr"]
         if accelerator.is_main_process:
-            save_hub_folder(run.unwrapped, run.processor, Path(run.args.output_dir) / "best-model", run.args)
+            save_hub_folder(run.unwrapped, run.processor, Path(run.args.output_dir) / "best-model", run.args,
+                            run.untagged_entities)  # fmt: skip
     return {"full": metrics, "sumr": metrics["sumr"]}
 
 
