@@ -23,7 +23,9 @@ from typing import Any
 
 import torch
 
+from .cli_options import add_catalog_reading_arguments
 from .evaluation.embedding import CatalogEmbeddings, embed_texts, evaluating
+from .evaluation.entities import carried_matrix
 from .modeling import E2CLIPModel, E2CLIPProcessor
 
 SOURCES = ("region", "global")
@@ -55,9 +57,17 @@ def check_candidates(candidates: Mapping[str, Sequence[str]], entities: Sequence
     return checked
 
 
+def value_sets(catalog, entity: str) -> list[tuple[str, ...]]:
+    """Each product's values of `entity` (several for a multi-value tag), from a catalog or an index."""
+    if hasattr(catalog, "value_sets"):
+        return catalog.value_sets(entity)
+    return [(tag,) if tag else () for tag in catalog.tag_values(entity)]
+
+
 def catalog_candidates(catalog, entities: Sequence[str]) -> dict[str, list[str]]:
-    """Each entity's distinct tags in a catalog, sorted; entities without any tag are left out."""
-    candidates = {entity: sorted({tag for tag in catalog.tag_values(entity) if tag}) for entity in entities}
+    """Each entity's distinct values in a catalog (or an index), sorted; entities without any are left out."""
+    candidates = {entity: sorted({value for values in value_sets(catalog, entity) for value in values})
+                  for entity in entities}  # fmt: skip
     return {entity: tags for entity, tags in candidates.items() if tags}
 
 
@@ -124,9 +134,10 @@ def tagging_accuracy(
 ) -> dict[str, dict[str, Any]]:
     """Top-1 accuracy (percent) of zero-shot tagging per entity, regional vs global embedding.
 
-    Candidates default to each entity's distinct tags in the catalog. Products whose tag is
-    missing, or not among the candidates, are left out (`items` counts the rest). A prediction is
-    right only when the true tag scores strictly higher than every other candidate. Each entity
+    Candidates default to each entity's distinct values in the catalog. Products without a value
+    among the candidates are left out (`items` counts the rest). A prediction is right only when a
+    value the product carries scores strictly higher than every candidate it does not carry (for a
+    multi-value tag: the top candidate is one of its values). Each entity
     also gets `search_precision_at_10` per source: the same scores read as a search for each
     candidate tag (see `search_precision`).
 
@@ -141,35 +152,46 @@ def tagging_accuracy(
     tag_embeds = candidate_embeddings(model, processor, candidates, device)
     results = {}
     for entity, tags in candidates.items():
-        truth = [tags.index(tag) if tag in tags else -1 for tag in catalog.tag_values(entity)]
-        truth = torch.tensor(truth, dtype=torch.long)
-        kept = truth >= 0
-        result: dict[str, Any] = {"items": int(kept.sum()), "candidates": len(tags), "chance": 100.0 / len(tags)}
+        position = {tag: column for column, tag in enumerate(tags)}
+        carried = torch.zeros((len(catalog), len(tags)), dtype=torch.bool)  # [items, candidates]
+        for item, values in enumerate(value_sets(catalog, entity)):
+            carried[item, [position[value] for value in values if value in position]] = True
+        kept = carried.any(dim=1)
+        truth = carried[kept]
+        result: dict[str, Any] = {"items": int(kept.sum()), "candidates": len(tags), "chance": _chance(truth)}
         for source in SOURCES if has_regions else ("global",):
             scores = tag_similarities(embeddings.image_embeds, embeddings.region_embeds, entities,
                                       {entity: tag_embeds[entity]}, source)[entity][kept]  # fmt: skip
-            true_scores = scores.gather(1, truth[kept, None])
-            others = scores.scatter(1, truth[kept, None], float("-inf"))
-            correct = true_scores[:, 0] > others.max(dim=1).values
+            best_carried = scores.masked_fill(~truth, float("-inf")).max(dim=1).values
+            correct = best_carried > scores.masked_fill(truth, float("-inf")).max(dim=1).values
             result[source] = 100.0 * correct.float().mean().item() if len(correct) else float("nan")
             result.setdefault(f"search_precision_at_{SEARCH_TOP_K}", {})[source] = search_precision(
-                scores, truth[kept], SEARCH_TOP_K
+                scores, truth, SEARCH_TOP_K
             )
         results[entity] = result
     return results
 
 
+def _chance(carried: torch.Tensor) -> float:
+    """Percent right for a random pick among the candidates: the mean share of candidates an item carries."""
+    if len(carried) == 0:
+        return float("nan")
+    return 100.0 * float(carried.float().mean(dim=1).mean())
+
+
 def search_precision(scores: torch.Tensor, truth: torch.Tensor, top_k: int = 10) -> float:
     """Entity-aware search scored: each candidate tag text as a query over the items (`scores`
-    `[items, tags]`, `truth` `[items]`), the share (percent) of its `min(top_k, items carrying the
-    tag)` best items that carry it, averaged over the tags that some item carries."""
+    `[items, tags]`, `truth` `[items]` labels or `[items, tags]` bool), the share (percent) of its
+    `min(top_k, items carrying the tag)` best items that carry it, averaged over the tags that some
+    item carries."""
+    carried = carried_matrix(truth, scores.shape[1])
     precisions = []
     for tag in range(scores.shape[1]):
-        carriers = int((truth == tag).sum())
+        carriers = int(carried[:, tag].sum())
         if carriers == 0:
             continue
         found = scores[:, tag].topk(min(top_k, carriers)).indices
-        precisions.append((truth[found] == tag).float().mean().item())
+        precisions.append(carried[found, tag].float().mean().item())
     return 100.0 * sum(precisions) / len(precisions) if precisions else float("nan")
 
 
@@ -212,7 +234,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--image", action="append", help="tag this image; repeat for more")
     source.add_argument("--data", help="measure accuracy on this catalog (data spec), regional vs global")
-    parser.add_argument("--keep-html", action="store_true", help="with --data: leave HTML in texts")
+    add_catalog_reading_arguments(parser)
     parser.add_argument("--candidates", help="JSON file {entity: [tags]} or a data spec to take distinct tags from "
                                              "(default with --data: that catalog's tags)")  # fmt: skip
     parser.add_argument("--entity", action="append", help="only these entities (default: all with candidates)")
@@ -268,7 +290,7 @@ def _measure(args, model, processor, candidates, device, dtype) -> dict[str, Any
     from .evaluation.cli import _notice, report_catalog_texts
     from .evaluation.embedding import embed_catalog
 
-    catalog = open_catalog(args.data, keep_html=args.keep_html)
+    catalog = open_catalog(args.data, keep_html=args.keep_html, tag_separators=args.tag_separators)
     report_catalog_texts(catalog, processor, args.data)
     entities = args.entity or model.config.entities
     _notice(untagged_entities_notice(catalog, entities, args.data, "no tagging accuracy can be measured for it"))

@@ -243,3 +243,25 @@ def test_hdf5_files_of_the_wrong_kind_or_shape_are_named(tmp_path):
         open_catalog(fashiongen("short_ids.h5", images, np.array([[1], [2]])))
     with pytest.raises(ValueError, match=r"'input_image' has shape \(3, 8, 8, 3\) and dtype float64; .* are uint8 RGB"):
         open_catalog(fashiongen("float.h5", images.astype(np.float64), np.array([[1], [1], [2]])))
+
+
+def test_multi_value_tags_are_split_cleaned_and_order_free(tmp_path):
+    from e2_hf.data.catalogs import parse_tag_separators, split_tag
+
+    assert split_tag("Spring|All-weather| spring |", "|") == ("All-weather", "Spring")
+    assert split_tag("Nylon\nPolyester", "|\n") == ("Nylon", "Polyester")
+    assert split_tag("Cocona&reg; fabric|Polyester", "|") == ("Cocona® fabric", "Polyester")
+    assert parse_tag_separators(["season=|", "composition=|\\n"]) == {"season": "|", "composition": "|\n"}
+    with pytest.raises(ValueError, match="write ENTITY=CHARACTERS"):
+        parse_tag_separators(["season"])
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    records = [{"image": "a.png", "description": "a", "season": "Spring|Cool", "composition": "Nylon\nPolyester"},
+               {"image": "a.png", "description": "b", "season": "Cool|Spring", "composition": "Wool"},
+               {"image": "a.png", "description": "c", "season": None, "composition": "Wool"}]  # fmt: skip
+    (tmp_path / "items.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+    catalog = open_catalog(f"jsonl:{tmp_path / 'items.jsonl'}", tag_separators={"season": "|", "composition": "|\n"})
+    assert catalog.value_sets("season") == [("Cool", "Spring"), ("Cool", "Spring"), ()]
+    assert catalog[0].tags["season"] == catalog[1].tags["season"] == "Cool, Spring"  # one tag text, any order
+    assert catalog[2].tags["season"] is None and catalog.value_sets("composition")[0] == ("Nylon", "Polyester")
+    single = open_catalog(f"jsonl:{tmp_path / 'items.jsonl'}")
+    assert single.value_sets("season") == [("Spring|Cool",), ("Cool|Spring",), ()]  # without: one value each

@@ -7,7 +7,13 @@ import sys
 import pytest
 import torch
 
-from e2_hf.evaluation import distinct_tags, linear_probe_accuracy, region_retrieval_metrics, retrieval_metrics
+from e2_hf.evaluation import (
+    distinct_tags,
+    linear_probe_accuracy,
+    region_retrieval_metrics,
+    retrieval_metrics,
+    tag_value_matrix,
+)
 from e2_hf.metrics import metric_path
 
 from .conftest import catalog_with_a_broken_image
@@ -24,6 +30,20 @@ def test_region_retrieval_on_planted_embeddings():
     assert metrics["items"] == 4 and metrics["distinct_tags"] == 3
     swapped = region_retrieval_metrics(regions, tag_embeds[[1, 2, 0]], labels)  # wrong texts
     assert swapped["image_to_tag"]["R@1"] == 0.0
+
+
+def test_region_retrieval_with_multi_value_tags_counts_any_carried_value():
+    names, carried = tag_value_matrix([("Cool", "Spring"), (), ("Spring",), ("Windy", "Cool")])
+    assert names == ["Cool", "Spring", "Windy"]
+    assert carried.tolist() == [[True, True, False], [False, False, False], [False, True, False], [True, False, True]]
+    tag_embeds = torch.eye(3, 4)
+    regions = tag_embeds[[1, 0, 1, 2]]  # each item (but the untagged one) on one of its own values
+    metrics = region_retrieval_metrics(regions, tag_embeds, carried)
+    assert metrics["items"] == 3 and metrics["distinct_tags"] == 3
+    assert metrics["image_to_tag"]["R@1"] == 100.0
+    assert metrics["tag_to_image"]["R@1"] == pytest.approx(200 / 3)  # no carrier of Cool looks like Cool
+    as_one_label = region_retrieval_metrics(regions, tag_embeds, torch.tensor([0, -1, 1, 0]))  # first value only
+    assert as_one_label["image_to_tag"]["R@1"] < 100.0  # the multi-value reading is what credits item 0
 
 
 def test_linear_probe_learns_a_planted_label_and_not_noise():

@@ -46,9 +46,10 @@ def test_html_texts_are_reduced_to_readable_text(real_catalog):
 
 def test_html_to_text_on_the_markup_real_exports_use():
     assert clean_tag("<p>Soft cotton.<br />&bull; Machine wash<ul><li>Slim fit</li></ul>") == (
-        "Soft cotton. Machine wash. Slim fit."
+        "Soft cotton. Machine wash. Slim fit"
     )
-    assert clean_tag("<p>Unclosed paragraph<p>Second") == "Unclosed paragraph. Second."
+    assert clean_tag("<p>Unclosed paragraph<p>Second") == "Unclosed paragraph. Second"
+    assert clean_tag("Cocona&reg; performance fabric") == "Cocona® performance fabric"
     assert clean_tag("Hoodies & Sweatshirts") == "Hoodies & Sweatshirts"  # a bare ampersand is not markup
     assert clean_tag("a  long\n description") == "a long description"
     assert clean_tag("<p>kept</p>", keep_html=True) == "<p>kept</p>"
@@ -75,7 +76,23 @@ def test_commands_end_to_end_on_the_real_catalog(real_catalog, e2_model_dir, tmp
     assert (tmp_path / "map.png").stat().st_size > 0
     tagged = run_cli("tag", "--model", str(e2_model_dir), "--data", real_catalog, "--output", str(tmp_path / "t.json"))
     assert "has a brand tag (170 products): no tagging accuracy can be measured" in tagged.stderr
-    assert "season" in json.loads((tmp_path / "t.json").read_text())["accuracy"]
+    assert json.loads((tmp_path / "t.json").read_text())["accuracy"]["season"]["candidates"] == 61  # as one label
+
+    separators = ["--tag-separator", "season=|", "--tag-separator", "composition=|\\n"]
+    run_cli(
+        "tag", "--model", str(e2_model_dir), "--data", real_catalog, *separators, "--output", str(tmp_path / "m.json")
+    )
+    season = json.loads((tmp_path / "m.json").read_text())["accuracy"]["season"]
+    assert season["candidates"] == 11 and season["items"] == 147  # the climate values, on the apparel
+    evaluated = run_cli("evaluate", "--model", str(e2_model_dir), "--data", real_catalog, "--regions", *separators,
+                        "--output", str(tmp_path / "e.json"))  # fmt: skip
+    assert json.loads((tmp_path / "e.json").read_text())["region"]["season"]["distinct_tags"] == 11
+    multi_index = tmp_path / "multi-index"
+    run_cli("index", "--model", str(e2_model_dir), "--data", real_catalog, *separators, "--output", str(multi_index))
+    from e2_hf.search import EmbeddingIndex
+    from e2_hf.tagging import catalog_candidates
+
+    assert len(catalog_candidates(EmbeddingIndex(multi_index), ["season"])["season"]) == 11  # the Space's candidates
 
 
 def test_training_a_few_steps_records_the_untagged_entity(real_catalog, e2_model_dir, tmp_path):

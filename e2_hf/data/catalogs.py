@@ -25,7 +25,7 @@ import json
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,15 @@ class Product:
     tags: dict[str, str | None]
     num_views: int
     source: str  # where it comes from, for error messages: "catalog.jsonl row 12"
+    # entities read with a value separator: their values, sorted; `tags` then holds them joined
+    multi_values: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def values_of(self, entity: str) -> tuple[str, ...]:
+        """The product's values of `entity`: one for an ordinary tag, several for a multi-value one."""
+        if entity in self.multi_values:
+            return self.multi_values[entity]
+        tag = self.tags.get(entity)
+        return (tag,) if tag else ()
 
 
 def clean_tag(value: Any, keep_html: bool = False) -> str | None:
@@ -73,6 +82,42 @@ def clean_tag(value: Any, keep_html: bool = False) -> str | None:
         text = html_to_text(text) if HTML_MARKUP.search(text) else " ".join(text.split())
     text = text.strip()
     return text or None
+
+
+MULTI_VALUE_JOINER = ", "  # how a product's values of one entity are written as one tag text
+
+
+def split_tag(value: Any, separators: str, keep_html: bool = False) -> tuple[str, ...]:
+    """A multi-value tag -> its cleaned, distinct values, sorted (so that the order a catalog lists
+    them in does not matter): `"Spring|All-weather|spring "` with `"|"` -> `("All-weather", "Spring")`."""
+    if value is None:
+        return ()
+    parts = re.split("[" + re.escape(separators) + "]", str(value))
+    values: dict[str, str] = {}
+    for part in parts:
+        cleaned = clean_tag(part, keep_html)
+        if cleaned:
+            values.setdefault(cleaned.casefold(), cleaned)
+    return tuple(sorted(values.values(), key=str.casefold))
+
+
+def parse_tag_separators(items: Sequence[str] | Mapping[str, str] | None) -> dict[str, str]:
+    """`["season=|", "composition=|\\n"]` (command-line form) or a mapping -> `{entity: separator characters}`;
+    `\\n` and `\\t` stand for newline and tab."""
+    if not items:
+        return {}
+    if isinstance(items, Mapping):
+        pairs = list(items.items())
+    else:
+        pairs = []
+        for item in items:
+            entity, equals, separators = item.partition("=")
+            if not equals or not entity.strip() or not separators:
+                raise ValueError(
+                    f"--tag-separator {item!r}: write ENTITY=CHARACTERS, e.g. season='|' or composition='|\\n'"
+                )
+            pairs.append((entity.strip(), separators))
+    return {entity: separators.replace("\\n", "\n").replace("\\t", "\t") for entity, separators in pairs}
 
 
 # A tag (`<p>`, `</li>`, `<br />`, `<!-- -->`) or a character reference (`&bull;`, `&#174;`).
@@ -107,14 +152,15 @@ class _HtmlText(HTMLParser):
 
 
 def html_to_text(fragment: str) -> str:
-    """`<p>Soft.</p><ul><li>Machine wash</li></ul>` -> `Soft. Machine wash.`: tags dropped (unclosed
+    """`<p>Soft.</p><ul><li>Machine wash</li></ul>` -> `Soft. Machine wash`: tags dropped (unclosed
     ones too), entities decoded, each block a sentence, list markers (`&bull;`) removed."""
     parser = _HtmlText()
     parser.feed(fragment)
     parser.close()
-    lines = (" ".join(line.split()).strip(LIST_MARKERS) for line in "".join(parser.parts).split("\n"))
-    sentences = [line if line[-1] in SENTENCE_ENDS else f"{line}." for line in lines if line]
-    return " ".join(sentences)
+    lines = [" ".join(line.split()).strip(LIST_MARKERS) for line in "".join(parser.parts).split("\n")]
+    lines = [line for line in lines if line]
+    sentences = [line if line[-1] in SENTENCE_ENDS else f"{line}." for line in lines[:-1]]  # blocks end sentences
+    return " ".join(sentences + lines[-1:])
 
 
 class Catalog:
@@ -122,9 +168,26 @@ class Catalog:
     their texts and tags go through `clean_tag` (HTML reduced to text unless `keep_html`)."""
 
     keep_html: bool = False
+    tag_separators: dict[str, str] = {}  # entity -> characters separating its values
 
     def _clean(self, value: Any) -> str | None:
         return clean_tag(value, self.keep_html)
+
+    def _tags(self, raw: Mapping[str, Any]) -> tuple[dict[str, str | None], dict[str, tuple[str, ...]]]:
+        """Raw tag fields -> `(tags, multi_values)`: multi-value entities are split into their values
+        (before cleaning, since a newline may separate them) and joined into one tag text."""
+        tags, multi_values = {}, {}
+        for entity, value in raw.items():
+            if entity in self.tag_separators:
+                multi_values[entity] = split_tag(value, self.tag_separators[entity], self.keep_html)
+                tags[entity] = MULTI_VALUE_JOINER.join(multi_values[entity]) or None
+            else:
+                tags[entity] = self._clean(value)
+        return tags, multi_values
+
+    def value_sets(self, entity: str) -> list[tuple[str, ...]]:
+        """Each product's values of `entity` (empty when it has none)."""
+        return [product.values_of(entity) for product in self.products]
 
     name: str
     products: list[Product]
@@ -170,10 +233,10 @@ def untagged_entities_notice(catalog: Catalog, entities: Sequence[str], spec: st
 class FashionGenCatalog(Catalog):
     """The FashionGen HDF5 layout: rows of one product are contiguous (grouped by `input_productID`)."""
 
-    def __init__(self, path: str | Path, keep_html: bool = False):
+    def __init__(self, path: str | Path, keep_html: bool = False, tag_separators: Mapping[str, str] | None = None):
         import h5py
 
-        self.path, self.keep_html = Path(path), keep_html
+        self.path, self.keep_html, self.tag_separators = Path(path), keep_html, dict(tag_separators or {})
         if not self.path.is_file():
             raise FileNotFoundError(f"FashionGen file not found: {self.path}")
         self.name = self.path.name
@@ -204,10 +267,10 @@ class FashionGenCatalog(Catalog):
         text = self._clean(_text(description))
         if not text:
             raise ValueError(f"{source}: field 'input_description' is empty")
-        tags = {entity: self._clean(_text(column[start])) for entity, column in tag_columns.items()}
+        tags, multi_values = self._tags({entity: _text(column[start]) for entity, column in tag_columns.items()})
         self.row_ranges.append((start, end))
         product_id = _text(product_id) if isinstance(product_id, bytes) else str(int(product_id))
-        self.products.append(Product(product_id, text, tags, end - start, source))
+        self.products.append(Product(product_id, text, tags, end - start, source, multi_values))
 
     def _file(self):
         """One h5py handle per process (dataloader workers are forked)."""
@@ -271,9 +334,9 @@ class FileCatalog(Catalog):
         if not images:
             raise ValueError(f"{source}: no image (fields 'images' or 'image')")
         reserved = {"images", "image", "description", "text", "product_id", "split", "details"}  # details: boxes
-        tags = {key: self._clean(value) for key, value in record.items() if key not in reserved}
+        tags, multi_values = self._tags({key: value for key, value in record.items() if key not in reserved})
         product_id = str(record.get("product_id", len(self.products)))
-        self.products.append(Product(product_id, description, tags, len(images), source))
+        self.products.append(Product(product_id, description, tags, len(images), source, multi_values))
         self.image_paths.append([image_root / path for path in images])
 
 
@@ -294,8 +357,9 @@ class TabularCatalog(FileCatalog):
 
     kind = "tabular"
 
-    def __init__(self, path: str | Path, split: str | None = None, keep_html: bool = False):
-        self.path, self.keep_html = Path(path), keep_html
+    def __init__(self, path: str | Path, split: str | None = None, keep_html: bool = False,
+                 tag_separators: Mapping[str, str] | None = None):  # fmt: skip
+        self.path, self.keep_html, self.tag_separators = Path(path), keep_html, dict(tag_separators or {})
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.kind} catalog not found: {self.path}")
         self.name, self.products, self.image_paths = self.path.name, [], []
@@ -382,11 +446,11 @@ class CsvCatalog(TabularCatalog):
     def _check_not_swallowed(self, fields: list[str], columns: int, source: str) -> None:
         """A quoted field spanning lines is legal; one whose lines look like whole rows is a quote
         opened by mistake that took the following rows into one field."""
-        for field in fields:
-            swallowed = [line for line in field.splitlines()[1:] if line.count(",") >= columns - 1]
+        for value in fields:
+            swallowed = [line for line in value.splitlines()[1:] if line.count(",") >= columns - 1]
             if swallowed:
                 raise ValueError(
-                    f"{source}: a quoted field spans {len(field.splitlines())} lines that look like CSV rows "
+                    f"{source}: a quoted field spans {len(value.splitlines())} lines that look like CSV rows "
                     f'({swallowed[0][:60]!r}); an unbalanced quote (") made them one field'
                 )
 
@@ -394,8 +458,9 @@ class CsvCatalog(TabularCatalog):
 class AmazonCatalog(FileCatalog):
     """AmazonFashion: text is the title, the only tag is the brand."""
 
-    def __init__(self, root: str | Path, split: str = "train", keep_html: bool = False):
-        self.root, self.keep_html = Path(root), keep_html
+    def __init__(self, root: str | Path, split: str = "train", keep_html: bool = False,
+                 tag_separators: Mapping[str, str] | None = None):  # fmt: skip
+        self.root, self.keep_html, self.tag_separators = Path(root), keep_html, dict(tag_separators or {})
         meta_path, split_path = self.root / "meta-fashion.json", self.root / "split.json"
         for path in (meta_path, split_path):
             if not path.is_file():
@@ -418,10 +483,10 @@ class HFDatasetCatalog(Catalog):
     """A `datasets` dataset: `image` column of PIL images (or paths), `description`, entity columns."""
 
     def __init__(self, path: str | Path, split: str | None = None, column_map: Mapping[str, str] | None = None,
-                 keep_html: bool = False):  # fmt: skip
+                 keep_html: bool = False, tag_separators: Mapping[str, str] | None = None):  # fmt: skip
         import datasets
 
-        self.path, self.keep_html = Path(path), keep_html
+        self.path, self.keep_html, self.tag_separators = Path(path), keep_html, dict(tag_separators or {})
         if (self.path / "dataset_info.json").exists() or (self.path / "dataset_dict.json").exists():
             dataset = datasets.load_from_disk(str(self.path))
             if isinstance(dataset, datasets.DatasetDict):
@@ -442,8 +507,11 @@ class HFDatasetCatalog(Catalog):
             description = self._clean(record.get("description", record.get("text")))
             if description is None:
                 raise ValueError(f"{source}: field 'description' (or 'text') is empty")
-            tags = {key: self._clean(value) for key, value in record.items() if key not in ("description", "text")}
-            self.products.append(Product(str(record.get("product_id", row)), description, tags, 1, source))
+            tags, multi_values = self._tags({key: value for key, value in record.items()
+                                             if key not in ("description", "text")})  # fmt: skip
+            self.products.append(
+                Product(str(record.get("product_id", row)), description, tags, 1, source, multi_values)
+            )
 
     def _open_image(self, index: int, view: int) -> Image.Image:
         value = self.dataset[index][self.image_column]
@@ -466,15 +534,22 @@ def parse_spec(spec: str) -> tuple[str, str, str | None]:
     return kind, path, split
 
 
-def open_catalog(spec: str, column_map: Mapping[str, str] | None = None, keep_html: bool = False) -> Catalog:
-    """The catalog a data spec string names (see module doc); `keep_html` leaves texts as they are."""
+def open_catalog(
+    spec: str,
+    column_map: Mapping[str, str] | None = None,
+    keep_html: bool = False,
+    tag_separators: Sequence[str] | Mapping[str, str] | None = None,
+) -> Catalog:
+    """The catalog a data spec string names (see module doc); `keep_html` leaves texts as they are;
+    `tag_separators` (`{"season": "|"}` or `["season=|"]`) reads those entities as multi-value tags."""
     kind, path, split = parse_spec(spec)
+    separators = parse_tag_separators(tag_separators)
     if kind == "fashiongen":
-        return FashionGenCatalog(path, keep_html)
+        return FashionGenCatalog(path, keep_html, separators)
     if kind == "amazon":
-        return AmazonCatalog(path, split or "train", keep_html)
+        return AmazonCatalog(path, split or "train", keep_html, separators)
     if kind == "jsonl":
-        return JsonlCatalog(path, split, keep_html)
+        return JsonlCatalog(path, split, keep_html, separators)
     if kind == "csv":
-        return CsvCatalog(path, split, keep_html)
-    return HFDatasetCatalog(path, split, column_map, keep_html)
+        return CsvCatalog(path, split, keep_html, separators)
+    return HFDatasetCatalog(path, split, column_map, keep_html, separators)

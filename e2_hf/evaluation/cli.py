@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..cli_options import add_catalog_reading_arguments
 from .retrieval import DIRECTIONS
 
 
@@ -22,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     parser.add_argument("--regions", action="store_true", help="also region retrieval per entity")
-    parser.add_argument("--keep-html", action="store_true", help="leave HTML in texts (default: reduced to text)")
+    add_catalog_reading_arguments(parser)
     parser.add_argument("--linear-probe", action="store_true", help="also linear-probe accuracy per entity")
     parser.add_argument(
         "--selection",
@@ -52,11 +53,11 @@ def _notice(message: str | None) -> None:
 def evaluate_catalog(args: argparse.Namespace) -> dict[str, Any]:
     from ..data import open_catalog, untagged_entities_notice
     from .embedding import embed_catalog, embed_texts, load_for_inference
-    from .entities import distinct_tags, linear_probe_accuracy, region_retrieval_metrics
+    from .entities import linear_probe_accuracy, region_retrieval_metrics, tag_value_matrix
     from .retrieval import retrieval_metrics, sample100_metrics
 
     model, processor, device, dtype = load_for_inference(args.model, args.device, args.dtype)
-    catalog = open_catalog(args.data, keep_html=args.keep_html)
+    catalog = open_catalog(args.data, keep_html=args.keep_html, tag_separators=args.tag_separators)
     report_catalog_texts(catalog, processor, args.data)
     embeddings = embed_catalog(model, processor, catalog, args.batch_size, device, dtype)
     images, texts, catalog = embeddings.image_embeds, embeddings.text_embeds, embeddings.catalog
@@ -76,11 +77,11 @@ def evaluate_catalog(args: argparse.Namespace) -> dict[str, Any]:
         )
         results["region"] = {}
         for index, entity in enumerate(embeddings.entities):
-            names, labels, _ = distinct_tags(catalog.tag_values(entity))
+            names, carried = tag_value_matrix(catalog.value_sets(entity))
             if names:
                 tag_embeds = embed_texts(model, processor, names, device=device)
                 results["region"][entity] = region_retrieval_metrics(
-                    embeddings.region_embeds[:, index], tag_embeds, labels
+                    embeddings.region_embeds[:, index], tag_embeds, carried
                 )
     if args.linear_probe:
         entities = embeddings.entities or ["brand", "season", "subcategory", "composition"]

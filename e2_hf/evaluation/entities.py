@@ -1,8 +1,9 @@
 """Per-entity evaluation: region retrieval and linear probes (spec, section 4).
 
-Region retrieval: for one entity, the texts of its distinct tags against the images' regional
-embeddings of that entity. Image -> tag ranks the distinct tags for each image (zero-shot
-tagging); tag -> image ranks the images for each distinct tag, a hit being any image carrying it.
+Region retrieval: for one entity, the texts of its distinct values against the images' regional
+embeddings of that entity. Image -> tag ranks the distinct values for each image (zero-shot
+tagging), a hit being any value the product carries (a multi-value tag carries several); tag ->
+image ranks the images for each distinct value, a hit being any image carrying it.
 
 Linear probe: a softmax-regression classifier on frozen (global) image embeddings predicting each
 entity's tag, trained on a random 80 % of the products with that tag and scored on the rest; a
@@ -28,20 +29,42 @@ def distinct_tags(tags: Sequence[str | None]) -> tuple[list[str], torch.Tensor, 
     return list(names), labels, labels >= 0
 
 
+def tag_value_matrix(value_sets: Sequence[Sequence[str]]) -> tuple[list[str], torch.Tensor]:
+    """`(distinct values in first-seen order, carried [items, values] bool)` from each item's values."""
+    names: dict[str, int] = {}
+    for values in value_sets:
+        for value in values:
+            names.setdefault(value, len(names))
+    carried = torch.zeros((len(value_sets), len(names)), dtype=torch.bool)
+    for item, values in enumerate(value_sets):
+        carried[item, [names[value] for value in values]] = True
+    return list(names), carried
+
+
+def carried_matrix(truth: torch.Tensor, num_tags: int) -> torch.Tensor:
+    """`[items]` labels (-1 = none) or an `[items, tags]` bool matrix -> the bool matrix."""
+    if truth.dim() == 2:
+        return truth.bool()
+    carried = torch.zeros((len(truth), num_tags), dtype=torch.bool)
+    rows = truth >= 0
+    carried[rows.nonzero()[:, 0], truth[rows]] = True
+    return carried
+
+
 def region_retrieval_metrics(
-    region_embeds: torch.Tensor, tag_embeds: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5, 10)
+    region_embeds: torch.Tensor, tag_embeds: torch.Tensor, truth: torch.Tensor, ks: Sequence[int] = (1, 5, 10)
 ) -> dict:
-    """`region_embeds` `[items, dim]` (one entity), `tag_embeds` `[distinct tags, dim]`, `labels`
-    `[items]` (index of each item's tag, -1 = missing, left out). Recalls in percent; ties count
-    against the positive."""
-    present = labels >= 0
+    """`region_embeds` `[items, dim]` (one entity), `tag_embeds` `[distinct tags, dim]`, `truth`
+    `[items]` (index of each item's tag, -1 = missing) or `[items, tags]` bool (the values each
+    item carries; none = left out). Recalls in percent; ties count against the positive."""
+    carried = carried_matrix(truth, tag_embeds.shape[0])
+    present = carried.any(dim=1)
     images = F.normalize(region_embeds[present].float(), dim=-1)
     tags = F.normalize(tag_embeds.float(), dim=-1)
-    labels = labels[present]
+    carried = carried[present]  # [items, tags]
     scores = images @ tags.t()  # [items, distinct tags]
-    positive = scores.gather(1, labels[:, None])
-    image_ranks = (scores >= positive).sum(dim=1) - 1
-    carried = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, labels[:, None], True)  # [items, tags]
+    best_value = scores.masked_fill(~carried, float("-inf")).max(dim=1, keepdim=True).values
+    image_ranks = (scores.masked_fill(carried, float("-inf")) >= best_value).sum(dim=1)
     tag_scores = scores.t()  # [tags, items]
     best_positive = tag_scores.masked_fill(~carried.t(), float("-inf")).max(dim=1, keepdim=True).values
     tag_ranks = (tag_scores.masked_fill(carried.t(), float("-inf")) >= best_positive).sum(dim=1)

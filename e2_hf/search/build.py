@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,7 @@ def add_catalog(
     skip_existing: bool = False,
     shard_rows: int = DEFAULT_SHARD_ROWS,
     keep_html: bool = False,
+    tag_separators: Sequence[str] | Mapping[str, str] | None = None,
 ) -> IndexingReport:
     """Embeds every product of the catalog `spec` (first view) and appends it to `index`.
 
@@ -94,7 +96,7 @@ def add_catalog(
     already in the index, or repeated within the catalog, is an error, unless `skip_existing`, which
     leaves those products out (so that re-running on a grown catalog adds only the new products; of
     ids repeated in the catalog the first is kept)."""
-    catalog = open_catalog(spec, keep_html=keep_html)
+    catalog = open_catalog(spec, keep_html=keep_html, tag_separators=tag_separators)
     notice = untagged_entities_notice(catalog, index.entities, spec, "its regional embeddings are stored, but "
                                       "no tag of the catalog can show what they match")  # fmt: skip
     if notice:
@@ -158,8 +160,9 @@ def _embed_and_add(index, model, processor, catalog, positions, spec, batch_size
 
 def _item(catalog: Catalog, position: int) -> IndexItem:
     product = catalog.products[position]
+    multi_values = {entity: list(values) for entity, values in product.multi_values.items()}
     return IndexItem(row=-1, product_id=product.product_id, description=product.description,
-                     tags=dict(product.tags), source=product.source)  # fmt: skip
+                     tags=dict(product.tags), source=product.source, multi_values=multi_values)  # fmt: skip
 
 
 def _flush(index: EmbeddingIndex, pending: dict[str, list], source: str) -> None:

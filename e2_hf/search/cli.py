@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..cli_options import add_catalog_reading_arguments
 from .build import DEFAULT_THUMBNAIL_SIZE
 
 
@@ -18,7 +19,7 @@ def add_index_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--verify", action="store_true",
                         help="only check the index in --output: every shard against its recorded SHA-256")  # fmt: skip
     parser.add_argument("--skip-existing", action="store_true", help="leave out products already in the index")
-    parser.add_argument("--keep-html", action="store_true", help="store descriptions and tags with their HTML")
+    add_catalog_reading_arguments(parser)
     parser.add_argument("--thumbnail-size", type=int, default=DEFAULT_THUMBNAIL_SIZE, help="for a new index")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--num-workers", type=int, default=0, help="image-loading processes")
@@ -46,7 +47,8 @@ def run_index(args: argparse.Namespace) -> None:
     index = open_or_create_index(args.output, model, args.model, args.thumbnail_size)
     for spec in args.data:
         report = add_catalog(index, model, processor, spec, args.batch_size, device, dtype, args.num_workers,
-                             skip_existing=args.skip_existing, keep_html=args.keep_html)  # fmt: skip
+                             skip_existing=args.skip_existing, keep_html=args.keep_html,
+                             tag_separators=args.tag_separators)  # fmt: skip
         skipped = f", {report.skipped_existing} already there" if report.skipped_existing else ""
         print(f"{spec}: added {report.added} products{skipped}; the index has {report.total}")
     print(f"index in {args.output}")

@@ -26,7 +26,7 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ METADATA_FIELDS = {"format": str, "version": int, "model": str, "model_fingerpri
                    "dim": int, "thumbnail_size": int, "rows": int, "shards": list}  # fmt: skip
 SHARD_FIELDS = {"file": str, "rows": int, "source": str}
 ITEM_FIELDS = ("product_id", "description", "tags", "source")
+OPTIONAL_ITEM_FIELDS = ("multi_values",)
 
 
 class EmbeddingIndexError(ValueError):
@@ -63,10 +64,20 @@ class IndexItem:
     description: str
     tags: dict[str, str | None]
     source: str
+    multi_values: dict[str, list[str]] = field(default_factory=dict)  # values of multi-value tags
 
     def to_json(self) -> dict[str, Any]:
-        return {"product_id": self.product_id, "description": self.description, "tags": self.tags,
-                "source": self.source}  # fmt: skip
+        record = {"product_id": self.product_id, "description": self.description, "tags": self.tags,
+                  "source": self.source}  # fmt: skip
+        if self.multi_values:
+            record["multi_values"] = {entity: list(values) for entity, values in self.multi_values.items()}
+        return record
+
+    def values_of(self, entity: str) -> tuple[str, ...]:
+        if entity in self.multi_values:
+            return tuple(self.multi_values[entity])
+        tag = self.tags.get(entity)
+        return (tag,) if tag else ()
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
@@ -218,6 +229,10 @@ class EmbeddingIndex:
     def tag_values(self, entity: str) -> list[str | None]:
         """Each row's tag of `entity` (as `Catalog.tag_values`)."""
         return [item.tags.get(entity) for item in self.items]
+
+    def value_sets(self, entity: str) -> list[tuple[str, ...]]:
+        """Each row's values of `entity` (as `Catalog.value_sets`)."""
+        return [item.values_of(entity) for item in self.items]
 
     def product_ids(self) -> set[str]:
         return {item.product_id for item in self.items}
@@ -390,7 +405,7 @@ def parse_item(line: str, path: Path, line_number: int) -> dict[str, Any]:
         raise EmbeddingIndexError(f"{path} line {line_number} is not valid JSON: {error}") from None
     if not isinstance(record, dict):
         raise EmbeddingIndexError(f"{path} line {line_number} is not a JSON object")
-    unknown = sorted(set(record) - set(ITEM_FIELDS))
+    unknown = sorted(set(record) - set(ITEM_FIELDS) - set(OPTIONAL_ITEM_FIELDS))
     missing = [name for name in ITEM_FIELDS if name not in record]
     if unknown or missing:
         raise EmbeddingIndexError(f"{path} line {line_number}: unknown fields {unknown}, missing fields {missing}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import MISSING, fields
 
+from ..cli_options import add_tag_separator_argument
 from .trainer import TrainingArguments
 
 HELP = {
@@ -55,7 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         flag = "--" + item.name.replace("_", "-")
         default = None if item.default is MISSING and item.default_factory is MISSING else item.default
         help_text = HELP.get(item.name, "")
-        if isinstance(default, bool):
+        if item.name == "tag_separators":  # repeated, one entity each, as the other commands take it
+            add_tag_separator_argument(parser)
+        elif isinstance(default, bool):
             parser.add_argument(flag, action="store_true", default=None, help=help_text)
         elif "list[int]" in str(item.type):
             parser.add_argument(flag, type=_list_of(int), help=help_text)

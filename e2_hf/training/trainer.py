@@ -80,6 +80,7 @@ class TrainingArguments:
     report_to: str = "none"
     strict: bool = False
     keep_html: bool = False
+    tag_separators: list[str] | None = None  # "ENTITY=CHARACTERS": multi-value tags, e.g. "season=|"
     max_skipped_share: float = 0.1
     text_fields: list[str] = field(default_factory=lambda: list(DEFAULT_PRODUCT_TEXT_FIELDS))
     log_steps: int = 10
@@ -352,8 +353,9 @@ def prepare_run(args: TrainingArguments) -> Run:
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
     set_seed(args.seed)
-    train_catalog = open_catalog(args.train_data, keep_html=args.keep_html)
-    eval_catalog = open_catalog(args.eval_data, keep_html=args.keep_html) if args.eval_data else None
+    reading = {"keep_html": args.keep_html, "tag_separators": args.tag_separators}
+    train_catalog = open_catalog(args.train_data, **reading)
+    eval_catalog = open_catalog(args.eval_data, **reading) if args.eval_data else None
 
     model = build_model(args)
     processor = E2CLIPProcessor.from_pretrained(args.model, entities=model.config.entities)

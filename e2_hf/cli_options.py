@@ -1,0 +1,20 @@
+"""Command-line options shared by the commands that read catalogs (train, evaluate, tag, index)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_tag_separator_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tag-separator", dest="tag_separators", action="append", metavar="ENTITY=CHARACTERS",
+        help="read ENTITY as a multi-value tag, split at any of CHARACTERS (\\n is a newline), e.g. 'season=|' or "
+        "'composition=|\\n'; repeat for each such entity",
+    )  # fmt: skip
+
+
+def add_catalog_reading_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--keep-html` and `--tag-separator`, read into `args.keep_html` and `args.tag_separators`."""
+    parser.add_argument("--keep-html", action="store_true",
+                        help="leave HTML in descriptions and tags (default: reduced to text)")  # fmt: skip
+    add_tag_separator_argument(parser)
