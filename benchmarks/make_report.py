@@ -429,6 +429,39 @@ def regions_discussion(runs: list[dict]) -> list[str]:
     return [*lines, ""]
 
 
+def real_catalog_section(result: dict) -> list[str]:
+    """Token lengths with the HTML kept and cleaned, multi-value labels, what the centre crop removes."""
+    headers = ["texts", "text", "median tokens", "longest", "truncated at 77", "median tokens cut"]
+    rows = []
+    for reading, kinds in result["texts"].items():
+        for kind, row in kinds.items():
+            rows.append([reading.replace("_", " "), kind.replace("_", " "), f"{row['median_tokens']:g}",
+                         str(row["max_tokens"]), f"{row['truncated']} of {row['texts']}",
+                         str(row["median_tokens_cut"])])  # fmt: skip
+    label_rows = [[entity, str(row["one_label_each"]), str(row["values"]), str(row["products_with_several_values"])]
+                  for entity, row in result["multi_value_labels"].items()]  # fmt: skip
+    crop = result["centre_crop"]
+    return [
+        *heading("A real catalog export: texts, multi-value tags, photo framing", result["setting"]),
+        *table(headers, rows),
+        "",
+        *table(
+            [
+                "entity",
+                "distinct labels, one per product",
+                "distinct values (--tag-separator)",
+                "products with several values",
+            ],
+            label_rows,
+        ),  # fmt: skip
+        "",
+        f"Entities without any tag: {', '.join(result['untagged_entities']) or 'none'}. CLIP's square centre crop "
+        f"removes {100 * crop['removed_share_median']:.1f}% (median; at most {100 * crop['removed_share_max']:.1f}%) "
+        f"of each of the {crop['photos']} photos ({', '.join(crop['sizes'])}): the top and bottom of a portrait shot.",
+        "",
+    ]
+
+
 SECTIONS = {
     "inference": inference_section,
     "train_step": train_step_section,
@@ -437,6 +470,7 @@ SECTIONS = {
     "data": data_section,
     "tagging": tagging_section,
     "selection_experiments": selection_experiments_section,
+    "real_catalog": real_catalog_section,
 }
 COMMANDS = {
     "inference": "bench_inference.py",
@@ -446,6 +480,7 @@ COMMANDS = {
     "data": "bench_data.py",
     "tagging": "bench_tagging.py --demo-dir DIR",
     "selection_experiments": "selection_experiments.py --testbed NAME --recipe NAME --seeds 0 [--clip-ft]",
+    "real_catalog": "real_catalog.py",
 }
 
 

@@ -84,3 +84,25 @@ def test_pretraining_script_writes_a_clip_that_e2_starts_from(tmp_path):
     assert torch.allclose(ours, theirs, atol=2e-2, rtol=2e-2)  # float16 storage
     e2 = E2CLIPModel.from_clip(str(output), fusion_layers=[1, 2])
     assert e2.config.entities and e2.config.vision_config.patch_size == clip.config.vision_config.patch_size
+
+
+def test_real_catalog_benchmark_runs_and_renders(tmp_path):
+    from .conftest import SHARED, require_shared
+
+    require_shared(SHARED / "data" / "real_catalog")
+    output = tmp_path / "real_catalog.json"
+    completed = subprocess.run([sys.executable, str(BENCHMARKS / "real_catalog.py"), "--output", str(output)],
+                               capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    result = json.loads(output.read_text())
+    cleaned, kept = result["texts"]["cleaned"]["description_only"], result["texts"]["html_kept"]["description_only"]
+    assert cleaned["median_tokens"] < kept["median_tokens"]  # markup tokens are gone
+    assert result["multi_value_labels"]["season"]["values"] < result["multi_value_labels"]["season"]["one_label_each"]
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import make_report
+
+        section = make_report.SECTIONS["real_catalog"](result)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    assert section[0].startswith("## ") and any("centre crop" in line for line in section)
