@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 
 from .data import open_catalog
+from .images import open_image
 from .modeling.processing_e2clip import clip_image_processor
 from .synthetic import ENTITIES
 
@@ -68,8 +68,8 @@ DEFAULT = DemoSize(
     layers=6,
     text_layers=3,
     fusion_layers=[3, 4],
-    warmup_epochs=2,
-    epochs=18,
+    warmup_epochs=4,
+    epochs=16,
     batch_size=32,
     merges=1500,
 )
@@ -186,7 +186,7 @@ def draw_selection(model_dir: Path, catalog_dir: Path, output_path: Path, count:
     if not paths:  # no logo could be moved: the first validation views alone
         first_views = [view for view in views if view.key[1] == 0][:count]
         paths, titles = [view.image_path for view in first_views], [f"product {v.key[0]}" for v in first_views]
-    images = [Image.open(path).convert("RGB") for path in paths]
+    images = [open_image(path) for path in paths]
     render_selection_figure(selection_maps(model, processor, images), titles).image.save(output_path)
 
 
