@@ -9,7 +9,8 @@
 
 Boxes are in the pixels of the model's input view (`SelectionMap.image`: the image resized and
 centre-cropped by the processor, exactly what the model saw), `(left, top, right, bottom)` with
-right and bottom exclusive.
+right and bottom exclusive. When a photo is not square, the figure adds a last panel: the whole
+photo with the square the model saw outlined and the cropped-away parts dimmed.
 """
 
 from __future__ import annotations
@@ -61,6 +62,13 @@ class SelectionMap:
     patches: dict[str, list[list[int]]]
     cls_attention: np.ndarray
     cls_attention_layer: int
+    photo: Image.Image | None = None  # the image as given
+    view_box: tuple[int, int, int, int] | None = None  # the square of `photo` the model saw
+
+    @property
+    def cropped(self) -> bool:
+        """True when the model saw only part of the photo (CLIP's centre crop of a non-square photo)."""
+        return self.photo is not None and self.view_box != (0, 0, *self.photo.size)
 
     def patch_box(self, patch: int) -> tuple[int, int, int, int]:
         row, column = divmod(patch, self.grid)
@@ -93,7 +101,7 @@ def selection_maps(model: E2CLIPModel, processor: E2CLIPProcessor, images: Seque
     cls_layer, cls_attention = _cls_patch_attention(outputs.attentions, config.num_selection_tokens, grid)
     views = _input_views(pixel_values, processor.image_processor)
     maps = []
-    for index, view in enumerate(views):
+    for index, (view, photo) in enumerate(zip(views, images)):
         patches = {
             entity: [chosen[index, block, start:end].tolist() for block in range(chosen.shape[1])]
             for entity, (start, end) in zip(config.entities, config.entity_token_slices)
@@ -108,9 +116,19 @@ def selection_maps(model: E2CLIPModel, processor: E2CLIPProcessor, images: Seque
                 patches=patches,
                 cls_attention=cls_attention[index],
                 cls_attention_layer=cls_layer,
+                photo=photo if isinstance(photo, Image.Image) else None,
+                view_box=centre_square(*photo.size) if isinstance(photo, Image.Image) else None,
             )
         )
     return maps
+
+
+def centre_square(width: int, height: int) -> tuple[int, int, int, int]:
+    """The part of a `width` x `height` photo that CLIP's preprocessing keeps (resize the short
+    side, crop the centre square), in the photo's pixels."""
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    return (left, top, left + side, top + side)
 
 
 def _cls_patch_attention(attentions: tuple[torch.Tensor, ...], num_selection: int, grid: int):
@@ -163,6 +181,20 @@ def draw_selection_panel(selection_map: SelectionMap, block: int = -1) -> Image.
     return panel
 
 
+def draw_frame_panel(selection_map: SelectionMap, side: int, dimming: float = 0.6) -> Image.Image:
+    """The whole photo fitted into a `side` square: the part the model saw outlined, the rest dimmed."""
+    photo = selection_map.photo.convert("RGB")
+    scale = side / max(photo.size)
+    shown = photo.resize((max(1, round(photo.width * scale)), max(1, round(photo.height * scale))), Image.BICUBIC)
+    offset = ((side - shown.width) // 2, (side - shown.height) // 2)
+    box = tuple(round(value * scale) + offset[index % 2] for index, value in enumerate(selection_map.view_box))
+    panel = Image.new("RGB", (side, side), "white")
+    panel.paste(Image.blend(shown, Image.new("RGB", shown.size, "white"), dimming), offset)
+    panel.paste(shown.crop(tuple(value - offset[index % 2] for index, value in enumerate(box))), box[:2])
+    ImageDraw.Draw(panel).rectangle((box[0], box[1], box[2] - 1, box[3] - 1), outline=(0, 0, 0), width=BOX_WIDTH)
+    return panel
+
+
 def heat_colours(values: np.ndarray) -> np.ndarray:
     """Values in [0, 1] -> uint8 RGB along HEAT_ANCHORS."""
     position = np.clip(values, 0, 1) * (len(HEAT_ANCHORS) - 1)
@@ -203,13 +235,15 @@ def load_font(size: int) -> ImageFont.ImageFont:
 
 
 def render_selection_figure(maps: Sequence[SelectionMap], titles: Sequence[str] | None = None) -> SelectionFigure:
-    """One row per image: a panel per fusion block, then the CLS attention panel; a legend below."""
+    """One row per image: a panel per fusion block, then the CLS attention panel, then (when some
+    photo is not square) the whole photo with the part the model saw; a legend below."""
     if not maps:
         raise ValueError("No selection maps to draw.")
     first = maps[0]
     panel_side = first.image.width * display_scale(first)
     blocks = len(first.fusion_layers)
-    columns = blocks + 1
+    show_frames = any(selection_map.cropped for selection_map in maps)
+    columns = blocks + 1 + show_frames
     font = load_font(13)
     legend_height = 24 * (len(first.entities) + 1) + PADDING
     title_height = TITLE_HEIGHT if titles else 0
@@ -230,6 +264,9 @@ def render_selection_figure(maps: Sequence[SelectionMap], titles: Sequence[str] 
         panels = [draw_selection_panel(selection_map, block) for block in range(blocks)]
         panels.append(draw_cls_attention_panel(selection_map))
         row_captions = [*captions, f"CLS attention (layer {selection_map.cls_attention_layer + 1})"]
+        if show_frames and selection_map.photo is not None:
+            panels.append(draw_frame_panel(selection_map, panel_side))
+            row_captions.append(f"the photo ({selection_map.photo.width}x{selection_map.photo.height}); model's view")
         row_origins = []
         for column, (panel, caption) in enumerate(zip(panels, row_captions)):
             x = PADDING + column * (panel_side + PADDING)

@@ -105,7 +105,8 @@ def test_tokens_on_the_same_patch_get_nested_boxes(maps):
 def test_figure_places_each_panel_and_the_cls_map(maps):
     figure = render_selection_figure(maps, titles=["a", "b", "c"])
     blocks = len(maps[0].fusion_layers)
-    assert len(figure.panel_origins) == 3 and len(figure.panel_origins[0]) == blocks + 1
+    # the test images are 46x40: a last panel shows each whole photo and the square the model saw
+    assert len(figure.panel_origins) == 3 and len(figure.panel_origins[0]) == blocks + 2
     for row, selection_map in enumerate(maps):
         for block in range(blocks):
             expected = draw_selection_panel(selection_map, block)
@@ -138,3 +139,24 @@ def test_maps_use_eval_mode_and_give_the_model_back_in_its_mode(tiny_model, tiny
     again = selection_maps(tiny_model, tiny_processor, grey_images(3))
     assert tiny_model.training
     assert [m.patches for m in again] == [m.patches for m in maps]
+
+
+def test_a_portrait_photo_is_shown_whole_with_the_square_the_model_saw(tiny_model, tiny_processor):
+    pixels = np.full((60, 40, 3), 90, dtype=np.uint8)  # 40 wide, 60 high; the model sees rows 10-49
+    pixels[:10] = 20  # the top and bottom strips the centre crop removes, darker than the rest
+    pixels[50:] = 20
+    portrait = Image.fromarray(pixels)
+    square = grey_images(1)[0].crop((0, 0, 40, 40))
+    (portrait_map, square_map) = selection_maps(tiny_model, tiny_processor, [portrait, square])
+    assert portrait_map.view_box == (0, 10, 40, 50) and portrait_map.cropped and not square_map.cropped
+    assert len(render_selection_figure([square_map]).panel_origins[0]) == len(square_map.fusion_layers) + 1
+    figure = render_selection_figure([portrait_map, square_map])
+    blocks = len(portrait_map.fusion_layers)
+    assert len(figure.panel_origins[0]) == blocks + 2  # fusion blocks, CLS attention, then the photo
+    frame = np.asarray(figure.panel(0, blocks + 1)).astype(int)
+    side = figure.panel_side
+    scale = side / 60
+    inside = frame[int(30 * scale), side // 2]  # the middle of the photo: shown as it is
+    removed = frame[int(3 * scale), side // 2]  # the top strip: dimmed towards white
+    assert abs(inside - 90).max() <= 3
+    assert (removed > 20 + 100).all()  # 20 blended 60% with white is about 161
