@@ -152,7 +152,7 @@ def rewrite_metadata(folder, change) -> None:
                                                                           *m["shards"][1:]], "rows": m["rows"] - 17}),
          r"shard-00000.safetensors: image_embeds has shape \(20, 16\), index.json \(3 rows\) needs \(3, 16\)"),
         (lambda folder: (folder / "items.jsonl").write_text("{not json\n" * 40),
-         r"items.jsonl line 1 is not valid JSON"),
+         r"items.jsonl line 1: not valid JSON"),
         (lambda folder: (folder / "items.jsonl").write_text(
             "".join(json.dumps({"product_id": "p", "description": "", "tags": {}, "source": "s", "colour": "red"})
                     + "\n" for _ in range(40))),

@@ -375,6 +375,17 @@ class TabularCatalog(FileCatalog):
         raise NotImplementedError
 
 
+def json_object(line: str, where: str, holding: str, error: type[ValueError] = ValueError) -> dict[str, Any]:
+    """One JSON line that must be an object; `error` names `where` (file and row) otherwise."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as decode_error:
+        raise error(f"{where}: not valid JSON ({decode_error})") from None
+    if not isinstance(record, dict):
+        raise error(f"{where}: a JSON {type(record).__name__}, not an object with {holding}")
+    return record
+
+
 def _utf8_lines(handle, path: Path):
     """The file's lines as text; a line that is not UTF-8 is an error naming it."""
     for number, raw in enumerate(handle, start=1):
@@ -395,12 +406,7 @@ class JsonlCatalog(TabularCatalog):
             if not line.strip():
                 continue
             source = f"{self.path.name} row {row}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{source}: not valid JSON ({error})") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{source}: a JSON {type(record).__name__}, not an object with one product's fields")
+            record = json_object(line, source, "one product's fields")
             yield source, record, _images_of(record, source)
 
 

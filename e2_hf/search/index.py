@@ -35,6 +35,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from ..data.catalogs import json_object
 from .safetensors_mmap import memory_map
 
 INDEX_FORMAT = "e2-hf-embedding-index"
@@ -399,12 +400,7 @@ def _check_fields(record: dict[str, Any], fields: dict[str, type], where: str) -
 
 def parse_item(line: str, path: Path, line_number: int) -> dict[str, Any]:
     """One `items.jsonl` line -> the `IndexItem` fields; errors name the file and line."""
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise EmbeddingIndexError(f"{path} line {line_number} is not valid JSON: {error}") from None
-    if not isinstance(record, dict):
-        raise EmbeddingIndexError(f"{path} line {line_number} is not a JSON object")
+    record = json_object(line, f"{path} line {line_number}", "one indexed product's fields", EmbeddingIndexError)
     unknown = sorted(set(record) - set(ITEM_FIELDS) - set(OPTIONAL_ITEM_FIELDS))
     missing = [name for name in ITEM_FIELDS if name not in record]
     if unknown or missing:
