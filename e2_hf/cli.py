@@ -1,7 +1,10 @@
-"""The `e2-hf` command line: one subcommand per task.
+"""The `e2-hf` command line: one subcommand per task (`e2-hf --help` lists them, `e2-hf --version`).
 
-e2-hf convert-original --checkpoint best.pth --output-dir DIR [--entities a,b,c,d] ...
-e2-hf count-params [--model NAME_OR_PATH] [--json FILE]
+    e2-hf convert-original --checkpoint best.pth --output-dir DIR [--entities a,b,c,d] ...
+    e2-hf count-params [--model NAME_OR_PATH] [--json FILE]
+
+Only the module of the subcommand being run is imported (its arguments are built then), so
+`e2-hf --help` and light commands do not pay for training, search or the Space.
 """
 
 from __future__ import annotations
@@ -10,23 +13,25 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import import_module
 from pathlib import Path
 
-from .conversion import convert_clip_to_e2, convert_original_e2, push_to_hub
 from .errors import TrainingError
-from .evaluation import cli as evaluation_cli
-from .training import cli as training_cli
 
 
-def _lazy(module: str, function: str) -> Callable:
-    """`function` of `e2_hf.<module>`, imported when the subcommand runs."""
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: its help, and where its argument builder and runner live (`e2_hf.<module>`),
+    imported only when that subcommand is used."""
 
-    def call(*args):
-        from importlib import import_module
+    help: str
+    module: str
+    add_arguments: str
+    run: str
 
-        return getattr(import_module(f"e2_hf.{module}"), function)(*args)
-
-    return call
+    def load(self, attribute: str) -> Callable:
+        return getattr(import_module(f"e2_hf.{self.module}"), attribute)
 
 
 def _make_synthetic(args: argparse.Namespace) -> None:
@@ -98,80 +103,79 @@ def _add_count_params(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", help="also write the counts to this JSON file")
 
 
-COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
-    "convert-original": (
+COMMANDS: dict[str, Command] = {
+    "convert-original": Command(
         "convert a checkpoint of the E2 authors' code to a Hub-ready folder",
-        convert_original_e2.add_arguments,
-        convert_original_e2.run,
+        "conversion.convert_original_e2", "add_arguments", "run",
     ),
-    "init-from-clip": (
+    "init-from-clip": Command(
         "turn a CLIP checkpoint (transformers, OpenAI or open_clip files) into a Hub-ready E2 folder",
-        convert_clip_to_e2.add_arguments,
-        convert_clip_to_e2.run,
+        "conversion.convert_clip_to_e2", "add_arguments", "run",
     ),
-    "push": (
+    "push": Command(
         "validate a saved E2 folder, publish it to the Hub with a model card, and verify the upload",
-        push_to_hub.add_arguments,
-        push_to_hub.run,
+        "conversion.push_to_hub", "add_arguments", "run",
     ),
-    "make-synthetic": (
-        "write a synthetic fashion catalog (FashionGen HDF5 + JSONL with PNGs)",
-        _add_make_synthetic,
-        _make_synthetic,
+    "make-synthetic": Command(
+        "write a synthetic fashion catalog (FashionGen HDF5 + JSONL with PNGs)", "cli", "_add_make_synthetic",
+        "_make_synthetic",
     ),
-    "train": ("fine-tune E2 or the CLIP-FT baseline with Accelerate", training_cli.add_arguments, training_cli.run),
-    "evaluate": (
+    "train": Command("fine-tune E2 or the CLIP-FT baseline with Accelerate", "training.cli", "add_arguments", "run"),
+    "evaluate": Command(
         "retrieval metrics (full or sample-100), region retrieval and linear probes of a model on a catalog",
-        evaluation_cli.add_arguments,
-        evaluation_cli.run,
+        "evaluation.cli", "add_arguments", "run",
     ),
-    "demo": (
+    "demo": Command(
         "synthetic catalog -> E2 and CLIP-FT trained on the same budget -> evaluated -> report",
-        _add_demo,
-        _demo,
+        "cli", "_add_demo", "_demo",
     ),
-    "count-params": ("print the parameters E2 adds to CLIP and their share", _add_count_params, _count_params),
-    "visualize": (
+    "count-params": Command(
+        "print the parameters E2 adds to CLIP and their share", "cli", "_add_count_params", "_count_params"
+    ),
+    "visualize": Command(
         "draw the patches each entity's selection tokens chose, next to the CLS token's attention",
-        _lazy("visualization", "add_arguments"),
-        _lazy("visualization", "run"),
+        "visualization", "add_arguments", "run",
     ),
-    "index": (
+    "index": Command(
         "store a catalog's global and regional image embeddings in an index folder (or add to one)",
-        _lazy("search.cli", "add_index_arguments"),
-        _lazy("search.cli", "run_index"),
+        "search.cli", "add_index_arguments", "run_index",
     ),
-    "search": (
+    "search": Command(
         "text search of an index by the global or one entity's regional embedding -> PNG grid or HTML",
-        _lazy("search.cli", "add_search_arguments"),
-        _lazy("search.cli", "run_search"),
+        "search.cli", "add_search_arguments", "run_search",
     ),
-    "tag": (
+    "tag": Command(
         "zero-shot tags per entity from the regional embeddings; with --data, accuracy vs the global embedding",
-        _lazy("tagging", "add_arguments"),
-        _lazy("tagging", "run"),
+        "tagging", "add_arguments", "run",
     ),
-    "build-space": (
+    "build-space": Command(
         "lay out a Gradio Space: app, model, a bundled search index and a copy of e2_hf",
-        _lazy("space_bundle", "add_arguments"),
-        _lazy("space_bundle", "run"),
+        "space_bundle", "add_arguments", "run",
     ),
-}
+}  # fmt: skip
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Every subcommand with its help; only `command`'s arguments are built (importing its module)."""
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="e2-hf", description="E2 fashion representations for transformers")
+    parser.add_argument("--version", action="version", version=f"e2-hf {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for name, (help_text, add_arguments, _) in COMMANDS.items():
-        add_arguments(subparsers.add_parser(name, help=help_text, description=help_text))
+    for name, spec in COMMANDS.items():
+        subparser = subparsers.add_parser(name, help=spec.help, description=spec.help)
+        if name == command:
+            spec.load(spec.add_arguments)(subparser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    _, _, run = COMMANDS[args.command]
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((word for word in argv if not word.startswith("-")), None)
+    args = build_parser(command if command in COMMANDS else None).parse_args(argv)
+    spec = COMMANDS[args.command]
     try:
-        run(args)
+        spec.load(spec.run)(args)
     except (ValueError, FileNotFoundError, OSError, TrainingError) as error:
         sys.exit(f"e2-hf {args.command}: error: {error}")
 

@@ -35,3 +35,33 @@ def test_vit_b32_share_and_the_command(tmp_path):
     assert completed.returncode == 0, completed.stderr
     assert f"{report.e2_new_parameters:,}" in completed.stdout and "% of CLIP" in completed.stdout
     assert json.loads(output.read_text())["e2_new_parameters"] == report.e2_new_parameters
+
+
+LOADED_BY = """
+import sys
+from e2_hf.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+heavy = ("h5py", "e2_hf.training.trainer", "e2_hf.search.index", "e2_hf.conversion.push_to_hub",
+         "e2_hf.visualization", "e2_hf.tagging")
+print(" ".join(name for name in heavy if name in sys.modules))
+"""
+
+
+def test_the_cli_imports_only_the_command_it_runs_and_has_a_version():
+    import e2_hf
+
+    def loaded(*arguments):
+        completed = subprocess.run([sys.executable, "-c", LOADED_BY, *arguments], capture_output=True, text=True,
+                                   timeout=300)  # fmt: skip
+        assert completed.returncode == 0, completed.stderr[-2000:]
+        return completed.stdout.split("\n")
+
+    version_output, modules = loaded("--version")[:2]
+    assert version_output == f"e2-hf {e2_hf.__version__}" and modules == ""
+    assert loaded("--help")[-2] == ""
+    index_modules = loaded("index", "--help")[-2]
+    assert "e2_hf.search.index" in index_modules and "e2_hf.training.trainer" not in index_modules
+    assert "e2_hf.training.trainer" in loaded("train", "--help")[-2]  # the command's own module, only then
