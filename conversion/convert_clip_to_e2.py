@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from e2_hf.compat import projected_features
 from e2_hf.modeling import E2CLIPConfig, E2CLIPModel, E2CLIPProcessor
 from e2_hf.parameters import count_new_parameters
 
@@ -143,7 +144,7 @@ def check_text_embeddings(model: E2CLIPModel, references: dict[str, Any]) -> dic
     differences = {}
     for name, encode in references.items():
         theirs = encode(input_ids)
-        theirs = theirs.pooler_output if hasattr(theirs, "pooler_output") else theirs
+        theirs = projected_features(theirs)
         differences[name] = float((ours - theirs.float()).abs().max())
         if differences[name] > TEXT_CHECK_TOLERANCE:
             raise ValueError(

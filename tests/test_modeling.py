@@ -4,6 +4,7 @@ import torch.nn.functional as F
 import transformers
 
 from e2_hf import E2CLIPConfig, E2CLIPModel
+from e2_hf.compat import projected_features
 from e2_hf.modeling.modeling_e2clip import region_contrastive_loss, symmetric_contrastive_loss
 
 from .conftest import E2CLIPModelTester
@@ -17,9 +18,7 @@ TAGS = [
 ]
 
 
-def features(output):
-    """transformers 5.x wraps `get_*_features` in a model output; 4.x returns the tensor."""
-    return output.pooler_output if hasattr(output, "pooler_output") else output
+features = projected_features  # transformers 5.x wraps `get_*_features` in a model output; 4.x does not
 
 
 def forward_with_loss(model, tester, tags=TAGS, tag_tensors=None, **kwargs):

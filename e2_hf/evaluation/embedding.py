@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ..compat import projected_features
 from ..data import Catalog, E2Collator, ImageLoadError, ProductDataset, open_catalog
 from ..modeling import E2CLIPModel, E2CLIPProcessor
 
@@ -113,7 +114,7 @@ def embed_texts(
     for start in range(0, len(texts), batch_size):
         encoded = processor(text=list(texts[start : start + batch_size]))
         features = model.get_text_features(encoded["input_ids"].to(device), encoded["attention_mask"].to(device))
-        features = features.pooler_output if hasattr(features, "pooler_output") else features
+        features = projected_features(features)
         rows.append(F.normalize(features.float(), dim=-1).cpu())
     return torch.cat(rows)
 

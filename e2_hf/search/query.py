@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..compat import projected_features
 from ..modeling import E2CLIPModel, E2CLIPProcessor
 from .index import EmbeddingIndex, EmbeddingIndexError, IndexItem, model_fingerprint
 
@@ -74,7 +75,7 @@ def text_query_embedding(model: E2CLIPModel, processor: E2CLIPProcessor, query: 
     encoded = processor(text=[query])
     features = model.get_text_features(encoded["input_ids"].to(parameter.device),
                                        encoded["attention_mask"].to(parameter.device))  # fmt: skip
-    features = features.pooler_output if hasattr(features, "pooler_output") else features
+    features = projected_features(features)
     return features[0].float().cpu()
 
 
