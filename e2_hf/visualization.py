@@ -98,7 +98,7 @@ def selection_maps(model: E2CLIPModel, processor: E2CLIPProcessor, images: Seque
     vision_config = config.vision_config
     grid = vision_config.image_size // vision_config.patch_size
     chosen = outputs.selection_indices.cpu()  # [batch, fusion blocks, selection tokens]
-    cls_layer, cls_attention = _cls_patch_attention(outputs.attentions, config.num_selection_tokens, grid)
+    cls_layer, cls_attention = _cls_patch_attention(outputs.attentions, config.token_layout, grid)
     views = _input_views(pixel_values, processor.image_processor)
     maps = []
     for index, (view, photo) in enumerate(zip(views, images)):
@@ -131,11 +131,11 @@ def centre_square(width: int, height: int) -> tuple[int, int, int, int]:
     return (left, top, left + side, top + side)
 
 
-def _cls_patch_attention(attentions: tuple[torch.Tensor, ...], num_selection: int, grid: int):
+def _cls_patch_attention(attentions: tuple[torch.Tensor, ...], layout, grid: int):
     """`(layer, [batch, grid, grid])`: CLS-to-patch attention of the last layer that sees all patches."""
-    full_length = num_selection + 1 + grid * grid
-    layer = max(index for index, weights in enumerate(attentions) if weights.shape[-1] == full_length)
-    cls_row = attentions[layer][:, :, num_selection, num_selection + 1 :].float().mean(dim=1)  # [batch, patches]
+    layer = max(index for index, weights in enumerate(attentions) if weights.shape[-1] == layout.length)
+    cls_to_all = layout.cls(attentions[layer].transpose(1, 2)).float().mean(dim=1)  # [batch, sequence]
+    cls_row = layout.patches(cls_to_all)  # [batch, patches]
     cls_row = cls_row / cls_row.sum(dim=-1, keepdim=True).clamp_min(1e-12)
     return layer, cls_row.reshape(-1, grid, grid).cpu().numpy()
 

@@ -15,6 +15,49 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
+
+class VisionTokenLayout:
+    """The image tower's sequence, `[selection tokens, CLS, patches]`: the selection tokens and CLS
+    are its prefix (as timm's `num_prefix_tokens`), the patches follow in row-major order. After the
+    last fusion block the patches are dropped and only the prefix remains.
+
+    Slicing helpers take `[batch, sequence, ...]` tensors (or attention rows over the sequence).
+    """
+
+    def __init__(self, num_selection_tokens: int, num_patches: int):
+        self.num_selection_tokens = num_selection_tokens
+        self.num_patches = num_patches
+
+    @property
+    def cls_index(self) -> int:
+        return self.num_selection_tokens
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Selection tokens and CLS."""
+        return self.num_selection_tokens + 1
+
+    @property
+    def length(self) -> int:
+        """The full sequence, patches included."""
+        return self.num_prefix_tokens + self.num_patches
+
+    def selection(self, states):
+        return states[:, : self.num_selection_tokens]
+
+    def cls(self, states):
+        return states[:, self.cls_index]
+
+    def prefix(self, states):
+        return states[:, : self.num_prefix_tokens]
+
+    def patches(self, states):
+        return states[:, self.num_prefix_tokens :]
+
+    def __repr__(self) -> str:
+        return f"VisionTokenLayout(num_selection_tokens={self.num_selection_tokens}, num_patches={self.num_patches})"
+
+
 DEFAULT_ENTITIES = ("brand", "season", "subcategory", "composition")
 REGION_LOSS_VARIANTS = ("clip", "multi_positive")
 SELECTION_ATTENTION = ("full", "isolated")
@@ -313,6 +356,11 @@ class E2CLIPConfig(PretrainedConfig):
         return slices
 
     @property
+    def token_layout(self) -> VisionTokenLayout:
+        """Where the selection tokens, CLS and patches sit in the image tower's sequence."""
+        return VisionTokenLayout(self.num_selection_tokens, self.vision_config.num_patches)
+
+    @property
     def active_fusion_layers(self) -> list[int]:
         """The fusion layers that really run: none without selection tokens."""
         return self.fusion_layers if self.num_selection_tokens > 0 else []
@@ -388,4 +436,4 @@ def _check_heads(config: PretrainedConfig, name: str) -> None:
         )
 
 
-__all__ = ["E2CLIPConfig", "E2CLIPTextConfig", "E2CLIPVisionConfig"]
+__all__ = ["E2CLIPConfig", "E2CLIPTextConfig", "E2CLIPVisionConfig", "VisionTokenLayout"]

@@ -385,7 +385,7 @@ class E2CLIPFusionBlock(nn.Module):
     def __init__(self, config: E2CLIPConfig):
         super().__init__()
         width = config.vision_config.hidden_size
-        self.num_selection_tokens = config.num_selection_tokens
+        self.layout = config.token_layout
         self.scale = config.selection_scale
         self.gumbel_tau = config.gumbel_tau
         self.q_proj = nn.Linear(width, width, bias=False)
@@ -400,13 +400,12 @@ class E2CLIPFusionBlock(nn.Module):
         return F.one_hot(chosen, scores.shape[-1]).to(scores.dtype)
 
     def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.LongTensor]:
-        num_selection = self.num_selection_tokens
-        selection = hidden_states[:, :num_selection]  # [batch, num_selection, width]
-        patches = hidden_states[:, num_selection + 1 :]  # [batch, num_patches, width]
+        selection = self.layout.selection(hidden_states)  # [batch, num_selection, width]
+        patches = self.layout.patches(hidden_states)  # [batch, num_patches, width]
         scores = self.q_proj(selection) @ self.k_proj(patches).transpose(1, 2) * self.scale
         choice = self.select(scores.float()).to(hidden_states.dtype)  # [batch, num_selection, num_patches]
         fused = (choice @ self.v_proj(patches) + selection) / 2
-        hidden_states = torch.cat([fused, hidden_states[:, num_selection:]], dim=1)
+        hidden_states = torch.cat([fused, hidden_states[:, self.layout.cls_index :]], dim=1)
         return hidden_states, choice.argmax(dim=-1)
 
 
@@ -502,6 +501,7 @@ class E2CLIPVisionTransformer(nn.Module):
         vision_config = config.vision_config
         self.config = vision_config
         self.num_selection_tokens = config.num_selection_tokens
+        self.layout = config.token_layout
         self.fusion_layers = config.active_fusion_layers
         self.drop_patches_after_fusion = config.drop_patches_after_fusion
         self.isolate_selection_tokens = config.selection_attention == "isolated"
@@ -519,14 +519,14 @@ class E2CLIPVisionTransformer(nn.Module):
         if self.selection_tokens is None:
             return embeddings
         selection = self.selection_tokens.to(embeddings.dtype).expand(embeddings.shape[0], -1, -1)
-        return torch.cat([selection, embeddings], dim=1)  # [batch, num_selection + 1 + num_patches, width]
+        return torch.cat([selection, embeddings], dim=1)  # [batch, layout.length, width]
 
     def _attention_mask(self, sequence_length: int, device) -> torch.Tensor | None:
         """`[1, 1, seq, seq]` bool (True: may attend) for `selection_attention="isolated"`: selection
         tokens see only selection tokens; CLS and patches see everything. None for `"full"`."""
         if not self.isolate_selection_tokens or self.num_selection_tokens == 0:
             return None
-        num_selection = self.num_selection_tokens
+        num_selection = self.layout.num_selection_tokens
         allowed = torch.ones(sequence_length, sequence_length, dtype=torch.bool, device=device)
         allowed[:num_selection, num_selection:] = False
         return allowed[None, None]
@@ -549,11 +549,11 @@ class E2CLIPVisionTransformer(nn.Module):
             selection_indices.append(chosen)
             start = fusion_layer + 1
         if self.fusion_layers and self.drop_patches_after_fusion:
-            hidden_states = hidden_states[:, : self.num_selection_tokens + 1]  # [batch, num_selection + 1, width]
+            hidden_states = self.layout.prefix(hidden_states)  # [batch, num_prefix_tokens, width]
             mask = self._attention_mask(hidden_states.shape[1], hidden_states.device)
         hidden_states = self.encoder(hidden_states, mask, start=start, **tower_outputs)
 
-        pooled_output = self.post_layernorm(hidden_states[:, self.num_selection_tokens])  # CLS
+        pooled_output = self.post_layernorm(self.layout.cls(hidden_states))
         return E2CLIPVisionOutput(
             last_hidden_state=hidden_states,
             pooler_output=pooled_output,
@@ -671,7 +671,7 @@ class E2CLIPModel(E2CLIPPreTrainedModel):
     def _region_embeds(self, vision_outputs: E2CLIPVisionOutput) -> torch.Tensor | None:
         if self.region_head is None:
             return None
-        selection_states = vision_outputs.last_hidden_state[:, : self.config.num_selection_tokens]
+        selection_states = self.config.token_layout.selection(vision_outputs.last_hidden_state)
         return self.region_head(selection_states)  # [batch, num_entities, projection_dim]
 
     def get_text_features(
