@@ -1,8 +1,10 @@
 """Fine-tuning E2 with `transformers.Trainer`: the collator and the retrieval metrics.
 
+    enable_cross_rank_loss(model)  # e2_hf.training: under DDP, negatives from every process
     trainer = Trainer(
         model=model,
-        args=TrainingArguments(..., remove_unused_columns=False),  # keep tags and pixel values
+        args=TrainingArguments(..., remove_unused_columns=False,  # keep tags and pixel values
+                               dataloader_drop_last=True),        # equal batches for the gathering
         train_dataset=ProductDataset(catalog, model.config.entities, training=True),
         eval_dataset=ProductDataset(eval_catalog, model.config.entities, training=False),
         data_collator=trainer_collator(processor),                 # sets return_loss=True

@@ -212,6 +212,73 @@ def region_contrastive_loss(
     return torch.stack(losses).mean()
 
 
+def _world_size() -> int:
+    distributed = torch.distributed
+    return distributed.get_world_size() if distributed.is_available() and distributed.is_initialized() else 1
+
+
+def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """`[local, ...]` -> `[world * local, ...]` in rank order, differentiable (the backward sums each
+    rank's gradient into the rank that produced the features); the tensor itself on one process."""
+    if _world_size() == 1:
+        return tensor
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(tensor.contiguous()), dim=0)
+
+
+def gather_without_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """All ranks' tensors concatenated, without gradient (booleans travel as uint8)."""
+    if _world_size() == 1:
+        return tensor
+    sent = tensor.to(torch.uint8) if tensor.dtype == torch.bool else tensor
+    parts = [torch.empty_like(sent) for _ in range(_world_size())]
+    torch.distributed.all_gather(parts, sent.contiguous())
+    return torch.cat(parts, dim=0).to(tensor.dtype)
+
+
+class E2CLIPLoss(nn.Module):
+    """E2's training loss: `global_weight * global + region_weight * mean over entities of region`.
+
+    Takes normalised embeddings (`[batch, dim]` text and image, `[batch, entities, dim]` region and
+    tag), tag presence and groups, and the exponentiated logit scale; returns `(loss, global_loss,
+    region_loss)` (region `None` when no tag is present anywhere).
+
+    With `gather_across_ranks` (off by default; the trainers turn it on), every process gathers the
+    whole global batch *with gradient* and computes the loss over it, as open_clip's `ClipLoss`:
+    in-batch negatives then span all ranks, and with DDP averaging parameter gradients, W
+    processes with batch b train exactly like one process with batch W*b. Every rank must then
+    pass batches of the same size (drop the last incomplete batch).
+    """
+
+    def __init__(self, global_weight: float = 0.5, region_weight: float = 0.5, region_variant: str = "clip",
+                 gather_across_ranks: bool = False):  # fmt: skip
+        super().__init__()
+        self.global_weight = global_weight
+        self.region_weight = region_weight
+        self.region_variant = region_variant
+        self.gather_across_ranks = gather_across_ranks
+
+    @classmethod
+    def from_config(cls, config: E2CLIPConfig, gather_across_ranks: bool = False) -> E2CLIPLoss:
+        return cls(config.global_loss_weight, config.region_loss_weight, config.region_loss, gather_across_ranks)
+
+    def forward(self, text_embeds, image_embeds, region_embeds, tag_embeds, tag_present, tag_groups, logit_scale):
+        gather = gather_with_grad if self.gather_across_ranks else (lambda tensor: tensor)
+        gather_flags = gather_without_grad if self.gather_across_ranks else (lambda tensor: tensor)
+        text_embeds, image_embeds = gather(text_embeds), gather(image_embeds)  # [global batch, dim]
+        global_loss = symmetric_contrastive_loss(logit_scale * text_embeds @ image_embeds.t())
+        region_loss = None
+        if region_embeds is not None and tag_embeds is not None:
+            region_loss = region_contrastive_loss(
+                gather(region_embeds), gather(tag_embeds), gather_flags(tag_present), logit_scale,
+                self.region_variant, gather_flags(tag_groups) if tag_groups is not None else None,
+            )  # fmt: skip
+        if region_loss is None:
+            return global_loss, global_loss, None
+        return self.global_weight * global_loss + self.region_weight * region_loss, global_loss, region_loss
+
+
 # ---------------------------------------------------------------------------------------------
 # Building blocks (CLIP's, with CLIP's parameter names)
 # ---------------------------------------------------------------------------------------------
@@ -643,6 +710,9 @@ class E2CLIPModel(E2CLIPPreTrainedModel):
         self.text_projection = nn.Linear(config.text_config.hidden_size, config.projection_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.empty(()))
         self.region_head = E2CLIPRegionHead(config) if config.num_entities else None
+        # the training loss of forward(return_loss=True); no parameters. The trainers set
+        # `contrastive_loss.gather_across_ranks = True` to take negatives from every process.
+        self.contrastive_loss = E2CLIPLoss.from_config(config)
         self.post_init()
 
     # ----------------------------------------------------------------- new parameters
@@ -804,8 +874,9 @@ class E2CLIPModel(E2CLIPPreTrainedModel):
 
         loss = global_loss = region_loss = None
         if return_loss:
-            global_loss, region_loss, loss = self._losses(
-                logits_per_text, region_embeds, tag_embeds, tag_present, tag_groups, logit_scale
+            self._check_loss_inputs(logits_per_text)
+            loss, global_loss, region_loss = self.contrastive_loss(
+                text_embeds, image_embeds, region_embeds, tag_embeds, tag_present, tag_groups, logit_scale
             )
 
         output = E2CLIPOutput(
@@ -826,7 +897,8 @@ class E2CLIPModel(E2CLIPPreTrainedModel):
         )
         return output if return_dict else output.to_tuple()
 
-    def _losses(self, logits_per_text, region_embeds, tag_embeds, tag_present, tag_groups, logit_scale):
+    @staticmethod
+    def _check_loss_inputs(logits_per_text) -> None:
         if logits_per_text is None:
             raise ValueError("return_loss=True needs both input_ids and pixel_values.")
         if logits_per_text.shape[0] != logits_per_text.shape[1]:
@@ -834,16 +906,6 @@ class E2CLIPModel(E2CLIPPreTrainedModel):
                 f"return_loss=True needs one text per image; got {logits_per_text.shape[0]} texts "
                 f"and {logits_per_text.shape[1]} images."
             )
-        global_loss = symmetric_contrastive_loss(logits_per_text)
-        region_loss = None
-        if tag_embeds is not None:
-            region_loss = region_contrastive_loss(
-                region_embeds, tag_embeds, tag_present, logit_scale, self.config.region_loss, tag_groups
-            )
-        if region_loss is None:
-            return global_loss, None, global_loss
-        loss = self.config.global_loss_weight * global_loss + self.config.region_loss_weight * region_loss
-        return global_loss, region_loss, loss
 
     def _check_tags(self, tag_input_ids, tag_attention_mask, batch_size) -> None:
         expected = (batch_size, self.config.num_entities)

@@ -1,7 +1,8 @@
 """Run by tests/test_distributed.py under `torch.distributed.run` with 2 CPU processes (gloo).
 
-Each rank takes its half of a fixed batch, computes E2's loss over the gathered global batch and
-back-propagates through DDP; rank 0 saves the loss and the (all-reduced) gradients.
+Each rank takes its half of a fixed batch, computes the model's own loss with gathering across ranks
+turned on (as both trainers do) and back-propagates through DDP; rank 0 saves the loss and the
+(all-reduced) gradients.
 """
 
 import sys
@@ -10,7 +11,7 @@ import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
 
 from e2_hf import E2CLIPModel
-from e2_hf.training import E2ContrastiveLoss
+from e2_hf.training import enable_cross_rank_loss
 from tests.test_distributed import fixed_batch, tiny_model
 
 
@@ -24,11 +25,12 @@ def main(variant: str, output_path: str) -> None:
     local = {key: value.chunk(world)[rank] for key, value in batch.items()}
     model = accelerator.prepare(model)
     unwrapped: E2CLIPModel = accelerator.unwrap_model(model)
-    losses = E2ContrastiveLoss.from_config(unwrapped.config)(model(**local), unwrapped.logit_scale.exp())
-    accelerator.backward(losses["loss"])
+    enable_cross_rank_loss(unwrapped)
+    outputs = model(**local, return_loss=True)
+    accelerator.backward(outputs.loss)
     if accelerator.is_main_process:
         grads = {name: parameter.grad for name, parameter in unwrapped.named_parameters()}
-        torch.save({"loss": losses["loss"].detach(), "region_loss": losses["region_loss"].detach(), "grads": grads},
+        torch.save({"loss": outputs.loss.detach(), "region_loss": outputs.region_loss.detach(), "grads": grads},
                    output_path)  # fmt: skip
     accelerator.wait_for_everyone()
 

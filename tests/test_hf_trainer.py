@@ -7,17 +7,19 @@ from transformers import TrainingArguments as HFTrainingArguments
 from e2_hf import E2CLIPModel, E2CLIPProcessor
 from e2_hf.data import ProductDataset, open_catalog
 from e2_hf.hf_trainer import retrieval_compute_metrics, trainer_collator
+from e2_hf.training import enable_cross_rank_loss
 
 
 def test_trainer_loss_goes_down_and_recall_is_reported(catalog, small_clip, tmp_path):
     model = E2CLIPModel.from_clip(str(small_clip), fusion_layers=[1, 2])
+    enable_cross_rank_loss(model)  # the documented recipe; a no-op on one process
     processor = E2CLIPProcessor.from_pretrained(str(small_clip), entities=model.config.entities)
     train_catalog = open_catalog(f"fashiongen:{catalog / 'train.h5'}")
     entities = model.config.entities
     args = HFTrainingArguments(
         output_dir=str(tmp_path), per_device_train_batch_size=8, per_device_eval_batch_size=16, max_steps=30,
         learning_rate=2e-3, warmup_steps=0, logging_steps=5, save_strategy="no", report_to=[],
-        remove_unused_columns=False, use_cpu=True, seed=0, dataloader_num_workers=0,
+        remove_unused_columns=False, use_cpu=True, seed=0, dataloader_num_workers=0, dataloader_drop_last=True,
     )  # fmt: skip
     trainer = Trainer(
         model=model,

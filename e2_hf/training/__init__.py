@@ -1,7 +1,7 @@
 """Fine-tuning E2 with Accelerate, and the loss over all processes."""
 
 from ..errors import TrainingError
-from .loss import E2ContrastiveLoss, gather_with_grad
+from .loss import E2CLIPLoss, enable_cross_rank_loss, gather_with_grad
 from .trainer import TrainingArguments, train
 
-__all__ = ["E2ContrastiveLoss", "TrainingArguments", "TrainingError", "gather_with_grad", "train"]
+__all__ = ["E2CLIPLoss", "TrainingArguments", "TrainingError", "enable_cross_rank_loss", "gather_with_grad", "train"]

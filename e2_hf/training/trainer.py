@@ -37,11 +37,11 @@ from ..evaluation.embedding import check_model_folder
 from ..local_paths import portable_name, portable_spec
 from ..modeling import E2CLIPConfig, E2CLIPModel, E2CLIPProcessor
 from ..modeling.processing_e2clip import DEFAULT_PRODUCT_TEXT_FIELDS
-from .loss import E2ContrastiveLoss
+from .loss import enable_cross_rank_loss
 
 BASELINES = ("e2", "clip-ft")
 # What E2Collator adds to a batch for the trainer, not for the model.
-COLLATOR_BOOKKEEPING = ("skipped_images", "indices", "return_loss")
+COLLATOR_BOOKKEEPING = ("skipped_images", "indices")  # the collator's notes, not model inputs
 
 
 @dataclass
@@ -326,7 +326,6 @@ class Run:
     optimizer: Any
     scheduler: Any
     progress: TrainingProgress
-    loss_fn: E2ContrastiveLoss
     train_set: ProductDataset
     sampler: EpochSampler
     train_loader: Any
@@ -389,6 +388,7 @@ def prepare_run(args: TrainingArguments) -> Run:
     )
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     unwrapped = accelerator.unwrap_model(model)
+    enable_cross_rank_loss(unwrapped)  # negatives from the whole global batch
     # CLIP-FT (no new parameters) trains everything for the same number of epochs as E2's two stages
     stage1_epochs = args.warmup_epochs if unwrapped.e2_parameter_names() else 0
     total_epochs = args.warmup_epochs + args.epochs
@@ -405,7 +405,7 @@ def prepare_run(args: TrainingArguments) -> Run:
     if eval_catalog is not None:
         eval_set = ProductDataset(eval_catalog, entities, training=False, text_fields=args.text_fields)
     run = Run(args, accelerator, model, unwrapped, processor, optimizer, scheduler, progress,
-              E2ContrastiveLoss.from_config(unwrapped.config), train_set, sampler, train_loader, eval_set,
+              train_set, sampler, train_loader, eval_set,
               stage1_epochs, total_epochs, steps_per_epoch, untagged_entities=untagged)  # fmt: skip
     if args.resume_from_checkpoint:
         resume(run)
@@ -524,8 +524,8 @@ def train_epoch(run: Run, epoch: int, bar) -> bool:
 
 def train_step(run: Run, batch: dict[str, Any], epoch: int) -> dict[str, torch.Tensor | None]:
     with run.accelerator.accumulate(run.model):
-        outputs = run.model(**batch)
-        losses = run.loss_fn(outputs, run.unwrapped.logit_scale.exp())
+        outputs = run.model(**batch)  # the batch has return_loss=True: the model's own (gathered) loss
+        losses = {"loss": outputs.loss, "global_loss": outputs.global_loss, "region_loss": outputs.region_loss}
         if not torch.isfinite(losses["loss"]):
             good = last_good_checkpoint(Path(run.args.output_dir), run.progress.global_step)
             kept = f"The last good checkpoint is {good}." if good else "No checkpoint with finite-loss weights is kept."
