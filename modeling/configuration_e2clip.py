@@ -306,9 +306,10 @@ class E2CLIPConfig(PretrainedConfig):
         region_loss: str = "clip",
         **kwargs: Any,
     ):
-        super().__init__(**kwargs)
+        # the towers first: `attn_implementation` (in kwargs) then reaches them, as in CLIPConfig
         self.text_config = _as_sub_config(text_config, E2CLIPTextConfig)
         self.vision_config = _as_sub_config(vision_config, E2CLIPVisionConfig)
+        super().__init__(**kwargs)
         self.projection_dim = projection_dim
         self.logit_scale_init_value = logit_scale_init_value
         self.entities = entities

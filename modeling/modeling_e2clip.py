@@ -27,6 +27,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
 from .configuration_e2clip import E2CLIPConfig, E2CLIPTextConfig, E2CLIPVisionConfig
@@ -327,7 +328,9 @@ class E2CLIPTextEmbeddings(nn.Module):
 
 
 class E2CLIPAttention(nn.Module):
-    """Multi-head self-attention through `torch.nn.functional.scaled_dot_product_attention`."""
+    """Multi-head self-attention through transformers' attention interface: the implementation the
+    config names (`attn_implementation="sdpa"`, the default, or `"eager"`, E2's own explicit
+    softmax). Attention probabilities (`output_attentions`) always come from the eager path."""
 
     def __init__(self, config: E2CLIPTextConfig | E2CLIPVisionConfig):
         super().__init__()
@@ -363,14 +366,17 @@ class E2CLIPAttention(nn.Module):
         key = self._split_heads(self.k_proj(hidden_states))
         value = self._split_heads(self.v_proj(hidden_states))
         dropout = self.dropout if self.training else 0.0
+        implementation = getattr(self.config, "_attn_implementation", None) or "sdpa"
         weights = None
-        if output_attentions:
+        if output_attentions or implementation == "eager":
             weights = self._attention_weights(query, key, attention_mask)
-            attended = F.dropout(weights, p=dropout) @ value
+            attended = (F.dropout(weights, p=dropout) @ value).transpose(1, 2)  # [batch, seq, heads, head_dim]
         else:
-            attended = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=dropout)
-        attended = attended.transpose(1, 2).reshape(batch_size, sequence_length, self.embed_dim)  # [batch, seq, width]
-        return self.out_proj(attended), weights
+            attention = ALL_ATTENTION_FUNCTIONS[implementation]
+            attended, _ = attention(self, query, key, value, attention_mask, dropout=dropout,
+                                    scaling=self.head_dim**-0.5, is_causal=False)  # fmt: skip
+        attended = attended.reshape(batch_size, sequence_length, self.embed_dim)  # [batch, seq, width]
+        return self.out_proj(attended), weights if output_attentions else None
 
 
 class E2CLIPMLP(nn.Module):

@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -343,6 +345,37 @@ def test_sdpa_attention_matches_the_explicit_formula(tiny_model):
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(explicit, expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(returned_weights, weights, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("choose", ["at_init", "set_attn_implementation"])
+def test_the_attention_implementation_asked_for_is_the_one_that_runs(tester, monkeypatch, choose):
+    torch.manual_seed(0)
+    config = tester.get_config()
+    sdpa_model = E2CLIPModel(config).eval()
+    if choose == "at_init":
+        eager_config = type(config).from_dict({**config.to_dict(), "attn_implementation": "eager"})
+        eager_model = E2CLIPModel(eager_config).eval()
+        eager_model.load_state_dict(sdpa_model.state_dict())
+    else:
+        eager_model = copy.deepcopy(sdpa_model)
+        eager_model.set_attn_implementation("eager")
+    towers = (eager_model.config.text_config, eager_model.config.vision_config)
+    assert all(tower._attn_implementation == "eager" for tower in towers)
+    pixel_values = torch.rand(2, 3, config.vision_config.image_size, config.vision_config.image_size)
+    input_ids = torch.randint(0, config.text_config.vocab_size - 1, (2, 6))
+    with torch.no_grad():
+        reference = sdpa_model(input_ids=input_ids, pixel_values=pixel_values)
+
+    def no_sdpa(*args, **kwargs):
+        raise AssertionError("scaled_dot_product_attention ran")
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", no_sdpa)
+    with torch.no_grad():
+        eager = eager_model(input_ids=input_ids, pixel_values=pixel_values)  # runs without SDPA
+        with pytest.raises(AssertionError, match="scaled_dot_product_attention ran"):
+            sdpa_model(input_ids=input_ids, pixel_values=pixel_values)
+    for name in ("image_embeds", "text_embeds", "region_embeds"):
+        torch.testing.assert_close(getattr(eager, name), getattr(reference, name), rtol=1e-5, atol=1e-5)
 
 
 def test_output_attentions_returns_each_layers_probabilities_and_changes_nothing_else(tester, tiny_model):
