@@ -347,15 +347,14 @@ def test_sdpa_attention_matches_the_explicit_formula(tiny_model):
     torch.testing.assert_close(returned_weights, weights, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("choose", ["at_init", "set_attn_implementation"])
-def test_the_attention_implementation_asked_for_is_the_one_that_runs(tester, monkeypatch, choose):
+@pytest.mark.parametrize("choose", ["from_pretrained", "set_attn_implementation"])
+def test_the_attention_implementation_asked_for_is_the_one_that_runs(tester, monkeypatch, tmp_path, choose):
     torch.manual_seed(0)
     config = tester.get_config()
     sdpa_model = E2CLIPModel(config).eval()
-    if choose == "at_init":
-        eager_config = type(config).from_dict({**config.to_dict(), "attn_implementation": "eager"})
-        eager_model = E2CLIPModel(eager_config).eval()
-        eager_model.load_state_dict(sdpa_model.state_dict())
+    if choose == "from_pretrained":
+        sdpa_model.save_pretrained(tmp_path)
+        eager_model = E2CLIPModel.from_pretrained(tmp_path, attn_implementation="eager").eval()
     else:
         eager_model = copy.deepcopy(sdpa_model)
         eager_model.set_attn_implementation("eager")
