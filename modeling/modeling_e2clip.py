@@ -315,7 +315,7 @@ class E2CLIPTextEmbeddings(nn.Module):
         self.token_embedding = nn.Embedding(config.vocab_size, config.hidden_size)
         self.position_embedding = nn.Embedding(config.max_position_embeddings, config.hidden_size)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
         sequence_length = input_ids.shape[-1]
         max_length = self.position_embedding.num_embeddings
         if sequence_length > max_length:
@@ -323,8 +323,9 @@ class E2CLIPTextEmbeddings(nn.Module):
                 f"input_ids has {sequence_length} tokens but the text tower's context length is {max_length}; "
                 "tokenize with truncation (E2CLIPProcessor does)."
             )
-        positions = torch.arange(sequence_length, device=input_ids.device)
-        return self.token_embedding(input_ids) + self.position_embedding(positions)
+        if position_ids is None:
+            position_ids = torch.arange(sequence_length, device=input_ids.device)
+        return self.token_embedding(input_ids) + self.position_embedding(position_ids)
 
 
 class E2CLIPAttention(nn.Module):
@@ -540,10 +541,11 @@ class E2CLIPTextTransformer(nn.Module):
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
     ) -> BaseModelOutputWithPooling:
-        hidden_states = self.embeddings(input_ids)  # [batch, seq, width]
+        hidden_states = self.embeddings(input_ids, position_ids)  # [batch, seq, width]
         mask = self._attention_mask(attention_mask, input_ids.shape[-1], input_ids.device)
         all_hidden_states = [hidden_states] if output_hidden_states else None
         all_attentions = [] if output_attentions else None
@@ -736,8 +738,9 @@ class E2CLIPModel(E2CLIPPreTrainedModel):
         return names
 
     # ----------------------------------------------------------------- towers
-    def _text_embeds(self, input_ids, attention_mask=None, output_hidden_states=False, output_attentions=False):
-        text_outputs = self.text_model(input_ids, attention_mask, output_hidden_states, output_attentions)
+    def _text_embeds(self, input_ids, attention_mask=None, output_hidden_states=False, output_attentions=False,
+                     position_ids=None):  # fmt: skip
+        text_outputs = self.text_model(input_ids, attention_mask, position_ids, output_hidden_states, output_attentions)
         return self.text_projection(text_outputs.pooler_output), text_outputs
 
     def _image_embeds(self, pixel_values, output_hidden_states=False, output_attentions=False):
@@ -751,26 +754,46 @@ class E2CLIPModel(E2CLIPPreTrainedModel):
         return self.region_head(selection_states)  # [batch, num_entities, projection_dim]
 
     def get_text_features(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
-    ) -> torch.Tensor | BaseModelOutputWithPooling:
-        """Projected text embeddings `[batch, projection_dim]` (inside a `BaseModelOutputWithPooling`'s
-        `pooler_output` on transformers 5.x, as its CLIPModel does)."""
-        text_embeds, text_outputs = self._text_embeds(input_ids, attention_mask)
-        if FEATURES_AS_MODEL_OUTPUT:
-            return BaseModelOutputWithPooling(
-                last_hidden_state=text_outputs.last_hidden_state, pooler_output=text_embeds
-            )
-        return text_embeds
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> torch.Tensor | BaseModelOutputWithPooling | tuple:
+        """Projected text embeddings `[batch, projection_dim]`, as `CLIPModel.get_text_features` of the
+        installed transformers gives them: the tensor on 4.x; on 5.x the text tower's output with the
+        projected embeddings as `pooler_output` (and `hidden_states` / `attentions` when asked),
+        a tuple with `return_dict=False`."""
+        text_embeds, text_outputs = self._text_embeds(input_ids, attention_mask, bool(output_hidden_states),
+                                                      bool(output_attentions), position_ids)  # fmt: skip
+        return self._features_output(text_embeds, text_outputs, return_dict)
 
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor | BaseModelOutputWithPooling:
+    def get_image_features(
+        self,
+        pixel_values: torch.Tensor,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> torch.Tensor | BaseModelOutputWithPooling | tuple:
         """Projected global image embeddings `[batch, projection_dim]` (same convention as
         `get_text_features`)."""
-        image_embeds, vision_outputs = self._image_embeds(pixel_values)
-        if FEATURES_AS_MODEL_OUTPUT:
-            return BaseModelOutputWithPooling(
-                last_hidden_state=vision_outputs.last_hidden_state, pooler_output=image_embeds
-            )
-        return image_embeds
+        image_embeds, vision_outputs = self._image_embeds(pixel_values, bool(output_hidden_states),
+                                                          bool(output_attentions))  # fmt: skip
+        return self._features_output(image_embeds, vision_outputs, return_dict)
+
+    def _features_output(self, embeds: torch.Tensor, tower_outputs, return_dict: bool | None):
+        if not FEATURES_AS_MODEL_OUTPUT:
+            return embeds
+        output = BaseModelOutputWithPooling(
+            last_hidden_state=tower_outputs.last_hidden_state,
+            pooler_output=embeds,
+            hidden_states=tower_outputs.hidden_states,
+            attentions=tower_outputs.attentions,
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        return output if return_dict else output.to_tuple()
 
     def get_region_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Regional embeddings `[batch, num_entities, projection_dim]`, in `config.entities` order."""

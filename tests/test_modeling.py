@@ -93,6 +93,33 @@ def test_feature_getters_match_forward(tiny_model, tester):
     torch.testing.assert_close(outputs.region_embeds.norm(dim=-1), torch.ones(4, 4))
 
 
+def test_feature_getters_take_clips_arguments_and_return_what_clip_returns(tiny_model, tester):
+    input_ids, attention_mask = tester.input_ids()
+    pixel_values = tester.pixel_values()
+    positions = torch.arange(input_ids.shape[1]).expand_as(input_ids)
+    config = tiny_model.config
+    with torch.no_grad():
+        default = features(tiny_model.get_text_features(input_ids, attention_mask))
+        explicit = features(tiny_model.get_text_features(input_ids, attention_mask, positions))  # CLIP's order
+        shifted = features(tiny_model.get_text_features(input_ids, attention_mask, positions.flip(-1)))
+        text = tiny_model.get_text_features(input_ids, attention_mask, output_hidden_states=True,
+                                            output_attentions=True)  # fmt: skip
+        image = tiny_model.get_image_features(pixel_values, output_hidden_states=True, output_attentions=True)
+        as_tuple = tiny_model.get_text_features(input_ids, attention_mask, return_dict=False)
+    torch.testing.assert_close(explicit, default)
+    assert not torch.allclose(shifted, default)  # the positions are used
+    if int(transformers.__version__.split(".")[0]) < 5:  # CLIPModel 4.x returns the embeddings alone
+        assert isinstance(text, torch.Tensor) and isinstance(as_tuple, torch.Tensor)
+        return
+    assert len(text.hidden_states) == config.text_config.num_hidden_layers + 1
+    assert len(text.attentions) == config.text_config.num_hidden_layers
+    assert len(image.attentions) == config.vision_config.num_hidden_layers
+    assert image.hidden_states[0].shape[1] == config.token_layout.length
+    assert isinstance(as_tuple, tuple)  # (last_hidden_state, pooler_output)
+    torch.testing.assert_close(as_tuple[1], default)
+    torch.testing.assert_close(text.pooler_output, default)
+
+
 def test_every_parameter_receives_a_gradient(tester):
     torch.manual_seed(0)
     model = E2CLIPModel(tester.get_config()).train()
