@@ -26,6 +26,7 @@ import transformers
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
@@ -392,8 +393,10 @@ class E2CLIPMLP(nn.Module):
         return self.fc2(self.activation_fn(self.fc1(hidden_states)))
 
 
-class E2CLIPEncoderLayer(nn.Module):
-    """Pre-norm transformer block: attention and MLP, each in a residual branch."""
+class E2CLIPEncoderLayer(GradientCheckpointingLayer):
+    """Pre-norm transformer block: attention and MLP, each in a residual branch. A
+    `GradientCheckpointingLayer`: `model.gradient_checkpointing_enable()` makes transformers
+    recompute it in the backward pass."""
 
     def __init__(self, config: E2CLIPTextConfig | E2CLIPVisionConfig):
         super().__init__()
@@ -417,7 +420,6 @@ class E2CLIPEncoder(nn.Module):
     def __init__(self, config: E2CLIPTextConfig | E2CLIPVisionConfig):
         super().__init__()
         self.layers = nn.ModuleList([E2CLIPEncoderLayer(config) for _ in range(config.num_hidden_layers)])
-        self.gradient_checkpointing = False
 
     def forward(
         self,
@@ -432,12 +434,7 @@ class E2CLIPEncoder(nn.Module):
         attention probabilities to `all_attentions` when given."""
         output_attentions = all_attentions is not None
         for layer in self.layers[start:end]:
-            if self.gradient_checkpointing and self.training:
-                hidden_states, attention_weights = self._gradient_checkpointing_func(
-                    layer.__call__, hidden_states, attention_mask, output_attentions
-                )
-            else:
-                hidden_states, attention_weights = layer(hidden_states, attention_mask, output_attentions)
+            hidden_states, attention_weights = layer(hidden_states, attention_mask, output_attentions)
             if all_hidden_states is not None:
                 all_hidden_states.append(hidden_states)
             if output_attentions:

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import transformers
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from e2_hf import E2CLIPConfig, E2CLIPModel
 from e2_hf.compat import projected_features
@@ -164,11 +165,17 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tester):
     # transformers 5.x renamed gradient_checkpointing_enable to activation_checkpointing_enable
     enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
     enable()
+    layers = [*model.vision_model.encoder.layers, *model.text_model.encoder.layers]
+    assert all(isinstance(layer, GradientCheckpointingLayer) and layer.gradient_checkpointing for layer in layers)
+    runs = []
+    # a pre-hook on the layer's first module: a recompute may stop early, once what backward needs is back
+    model.vision_model.encoder.layers[0].layer_norm1.register_forward_pre_hook(lambda *_: runs.append(1))
     torch.manual_seed(3)
     checkpointed = forward_with_loss(model, tester).loss
+    ran_forward = len(runs)
     checkpointed.backward()
+    assert len(runs) > ran_forward  # the layer ran again in the backward pass: it was recomputed
     checkpointed_grads = [parameter.grad for parameter in model.parameters()]
-    assert model.vision_model.encoder.gradient_checkpointing
     torch.testing.assert_close(checkpointed, plain)
     for expected, actual in zip(plain_grads, checkpointed_grads):
         torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
