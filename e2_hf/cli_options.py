@@ -1,8 +1,16 @@
-"""Command-line options shared by the commands that read catalogs (train, evaluate, tag, index)."""
+"""Command-line options shared by the commands that read catalogs (train, evaluate, tag, index),
+and the one way they tell the user about their data."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+
+
+def print_notice(message: str | None) -> None:
+    """A line for the user on stderr (stdout carries the results); nothing for `None`."""
+    if message:
+        print(message, file=sys.stderr)
 
 
 def add_tag_separator_argument(parser: argparse.ArgumentParser) -> None:

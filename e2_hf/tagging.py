@@ -25,7 +25,7 @@ import torch
 
 from .cli_options import add_catalog_reading_arguments
 from .evaluation.embedding import CatalogEmbeddings, embed_texts, evaluating
-from .evaluation.entities import carried_matrix
+from .evaluation.entities import carried_matrix, values_carried
 from .modeling import E2CLIPModel, E2CLIPProcessor
 
 SOURCES = ("region", "global")
@@ -57,16 +57,9 @@ def check_candidates(candidates: Mapping[str, Sequence[str]], entities: Sequence
     return checked
 
 
-def value_sets(catalog, entity: str) -> list[tuple[str, ...]]:
-    """Each product's values of `entity` (several for a multi-value tag), from a catalog or an index."""
-    if hasattr(catalog, "value_sets"):
-        return catalog.value_sets(entity)
-    return [(tag,) if tag else () for tag in catalog.tag_values(entity)]
-
-
 def catalog_candidates(catalog, entities: Sequence[str]) -> dict[str, list[str]]:
     """Each entity's distinct values in a catalog (or an index), sorted; entities without any are left out."""
-    candidates = {entity: sorted({value for values in value_sets(catalog, entity) for value in values})
+    candidates = {entity: sorted({value for values in catalog.value_sets(entity) for value in values})
                   for entity in entities}  # fmt: skip
     return {entity: tags for entity, tags in candidates.items() if tags}
 
@@ -152,10 +145,7 @@ def tagging_accuracy(
     tag_embeds = candidate_embeddings(model, processor, candidates, device)
     results = {}
     for entity, tags in candidates.items():
-        position = {tag: column for column, tag in enumerate(tags)}
-        carried = torch.zeros((len(catalog), len(tags)), dtype=torch.bool)  # [items, candidates]
-        for item, values in enumerate(value_sets(catalog, entity)):
-            carried[item, [position[value] for value in values if value in position]] = True
+        carried = values_carried(catalog.value_sets(entity), tags)  # [items, candidates]
         kept = carried.any(dim=1)
         truth = carried[kept]
         result: dict[str, Any] = {"items": int(kept.sum()), "candidates": len(tags), "chance": _chance(truth)}
@@ -286,14 +276,15 @@ def _tag_images(args, model, processor, candidates) -> list[dict[str, Any]]:
 
 
 def _measure(args, model, processor, candidates, device, dtype) -> dict[str, Any]:
+    from .cli_options import print_notice
     from .data import open_catalog, untagged_entities_notice
-    from .evaluation.cli import _notice, report_catalog_texts
+    from .evaluation.cli import report_catalog_texts
     from .evaluation.embedding import embed_catalog
 
     catalog = open_catalog(args.data, keep_html=args.keep_html, tag_separators=args.tag_separators)
     report_catalog_texts(catalog, processor, args.data)
     entities = args.entity or model.config.entities
-    _notice(untagged_entities_notice(catalog, entities, args.data, "no tagging accuracy can be measured for it"))
+    print_notice(untagged_entities_notice(catalog, entities, args.data, "no tagging accuracy can be measured for it"))
     embeddings = embed_catalog(model, processor, catalog, args.batch_size, device, dtype)
     if candidates is None and args.entity:
         candidates = catalog_candidates(embeddings.catalog, args.entity)

@@ -22,7 +22,7 @@ import gradio as gr
 from PIL import Image, UnidentifiedImageError
 
 from e2_hf.evaluation.embedding import load_for_inference
-from e2_hf.images import upright
+from e2_hf.images import open_image
 from e2_hf.search import EmbeddingIndex, search_text
 from e2_hf.tagging import candidate_embeddings, catalog_candidates, zero_shot_tags
 from e2_hf.visualization import render_selection_figure, selection_maps
@@ -43,8 +43,8 @@ def open_upload(path: str | Path | None, name: str | None = None) -> Image.Image
     path = Path(path)
     name = name or path.name
     try:
-        image = Image.open(path)  # reads the header only
-        width, height = image.size
+        with Image.open(path) as image:  # reads the header only
+            width, height = image.size
     except (UnidentifiedImageError, OSError):
         raise gr.Error(f"{name} is not an image this app can read: upload a JPEG, PNG or WebP photo.") from None
     if width * height > MAX_UPLOAD_PIXELS:
@@ -53,8 +53,8 @@ def open_upload(path: str | Path | None, name: str | None = None) -> Image.Image
             f"{MAX_UPLOAD_PIXELS / 1e6:.0f} MP (the model sees it at a few hundred pixels anyway)."
         )
     try:
-        return upright(image).convert("RGB")
-    except OSError:
+        return open_image(path)  # decoded, upright, RGB as everywhere else in E2
+    except ValueError:
         raise gr.Error(f"{name} is damaged: its pixels cannot be read. Upload another photo.") from None
 
 

@@ -65,10 +65,17 @@ class Product:
 
     def values_of(self, entity: str) -> tuple[str, ...]:
         """The product's values of `entity`: one for an ordinary tag, several for a multi-value one."""
-        if entity in self.multi_values:
-            return self.multi_values[entity]
-        tag = self.tags.get(entity)
-        return (tag,) if tag else ()
+        return values_of(self.tags, self.multi_values, entity)
+
+
+def values_of(
+    tags: Mapping[str, str | None], multi_values: Mapping[str, Sequence[str]], entity: str
+) -> tuple[str, ...]:
+    """An entity's values from a product's `tags` and `multi_values` (as `Product` and the index store them)."""
+    if entity in multi_values:
+        return tuple(multi_values[entity])
+    tag = tags.get(entity)
+    return (tag,) if tag else ()
 
 
 def clean_tag(value: Any, keep_html: bool = False) -> str | None:
@@ -221,9 +228,11 @@ class Catalog:
         return [entity for entity in entities if not any(product.tags.get(entity) for product in self.products)]
 
 
-def untagged_entities_notice(catalog: Catalog, entities: Sequence[str], spec: str, consequence: str) -> str | None:
-    """One line naming the entities without any tag in the catalog and what that means, or `None`."""
-    untagged = catalog.untagged_entities(entities)
+def untagged_entities_notice(catalog: Catalog, entities: Sequence[str], spec: str, consequence: str,
+                             untagged: Sequence[str] | None = None) -> str | None:  # fmt: skip
+    """One line naming the entities without any tag in the catalog and what that means, or `None`
+    (`untagged`: `catalog.untagged_entities(entities)` when the caller has it already)."""
+    untagged = catalog.untagged_entities(entities) if untagged is None else untagged
     if not untagged:
         return None
     names = ", ".join(untagged)
@@ -341,14 +350,14 @@ class FileCatalog(Catalog):
 
 
 def _images_of(record: Mapping[str, Any], source: str, separator: str | None = None) -> list[str]:
-    field = "images" if "images" in record else "image"
-    images = record.get(field)
+    key = "images" if "images" in record else "image"
+    images = record.get(key)
     if images is None or images == "":
         return []
     if isinstance(images, str):
         return [part.strip() for part in images.split(separator or "\n") if part.strip()] if separator else [images]
     if not isinstance(images, list) or not all(isinstance(image, str) for image in images):
-        raise ValueError(f"{source}: field {field!r} must be an image path or a list of paths, got {images!r}")
+        raise ValueError(f"{source}: field {key!r} must be an image path or a list of paths, got {images!r}")
     return images
 
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-from ..cli_options import add_catalog_reading_arguments
+from ..cli_options import add_catalog_reading_arguments, print_notice
 from .retrieval import DIRECTIONS
 
 
@@ -35,19 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def report_catalog_texts(catalog, processor, data_spec: str) -> None:
-    """One line on stderr when product texts are longer than the model's context."""
-    from ..data import truncation_report
+    """One line on stderr when the product texts the evaluation embeds are longer than the model's context."""
+    from ..data import ProductDataset, dataset_truncation
 
-    texts = [processor.build_product_text(product.description, product.tags) for product in catalog.products]
-    _notice(
-        truncation_report(texts, processor.tokenizer, processor.max_length).message(f"product texts of {data_spec}")
-    )
-
-
-def _notice(message: str | None) -> None:
-    """A line for the user on stderr (stdout carries the results)."""
-    if message:
-        print(message, file=sys.stderr)
+    texts = ProductDataset(catalog, processor.entities, training=False)  # the texts embed_catalog embeds
+    print_notice(dataset_truncation(texts, processor).message(f"product texts of {data_spec}"))
 
 
 def evaluate_catalog(args: argparse.Namespace) -> dict[str, Any]:
@@ -67,7 +58,7 @@ def evaluate_catalog(args: argparse.Namespace) -> dict[str, Any]:
         subcategories = [product.tags.get("subcategory") or "" for product in catalog.products]
         results = {"sample100": sample100_metrics(images, texts, subcategories, queries=args.queries, seeds=args.seeds)}
     if args.regions and embeddings.region_embeds is not None:
-        _notice(
+        print_notice(
             untagged_entities_notice(
                 catalog,
                 embeddings.entities,

@@ -31,14 +31,17 @@ def distinct_tags(tags: Sequence[str | None]) -> tuple[list[str], torch.Tensor, 
 
 def tag_value_matrix(value_sets: Sequence[Sequence[str]]) -> tuple[list[str], torch.Tensor]:
     """`(distinct values in first-seen order, carried [items, values] bool)` from each item's values."""
-    names: dict[str, int] = {}
-    for values in value_sets:
-        for value in values:
-            names.setdefault(value, len(names))
+    names = list(dict.fromkeys(value for values in value_sets for value in values))
+    return names, values_carried(value_sets, names)
+
+
+def values_carried(value_sets: Sequence[Sequence[str]], names: Sequence[str]) -> torch.Tensor:
+    """`[items, names]` bool: which of `names` each item carries (values outside `names` are ignored)."""
+    column = {name: position for position, name in enumerate(names)}
     carried = torch.zeros((len(value_sets), len(names)), dtype=torch.bool)
     for item, values in enumerate(value_sets):
-        carried[item, [names[value] for value in values]] = True
-    return list(names), carried
+        carried[item, [column[value] for value in values if value in column]] = True
+    return carried
 
 
 def carried_matrix(truth: torch.Tensor, num_tags: int) -> torch.Tensor:

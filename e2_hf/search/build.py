@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from ..cli_options import print_notice
 from ..data import Catalog, ImageLoadError, open_catalog, untagged_entities_notice
 from ..evaluation.embedding import evaluating
 from ..local_paths import portable_name, portable_spec
@@ -97,10 +97,8 @@ def add_catalog(
     leaves those products out (so that re-running on a grown catalog adds only the new products; of
     ids repeated in the catalog the first is kept)."""
     catalog = open_catalog(spec, keep_html=keep_html, tag_separators=tag_separators)
-    notice = untagged_entities_notice(catalog, index.entities, spec, "its regional embeddings are stored, but "
-                                      "no tag of the catalog can show what they match")  # fmt: skip
-    if notice:
-        print(notice, file=sys.stderr)
+    print_notice(untagged_entities_notice(catalog, index.entities, spec, "its regional embeddings are stored, but "
+                                          "no tag of the catalog can show what they match"))  # fmt: skip
     with writer_lock(index.folder):
         index.reload()  # another writer may have committed while this one waited
         positions = _new_positions(catalog, index.product_ids(), index.folder, spec, skip_existing)

@@ -35,7 +35,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from ..data.catalogs import json_object
+from ..data.catalogs import json_object, values_of
 from .safetensors_mmap import memory_map
 
 INDEX_FORMAT = "e2-hf-embedding-index"
@@ -75,10 +75,7 @@ class IndexItem:
         return record
 
     def values_of(self, entity: str) -> tuple[str, ...]:
-        if entity in self.multi_values:
-            return tuple(self.multi_values[entity])
-        tag = self.tags.get(entity)
-        return (tag,) if tag else ()
+        return values_of(self.tags, self.multi_values, entity)
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:

@@ -20,7 +20,6 @@ import json
 import math
 import os
 import shutil
-import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -30,6 +29,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
+from ..cli_options import print_notice
 from ..data import E2Collator, ProductDataset, dataset_truncation, open_catalog, untagged_entities_notice
 from ..errors import TrainingError
 from ..evaluation import retrieval_metrics
@@ -41,7 +41,7 @@ from .loss import enable_cross_rank_loss
 
 BASELINES = ("e2", "clip-ft")
 # What E2Collator adds to a batch for the trainer, not for the model.
-COLLATOR_BOOKKEEPING = ("skipped_images", "indices")  # the collator's notes, not model inputs
+COLLATOR_BOOKKEEPING = ("skipped_images", "indices")
 
 
 @dataclass
@@ -366,13 +366,12 @@ def prepare_run(args: TrainingArguments) -> Run:
         enable()
     entities = model.config.entities
     train_set = ProductDataset(train_catalog, entities, training=True, seed=args.seed, text_fields=args.text_fields)
-    report_truncation(accelerator, dataset_truncation(train_set, processor), args.train_data)
     untagged = train_catalog.untagged_entities(entities)
-    notice = untagged_entities_notice(train_catalog, entities, args.train_data,
-                                      "its region loss is masked for every product, so its selection tokens and "
-                                      "regional embedding are not trained on tags")  # fmt: skip
-    if notice and accelerator.is_main_process:
-        print(notice, file=sys.stderr)
+    if accelerator.is_main_process:  # what the user should know about the data, said once
+        print_notice(dataset_truncation(train_set, processor).message(f"product texts of {args.train_data}"))
+        print_notice(untagged_entities_notice(train_catalog, entities, args.train_data,
+                                              "its region loss is masked for every product, so its selection tokens "
+                                              "and regional embedding are not trained on tags", untagged))  # fmt: skip
     sampler = EpochSampler(len(train_set), args.seed)
     # The loader's own generator: creating an iterator must not draw from the global RNG, which
     # drives the Gumbel noise and is restored on resume.
@@ -410,12 +409,6 @@ def prepare_run(args: TrainingArguments) -> Run:
     if args.resume_from_checkpoint:
         resume(run)
     return run
-
-
-def report_truncation(accelerator, report, data_spec: str) -> None:
-    message = report.message(f"product texts of {data_spec}")
-    if message and accelerator.is_main_process:
-        print(message, file=sys.stderr)
 
 
 def resume(run: Run) -> None:
