@@ -20,7 +20,7 @@ from common import parser, write_result  # noqa: E402
 
 from e2_hf import E2CLIPProcessor  # noqa: E402
 from e2_hf.data import E2Collator, ProductDataset, open_catalog  # noqa: E402
-from e2_hf.modeling.processing_e2clip import clip_image_processor  # noqa: E402
+from e2_hf.modeling import clip_image_processor  # noqa: E402
 from e2_hf.synthetic import all_texts, make_synthetic  # noqa: E402
 from e2_hf.tokenization import build_tokenizer_from_texts  # noqa: E402
 

@@ -473,6 +473,44 @@ def real_catalog_section(result: dict) -> list[str]:
     ]
 
 
+def framing_section(result: dict) -> list[str]:
+    """Portrait photos with CLIP's centre crop vs letterboxed (`pad`): retrieval, tagging, selection."""
+    entities = list(result["crop"]["tagging"])
+    headers = ["framing", "SumR", "R@1 image->text", "R@1 text->image",
+               *(f"{entity} tagging (region)" for entity in entities), "brand logo hit / chance"]  # fmt: skip
+    rows = []
+    for image_fit in ("crop", "pad"):
+        report = result[image_fit]
+        full = report["full"]
+        logo = logo_summary(report.get("selection", {}))
+        rows.append([image_fit, f"{full['sumr']:.1f}", f"{full['image_to_text']['R@1']:.1f}",
+                     f"{full['text_to_image']['R@1']:.1f}",
+                     *(f"{report['tagging'][entity]['region']:.1f}" for entity in entities), logo])  # fmt: skip
+    catalog = result["catalog"]
+    difference = result["pad_minus_crop"]
+    return [
+        *heading("Framing portrait photos: crop vs pad", result["setting"]),
+        f"{catalog['detail_boxes_partly_cut_by_crop']} of the {catalog['detail_boxes']} detail boxes (logos, trims, "
+        "...) reach into the rows the centre crop removes.",
+        "",
+        *table(headers, rows),
+        "",
+        f"pad minus crop: SumR {difference['sumr']:+.1f}; region tagging "
+        + ", ".join(f"{entity} {value:+.1f}" for entity, value in difference["tagging_region"].items())
+        + " points (one seed).",
+        "",
+    ]
+
+
+def logo_summary(selection: dict) -> str:
+    """The brand tokens' logo hit rate over chance in the last fusion block, when measured."""
+    blocks = selection.get("entities", {}).get("brand", {}).get("blocks") or []
+    if not blocks:
+        return "n/a"
+    last = blocks[-1]
+    return f"{100 * last['hit']:.1f}% / {100 * last['chance']:.1f}%"
+
+
 SECTIONS = {
     "inference": inference_section,
     "train_step": train_step_section,
@@ -482,6 +520,7 @@ SECTIONS = {
     "tagging": tagging_section,
     "selection_experiments": selection_experiments_section,
     "real_catalog": real_catalog_section,
+    "framing": framing_section,
 }
 COMMANDS = {
     "inference": "bench_inference.py",
@@ -492,6 +531,7 @@ COMMANDS = {
     "tagging": "bench_tagging.py --demo-dir DIR",
     "selection_experiments": "selection_experiments.py --testbed NAME --recipe NAME --seeds 0 [--clip-ft]",
     "real_catalog": "real_catalog.py",
+    "framing": "framing.py",
 }
 
 

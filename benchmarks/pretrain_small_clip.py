@@ -72,7 +72,7 @@ def main() -> None:
     import torch
 
     from e2_hf.demo import DEFAULT, TESTBED, demo_training_arguments, prepare_base
-    from e2_hf.modeling.processing_e2clip import clip_image_processor
+    from e2_hf.modeling import clip_image_processor
     from e2_hf.synthetic import make_synthetic
     from e2_hf.training import train
 

@@ -25,6 +25,7 @@ import torch
 
 from e2_hf.compat import projected_features
 from e2_hf.modeling import E2CLIPConfig, E2CLIPModel, E2CLIPProcessor
+from e2_hf.modeling.image_processing_e2clip import IMAGE_FITS, checked_image_fit
 from e2_hf.parameters import count_new_parameters
 
 from .common import command_main, int_list, load_weights_only, name_list, processor_with_tokenizer
@@ -161,6 +162,7 @@ def init_from_clip(
     projection_init: str = "clip",
     vision_heads: int | None = None,
     text_heads: int | None = None,
+    image_fit: str = "crop",
     **config_overrides: Any,
 ) -> tuple[E2CLIPModel, E2CLIPProcessor | None, dict[str, float]]:
     """Builds E2 from `clip`, checks its text embeddings against the source, saves it with its
@@ -183,6 +185,7 @@ def init_from_clip(
             processor = E2CLIPProcessor.from_pretrained(str(clip), entities=model.config.entities)
         else:
             processor = processor_with_tokenizer(tokenizer, model.config)
+    processor.image_processor.image_fit = checked_image_fit(image_fit)
     model.eval()
     differences = check_text_embeddings(model, references)
     if output_dir is not None:
@@ -215,6 +218,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     parser.add_argument("--vision-heads", type=int, help="OpenAI-layout files: vision heads (default width // 64)")
     parser.add_argument("--text-heads", type=int, help="OpenAI-layout files: text heads (default width // 64)")
+    parser.add_argument(
+        "--image-fit", choices=IMAGE_FITS, default="crop",
+        help="how non-square photos become the square input: crop (CLIP's centre crop) or pad (letterbox, whole photo)",
+    )  # fmt: skip
     overrides = parser.add_argument_group("E2 config overrides (default: E2CLIPConfig's)")
     overrides.add_argument("--entities", type=name_list, help="entity names, e.g. brand,season,subcategory,composition")
     overrides.add_argument("--tokens-per-entity", type=int_list, help="one count for all, or one per entity")
@@ -251,6 +258,7 @@ def run(args: argparse.Namespace) -> None:
         projection_init=args.projection_init,
         vision_heads=args.vision_heads,
         text_heads=args.text_heads,
+        image_fit=args.image_fit,
         **config_overrides_from(args),
     )
     for reference, difference in differences.items():

@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 
 from e2_hf.modeling import E2CLIPConfig, E2CLIPModel, clip_image_processor
-from e2_hf.modeling.processing_e2clip import save_image_processor
 
 from .common import command_main, int_list, load_weights_only, name_list, processor_with_tokenizer
 from .openai_layout import convert_clip_key, infer_clip_sizes, strip_prefixes
@@ -198,7 +197,7 @@ def convert_original_checkpoint(
         if tokenizer is not None:
             processor_with_tokenizer(tokenizer, config).save_pretrained(output_dir)
         else:  # the image preprocessing is known from the sizes; the tokenizer is not
-            save_image_processor(clip_image_processor(config.vision_config.image_size), output_dir)
+            clip_image_processor(config.vision_config.image_size).save_pretrained(output_dir)
     return model
 
 

@@ -34,13 +34,12 @@ from pathlib import Path
 from typing import Any
 
 from e2_hf.local_paths import check_no_local_paths, local_path_leaks
+from e2_hf.modeling.modeling_e2clip import CODE_FILES
 
 from .common import command_main
 
-CODE_FILES = ("configuration_e2clip.py", "modeling_e2clip.py", "processing_e2clip.py")
 REQUIRED_FILES = (
     "config.json",
-    "preprocessor_config.json",
     "processor_config.json",
     "tokenizer_config.json",
     *CODE_FILES,
@@ -99,6 +98,8 @@ def validate_model_folder(folder: str | Path) -> None:
         raise ValueError(f"{folder} is not a folder")
     names = {path.name for path in folder.iterdir() if path.is_file()}
     problems = [f"missing {name}" for name in REQUIRED_FILES if name not in names]
+    if "preprocessor_config.json" not in names and not _has_nested_image_processor(folder):
+        problems.append("missing the image processor (preprocessor_config.json, or in processor_config.json)")
     if not any(all(name in names for name in file_set) for file_set in TOKENIZER_FILE_SETS):
         problems.append("missing the tokenizer (vocab.json + merges.txt, or tokenizer.json)")
     if not any(name in names for name in WEIGHT_FILES):
@@ -111,6 +112,15 @@ def validate_model_folder(folder: str | Path) -> None:
     problems += [f"local path in {leak}" for leak in local_path_leaks(folder)]
     if problems:
         raise ValueError(f"{folder} cannot be published: " + "; ".join(problems))
+
+
+def _has_nested_image_processor(folder: Path) -> bool:
+    """transformers 5.x saves the image processor's settings inside `processor_config.json`."""
+    try:
+        settings = json.loads((folder / "processor_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(settings, dict) and isinstance(settings.get("image_processor"), dict)
 
 
 def fresh_process_outputs(source: str, revision: str | None = None, env: dict[str, str] | None = None) -> dict:

@@ -6,7 +6,13 @@ Importing this package registers E2 with the transformers Auto classes, so that
 
 from pathlib import Path
 
-from transformers import AutoConfig, AutoModel, AutoModelForZeroShotImageClassification, AutoProcessor
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForZeroShotImageClassification,
+    AutoProcessor,
+)
 
 # In a source checkout `e2_hf.modeling`, `e2_hf.conversion` and `e2_hf.space` are the top-level `modeling/`,
 # `conversion/` and `space/` folders (setup.cfg maps them into the package on install), so the checkout
@@ -17,6 +23,7 @@ if not (Path(__file__).parent / "modeling").is_dir() and (_CHECKOUT / "modeling"
 
 from .modeling import (  # noqa: E402
     E2CLIPConfig,
+    E2CLIPImageProcessor,
     E2CLIPModel,
     E2CLIPOutput,
     E2CLIPProcessor,
@@ -33,6 +40,7 @@ def _register_auto_classes() -> None:
     AutoConfig.register(E2CLIPConfig.model_type, E2CLIPConfig, exist_ok=True)
     AutoModel.register(E2CLIPConfig, E2CLIPModel, exist_ok=True)
     AutoModelForZeroShotImageClassification.register(E2CLIPConfig, E2CLIPModel, exist_ok=True)
+    AutoImageProcessor.register(E2CLIPConfig, slow_image_processor_class=E2CLIPImageProcessor, exist_ok=True)
     AutoProcessor.register(E2CLIPConfig, E2CLIPProcessor, exist_ok=True)
     # Saving copies the code files and writes an auto_map, so checkpoints load with remote code.
     E2CLIPConfig.register_for_auto_class()
@@ -43,6 +51,7 @@ _register_auto_classes()
 
 __all__ = [
     "E2CLIPConfig",
+    "E2CLIPImageProcessor",
     "E2CLIPModel",
     "E2CLIPOutput",
     "E2CLIPProcessor",

@@ -26,7 +26,7 @@ import torch
 
 from .data import open_catalog
 from .images import open_image
-from .modeling.processing_e2clip import clip_image_processor
+from .modeling import clip_image_processor
 from .synthetic import ENTITIES
 
 

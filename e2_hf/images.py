@@ -23,7 +23,7 @@ def upright(image: Image.Image) -> Image.Image:
 
 def open_image(path: str | Path) -> Image.Image:
     """The file's image, decoded, upright and RGB; a missing or unreadable file is an error naming it."""
-    from .modeling.processing_e2clip import to_rgb_image
+    from .modeling.image_processing_e2clip import to_rgb_image
 
     try:
         with Image.open(path) as image:

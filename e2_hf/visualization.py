@@ -8,9 +8,10 @@
 `e2-hf visualize --model NAME_OR_PATH --image IMG [--image IMG ...] --output FILE.png` does the same.
 
 Boxes are in the pixels of the model's input view (`SelectionMap.image`: the image resized and
-centre-cropped by the processor, exactly what the model saw), `(left, top, right, bottom)` with
-right and bottom exclusive. When a photo is not square, the figure adds a last panel: the whole
-photo with the square the model saw outlined and the cropped-away parts dimmed.
+framed by the processor, exactly what the model saw), `(left, top, right, bottom)` with right and
+bottom exclusive. When the processor's `crop` framing cut part of a photo, the figure adds a last
+panel: the whole photo with the square the model saw outlined and the cropped-away parts dimmed
+(with `pad` the view already holds the whole photo, on its letterbox bands).
 """
 
 from __future__ import annotations
@@ -63,12 +64,16 @@ class SelectionMap:
     cls_attention: np.ndarray
     cls_attention_layer: int
     photo: Image.Image | None = None  # the image as given
-    view_box: tuple[int, int, int, int] | None = None  # the square of `photo` the model saw
+    view_box: tuple[int, int, int, int] | None = None  # the square of `photo` the model saw (photo pixels)
 
     @property
     def cropped(self) -> bool:
-        """True when the model saw only part of the photo (CLIP's centre crop of a non-square photo)."""
-        return self.photo is not None and self.view_box != (0, 0, *self.photo.size)
+        """True when the model saw only part of the photo (the `crop` framing of a non-square photo;
+        `pad` keeps it whole)."""
+        if self.photo is None:
+            return False
+        left, top, right, bottom = self.view_box
+        return left > 0 or top > 0 or right < self.photo.width or bottom < self.photo.height
 
     def patch_box(self, patch: int) -> tuple[int, int, int, int]:
         row, column = divmod(patch, self.grid)
@@ -117,18 +122,15 @@ def selection_maps(model: E2CLIPModel, processor: E2CLIPProcessor, images: Seque
                 cls_attention=cls_attention[index],
                 cls_attention_layer=cls_layer,
                 photo=photo if isinstance(photo, Image.Image) else None,
-                view_box=centre_square(*photo.size) if isinstance(photo, Image.Image) else None,
+                view_box=_view_box(processor.image_processor, photo) if isinstance(photo, Image.Image) else None,
             )
         )
     return maps
 
 
-def centre_square(width: int, height: int) -> tuple[int, int, int, int]:
-    """The part of a `width` x `height` photo that CLIP's preprocessing keeps (resize the short
-    side, crop the centre square), in the photo's pixels."""
-    side = min(width, height)
-    left, top = (width - side) // 2, (height - side) // 2
-    return (left, top, left + side, top + side)
+def _view_box(image_processor, photo: Image.Image) -> tuple[int, int, int, int]:
+    """The square of `photo` the model saw, in whole photo pixels (beyond the photo with `pad`)."""
+    return tuple(round(value) for value in image_processor.view_box(*photo.size))
 
 
 def _cls_patch_attention(attentions: tuple[torch.Tensor, ...], layout, grid: int):

@@ -1046,7 +1046,7 @@ AUTO_MAP = {
     "AutoModelForZeroShotImageClassification": "modeling_e2clip.E2CLIPModel",
     "AutoProcessor": "processing_e2clip.E2CLIPProcessor",
 }
-CODE_FILES = ("configuration_e2clip.py", "modeling_e2clip.py", "processing_e2clip.py")
+CODE_FILES = ("configuration_e2clip.py", "modeling_e2clip.py", "image_processing_e2clip.py", "processing_e2clip.py")
 
 
 def _token_hash(keys: torch.Tensor) -> torch.Tensor:
@@ -1062,7 +1062,7 @@ def _token_hash(keys: torch.Tensor) -> torch.Tensor:
 
 
 def _copy_code_files(save_directory) -> None:
-    """Copies the three Hub code files next to the weights (they sit beside this file)."""
+    """Copies the Hub code files next to the weights (they sit beside this file)."""
     here = os.path.dirname(os.path.abspath(__file__))
     for name in CODE_FILES:
         source = os.path.join(here, name)

@@ -13,7 +13,16 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.mark.parametrize(
-    "script", ["bench_inference", "bench_train_step", "bench_retrieval", "bench_data", "bench_quality", "bench_tagging"]
+    "script",
+    [
+        "bench_inference",
+        "bench_train_step",
+        "bench_retrieval",
+        "bench_data",
+        "bench_quality",
+        "bench_tagging",
+        "framing",
+    ],
 )
 def test_benchmark_runs_at_toy_size(script, tmp_path):
     output = tmp_path / f"{script}.json"

@@ -140,10 +140,10 @@ def test_push_then_load_through_the_endpoint(hub, model_dir, tmp_path, tiny_proc
         "config.json",
         "modeling_e2clip.py",
         "processing_e2clip.py",
+        "image_processing_e2clip.py",
         "README.md",
-        "preprocessor_config.json",
-        "vocab.json",
-        "merges.txt",
+        "processor_config.json",
+        "tokenizer_config.json",
     } <= set(files)
     readme = files["README.md"].decode()
     for expected in (

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoModel, AutoProcessor, CLIPConfig, CLIPModel
 
-from e2_hf import E2CLIPModel
+from e2_hf import E2CLIPModel, E2CLIPProcessor
 from e2_hf.conversion.convert_clip_to_e2 import init_from_clip, load_openai_layout
 
 from .conftest import E2CLIPModelTester, make_images
@@ -157,6 +157,8 @@ def test_command_line(openai_files, tokenizer_dir, tmp_path):
         "1,3",
         "--fusion-layers",
         "1",
+        "--image-fit",
+        "pad",
     ]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr
@@ -164,3 +166,4 @@ def test_command_line(openai_files, tokenizer_dir, tmp_path):
     assert "vision_model.selection_tokens (4, 32)" in completed.stdout
     config = E2CLIPModel.from_pretrained(tmp_path / "e2").config
     assert config.tokens_per_entity == [1, 3] and config.fusion_layers == [1]
+    assert E2CLIPProcessor.from_pretrained(tmp_path / "e2").image_processor.image_fit == "pad"

@@ -1,10 +1,12 @@
+import json
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from e2_hf import E2CLIPProcessor, build_product_text
-from e2_hf.modeling.processing_e2clip import to_rgb_image
+from e2_hf import E2CLIPImageProcessor, E2CLIPProcessor, build_product_text, clip_image_processor
+from e2_hf.modeling.image_processing_e2clip import to_rgb_image
 from e2_hf.tokenization import build_clip_tokenizer, byte_symbols
 
 from .conftest import BPE_PATH, TAG_ENTITIES, make_images, require_shared
@@ -88,7 +90,9 @@ def test_bad_image_is_a_clear_error(tiny_processor):
     with pytest.raises(ValueError, match="images must be PIL images or numpy arrays, got str"):
         tiny_processor(images=["photo.jpg"])
     with pytest.raises(ValueError, match=r"image arrays must be"):
-        tiny_processor(images=np.zeros((2, 3, 4, 5)))
+        tiny_processor(images=np.zeros((2, 3, 4, 5, 6)))
+    # a 4-d array is a batch, as in transformers: [batch, channels, height, width]
+    assert tiny_processor(images=np.zeros((2, 3, 40, 46)))["pixel_values"].shape == (2, 3, 32, 32)
 
 
 def test_product_text_puts_tags_before_the_description(tiny_processor):
@@ -99,19 +103,19 @@ def test_product_text_puts_tags_before_the_description(tiny_processor):
     assert tiny_processor.build_product_text("Slim shirt", {"season": "SS2017"}) == "SS2017. Slim shirt"
 
 
-def test_save_and_load_keep_the_4_57_file_layout(tiny_processor, tmp_path):
+def test_save_and_load_round_trip(tiny_processor, tmp_path):
+    """transformers' own layout (the processor config, the tokenizer files) plus the two code files."""
     tiny_processor.save_pretrained(tmp_path)
     for name in (
-        "preprocessor_config.json",
         "processor_config.json",
-        "vocab.json",
-        "merges.txt",
         "tokenizer_config.json",
         "processing_e2clip.py",
+        "image_processing_e2clip.py",
     ):
         assert (tmp_path / name).exists(), name
     loaded = E2CLIPProcessor.from_pretrained(tmp_path)
     assert loaded.entities == TAG_ENTITIES and loaded.max_length == tiny_processor.max_length
+    assert isinstance(loaded.image_processor, E2CLIPImageProcessor)
     inputs = dict(text=["a gucci shirt"], images=make_images(1), tags=[{"brand": "gucci"}])
     for key, value in tiny_processor(**inputs).items():
         assert torch.equal(loaded(**inputs)[key], value), key
@@ -134,3 +138,78 @@ def test_loading_a_plain_clip_folder_with_entities(tiny_processor, tmp_path):
     processor = E2CLIPProcessor.from_pretrained(tmp_path, entities=["brand", "season"])
     assert processor.entities == ["brand", "season"]
     assert processor(tags=[{"brand": "gucci"}])["tag_input_ids"].shape[:2] == (1, 2)
+
+
+def test_a_folder_saved_by_version_0_1_still_loads(tiny_processor, tmp_path):
+    """0.1 wrote its own layout: a flat CLIP `preprocessor_config.json` and E2's settings alone in
+    `processor_config.json`. It loads as CLIP's framing (`crop`) with its entities."""
+    from transformers import CLIPImageProcessor
+
+    tiny_processor.tokenizer.save_pretrained(tmp_path)
+    clip_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    clip_processor.save_pretrained(tmp_path)
+    settings = {"processor_class": "E2CLIPProcessor", "entities": ["brand", "season"], "max_length": 12}
+    settings.update(product_text_fields=["brand", "description"], auto_map={"AutoProcessor": "x.E2CLIPProcessor"})
+    (tmp_path / "processor_config.json").write_text(json.dumps(settings))
+    loaded = E2CLIPProcessor.from_pretrained(tmp_path)
+    assert (loaded.entities, loaded.max_length, loaded.product_text_fields) == (
+        ["brand", "season"],
+        12,
+        ["brand", "description"],
+    )
+    assert isinstance(loaded.image_processor, E2CLIPImageProcessor) and loaded.image_processor.image_fit == "crop"
+    assert loaded(images=make_images(1))["pixel_values"].shape == (1, 3, 32, 32)
+
+
+def test_return_tensors_and_typed_kwargs(tiny_processor):
+    texts, tags = ["a red silk shirt", "jeans"], [{"brand": "gucci"}, {"season": "fw2016"}]
+    as_torch = tiny_processor(text=texts, images=make_images(2), tags=tags)
+    as_numpy = tiny_processor(text=texts, images=make_images(2), tags=tags, return_tensors="np")
+    as_lists = tiny_processor(text=texts, tags=tags, return_tensors=None)
+    for key, value in as_torch.items():
+        assert isinstance(as_numpy[key], np.ndarray) and np.array_equal(as_numpy[key], value.numpy()), key
+    assert as_lists["input_ids"] == as_torch["input_ids"].tolist()
+    assert as_lists["tag_input_ids"] == as_torch["tag_input_ids"].tolist()
+    # per-modality kwargs, the way transformers passes them
+    padded = tiny_processor(text=texts, text_kwargs={"padding": "max_length"})
+    assert padded["input_ids"].shape == (2, tiny_processor.max_length)
+    striped = _portrait_stripes()
+    padded_images = tiny_processor(images=striped, images_kwargs={"image_fit": "pad"})
+    assert torch.equal(
+        padded_images["pixel_values"], clip_image_processor(32, "pad")(striped, return_tensors="pt")["pixel_values"]
+    )
+
+
+def _portrait_stripes() -> Image.Image:
+    """A 32x96 portrait photo: red top third, green middle, blue bottom third."""
+    pixels = np.zeros((96, 32, 3), dtype=np.uint8)
+    pixels[:32, :, 0] = pixels[32:64, :, 1] = pixels[64:, :, 2] = 255
+    return Image.fromarray(pixels)
+
+
+def _unnormalized(pixel_values: torch.Tensor, image_processor) -> np.ndarray:
+    mean, std = (
+        torch.tensor(values).view(3, 1, 1) for values in (image_processor.image_mean, image_processor.image_std)
+    )
+    return ((pixel_values * std + mean) * 255).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
+
+
+def test_crop_cuts_a_portrait_and_pad_keeps_it_whole():
+    crop, pad = clip_image_processor(32, "crop"), clip_image_processor(32, "pad")
+    cropped = _unnormalized(crop(_portrait_stripes(), return_tensors="pt")["pixel_values"][0], crop)
+    padded = _unnormalized(pad(_portrait_stripes(), return_tensors="pt")["pixel_values"][0], pad)
+    assert cropped[..., 1].min() > 200 and cropped[..., 0].max() < 30  # only the green middle is left
+    assert padded[2, 16, 0] > 200 and padded[2, 16, 1] < 30  # the red top is kept...
+    assert padded[29, 16, 2] > 200 and padded[29, 16, 0] < 30  # ...and the blue bottom
+    assert (padded[:, 1] > 240).all() and (padded[:, 30] > 240).all()  # on white side bands
+    with pytest.raises(ValueError, match="image_fit must be one of"):
+        clip_image_processor(32, "stretch")
+
+
+def test_image_fit_is_saved_with_the_processor(tiny_processor, tmp_path):
+    processor = E2CLIPProcessor(clip_image_processor(32, "pad"), tiny_processor.tokenizer, entities=TAG_ENTITIES)
+    processor.save_pretrained(tmp_path)
+    loaded = E2CLIPProcessor.from_pretrained(tmp_path)
+    assert loaded.image_processor.image_fit == "pad" and loaded.image_processor.pad_color == (255, 255, 255)
+    striped = _portrait_stripes()
+    assert torch.equal(loaded(images=striped)["pixel_values"], processor(images=striped)["pixel_values"])

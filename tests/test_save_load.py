@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForZeroShotImageClassification, AutoProcessor
 
-from e2_hf import E2CLIPModel
+from e2_hf import E2CLIPImageProcessor, E2CLIPModel
 
 from .conftest import make_images
 
@@ -37,9 +37,9 @@ def test_folder_layout_and_auto_map(saved_model):
         "configuration_e2clip.py",
         "modeling_e2clip.py",
         "processing_e2clip.py",
-        "preprocessor_config.json",
-        "vocab.json",
-        "merges.txt",
+        "image_processing_e2clip.py",
+        "processor_config.json",
+        "tokenizer_config.json",
     } <= names
     auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
     assert auto_map == {
@@ -48,8 +48,9 @@ def test_folder_layout_and_auto_map(saved_model):
         "AutoModelForZeroShotImageClassification": "modeling_e2clip.E2CLIPModel",
         "AutoProcessor": "processing_e2clip.E2CLIPProcessor",
     }
-    image_config = json.loads((folder / "preprocessor_config.json").read_text())
-    assert image_config["image_processor_type"] == "CLIPImageProcessor"
+    image_config, _ = E2CLIPImageProcessor.get_image_processor_dict(folder)  # where this transformers saved it
+    assert image_config["image_processor_type"] == "E2CLIPImageProcessor"
+    assert image_config["auto_map"]["AutoImageProcessor"] == "image_processing_e2clip.E2CLIPImageProcessor"
     assert not any(
         str(folder.parent) in (folder / name).read_text(errors="ignore")
         for name in names
@@ -103,7 +104,22 @@ FRESH_PROCESS_SCRIPT = textwrap.dedent(
 )
 
 
-def test_fresh_process_loads_the_folder_as_remote_code(saved_model, tmp_path):
+# A Python with the other transformers major version (.ci/run sets it to its 4.57 venv, and back); folders
+# saved by one version are loaded as remote code by the other.
+OTHER_TRANSFORMERS_PYTHON = os.environ.get("E2_HF_OTHER_TRANSFORMERS_PYTHON")
+
+
+def _python_of(which: str) -> str:
+    if which == "this transformers":
+        return sys.executable
+    if not OTHER_TRANSFORMERS_PYTHON:
+        pytest.skip("E2_HF_OTHER_TRANSFORMERS_PYTHON is not set (.ci/run sets it to a transformers 4.57 venv)")
+    return OTHER_TRANSFORMERS_PYTHON
+
+
+@pytest.mark.parametrize("which", ["this transformers", "the other transformers"])
+def test_fresh_process_loads_the_folder_as_remote_code(saved_model, tmp_path, which):
+    python = _python_of(which)
     model, folder = saved_model
     image_paths = []
     for index, image in enumerate(make_images(2)):
@@ -115,7 +131,7 @@ def test_fresh_process_loads_the_folder_as_remote_code(saved_model, tmp_path):
     script = tmp_path / "load.py"
     script.write_text(FRESH_PROCESS_SCRIPT)
     completed = subprocess.run(
-        [sys.executable, str(script), str(folder), str(tmp_path / "inputs.json"), str(tmp_path / "outputs.pt")],
+        [python, str(script), str(folder), str(tmp_path / "inputs.json"), str(tmp_path / "outputs.pt")],
         cwd=tmp_path,
         env=env,
         capture_output=True,

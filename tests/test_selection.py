@@ -19,7 +19,7 @@ from e2_hf.evaluation.selection import (
     selection_metrics,
     token_rates,
 )
-from e2_hf.modeling import E2CLIPModel, E2CLIPProcessor
+from e2_hf.modeling import E2CLIPModel, E2CLIPProcessor, clip_image_processor
 from e2_hf.synthetic import make_synthetic
 
 
@@ -95,14 +95,18 @@ def test_the_logo_box_is_where_the_logo_is(truth_catalog):
 
 
 def test_patch_geometry_follows_resize_and_centre_crop():
-    identity = PatchGeometry(shortest_edge=32, crop_height=32, crop_width=32, patch_size=8)
+    identity = PatchGeometry(clip_image_processor(32), patch_size=8)
     assert identity.patches([0, 0, 8, 8], (32, 32)).tolist() == [0]
     assert identity.patches([7, 7, 9, 9], (32, 32)).tolist() == [0, 1, 4, 5]
     assert identity.patches([24, 24, 32, 32], (32, 32)).tolist() == [15]
     # 128x64 (w x h) -> 64x32 -> centre crop 32x32 drops 16 px each side: x 40..48 lands on 4..8, y 0..32 on 0..16
-    wide = PatchGeometry(shortest_edge=32, crop_height=32, crop_width=32, patch_size=8)
+    wide = PatchGeometry(clip_image_processor(32), patch_size=8)
     assert wide.patches([40, 0, 48, 32], (128, 64)).tolist() == [0, 4]
     assert wide.patches([0, 0, 16, 16], (128, 64)).tolist() == []  # cropped away
+    # pad: 128x64 is centred on a 128x128 canvas (32 px bands above and below) -> 32x32, a quarter of the size
+    padded = PatchGeometry(clip_image_processor(32, "pad"), patch_size=8)
+    assert padded.patches([0, 0, 16, 16], (128, 64)).tolist() == [4]  # the corner is kept, one band row down
+    assert padded.patches([0, 0, 128, 64], (128, 64)).tolist() == list(range(4, 12))  # the photo: rows 1..2
 
 
 def test_token_rates_on_known_choices():

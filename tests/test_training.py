@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from e2_hf import E2CLIPModel
+from e2_hf import E2CLIPModel, E2CLIPProcessor
 from e2_hf.data import ImageLoadError
 from e2_hf.training import TrainingArguments, TrainingError, train
 
@@ -39,13 +39,14 @@ def weights(folder) -> dict[str, torch.Tensor]:
 
 
 def test_two_stages_and_hub_ready_outputs(small_clip, catalog, tmp_path):
-    summary = train(arguments(small_clip, catalog, tmp_path / "run", save_steps=100))
+    summary = train(arguments(small_clip, catalog, tmp_path / "run", save_steps=100, image_fit="pad"))
     assert summary["global_step"] == 2 * (40 // 8) and len(summary["history"]) == 2
     for name in ("model", "best-model"):
         folder = tmp_path / "run" / name
         assert (folder / "modeling_e2clip.py").exists() and (folder / "processor_config.json").exists()
         record = json.loads((folder / "training_args.json").read_text())
         assert record["train_data"] == "fashiongen:train.h5" and str(tmp_path) not in json.dumps(record)
+        assert E2CLIPProcessor.from_pretrained(folder).image_processor.image_fit == "pad"  # --image-fit is kept
     model = E2CLIPModel.from_pretrained(tmp_path / "run" / "model")
     assert model.config.entities == ["brand", "season", "subcategory", "composition"]
     assert not list((tmp_path / "run").glob(".*tmp*"))  # no temporary folder left
@@ -163,6 +164,8 @@ def test_bad_data_and_settings_fail_before_training(small_clip, catalog, tmp_pat
         train(arguments(small_clip, catalog, tmp_path / "b", entities=["brand", "fabric"], tokens_per_entity=1))
     with pytest.raises(ValueError, match="must start with one of"):
         train(arguments(small_clip, catalog, tmp_path / "c", train_data=str(catalog / "train.h5")))
+    with pytest.raises(ValueError, match="image_fit must be one of"):
+        arguments(small_clip, catalog, tmp_path / "d", image_fit="stretch")
 
 
 def test_non_finite_loss_names_a_checkpoint_whose_weights_gave_a_finite_loss(small_clip, catalog, tmp_path):

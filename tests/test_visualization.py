@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from e2_hf import E2CLIPProcessor, clip_image_processor
 from e2_hf.visualization import (
     BOX_STEP,
     box_outlines,
@@ -160,3 +161,15 @@ def test_a_portrait_photo_is_shown_whole_with_the_square_the_model_saw(tiny_mode
     removed = frame[int(3 * scale), side // 2]  # the top strip: dimmed towards white
     assert abs(inside - 90).max() <= 3
     assert (removed > 20 + 100).all()  # 20 blended 60% with white is about 161
+
+
+def test_with_pad_framing_the_view_holds_the_whole_portrait(tiny_model, tiny_processor):
+    pad_processor = E2CLIPProcessor(
+        clip_image_processor(32, "pad"), tiny_processor.tokenizer, entities=tiny_processor.entities
+    )
+    portrait = Image.fromarray(np.full((60, 40, 3), 90, dtype=np.uint8))
+    (portrait_map,) = selection_maps(tiny_model, pad_processor, [portrait])
+    assert portrait_map.view_box == (-10, 0, 50, 60) and not portrait_map.cropped
+    view = np.asarray(portrait_map.image).astype(int)
+    assert (view[:, 0] > 240).all() and abs(view[16, 16] - 90).max() <= 2  # white bands beside the photo
+    assert len(render_selection_figure([portrait_map]).panel_origins[0]) == len(portrait_map.fusion_layers) + 1

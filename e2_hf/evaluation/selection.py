@@ -52,26 +52,24 @@ class GroundTruthView:
 
 @dataclass
 class PatchGeometry:
-    """How a source image's pixels land on the model's patch grid (resize short side, centre crop)."""
+    """How a source image's pixels land on the model's patch grid (the image processor's framing)."""
 
-    shortest_edge: int
-    crop_height: int
-    crop_width: int
+    image_processor: Any  # E2CLIPImageProcessor: `view_box` and `crop_size`
     patch_size: int
 
     @property
     def grid(self) -> tuple[int, int]:
-        return self.crop_height // self.patch_size, self.crop_width // self.patch_size
+        crop = self.image_processor.crop_size
+        return crop["height"] // self.patch_size, crop["width"] // self.patch_size
 
     def patches(self, box: Box, image_size: tuple[int, int]) -> np.ndarray:
         """Row-major indices of the patches that `box` (source pixels) overlaps; `image_size` is (width, height)."""
-        width, height = image_size
-        scale = self.shortest_edge / min(width, height)
-        resized_w, resized_h = round(width * scale), round(height * scale)
-        left_crop, top_crop = (resized_w - self.crop_width) // 2, (resized_h - self.crop_height) // 2
-        left, top = box[0] * scale - left_crop, box[1] * scale - top_crop
-        right, bottom = box[2] * scale - left_crop, box[3] * scale - top_crop
+        view_left, view_top, view_right, view_bottom = self.image_processor.view_box(*image_size)
         rows, columns = self.grid
+        scale_x = columns * self.patch_size / (view_right - view_left)
+        scale_y = rows * self.patch_size / (view_bottom - view_top)
+        left, right = (box[0] - view_left) * scale_x, (box[2] - view_left) * scale_x
+        top, bottom = (box[1] - view_top) * scale_y, (box[3] - view_top) * scale_y
         edges_y, edges_x = np.arange(rows) * self.patch_size, np.arange(columns) * self.patch_size
         overlap_y = (top < edges_y + self.patch_size) & (bottom > edges_y)  # [rows]
         overlap_x = (left < edges_x + self.patch_size) & (right > edges_x)  # [columns]
@@ -79,10 +77,7 @@ class PatchGeometry:
 
 
 def patch_geometry(model, processor) -> PatchGeometry:
-    image_processor = processor.image_processor
-    size, crop = image_processor.size, image_processor.crop_size
-    shortest = size.get("shortest_edge") or min(size.get("height", 0), size.get("width", 0))
-    return PatchGeometry(int(shortest), int(crop["height"]), int(crop["width"]), model.config.vision_config.patch_size)
+    return PatchGeometry(processor.image_processor, model.config.vision_config.patch_size)
 
 
 def read_ground_truth(catalog_path: str | Path, split: str | None = "validation") -> list[GroundTruthView]:

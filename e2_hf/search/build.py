@@ -41,7 +41,7 @@ class _CatalogImages(Dataset):
         except ImageLoadError as error:
             return {"error": str(error)}
         return {
-            "pixel_values": self.processor.preprocess_images(image)[0],
+            "pixel_values": self.processor(images=image)["pixel_values"][0],
             "thumbnail": torch.from_numpy(letterbox(image, self.thumbnail_size)),
         }
 

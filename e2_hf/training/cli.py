@@ -40,6 +40,8 @@ HELP = {
     "keep_html": "leave HTML in descriptions and tags (default: reduced to text)",
     "max_skipped_share": "stop when more than this share of the images read so far were unreadable",
     "text_fields": "order of the product text: tag names and description",
+    "image_fit": "crop (CLIP's centre crop) or pad (letterbox: the whole photo); saved with the model's processor "
+    "(default: the starting model's setting)",
 }
 
 

@@ -36,6 +36,7 @@ from ..evaluation import retrieval_metrics
 from ..evaluation.embedding import check_model_folder
 from ..local_paths import portable_name, portable_spec
 from ..modeling import E2CLIPConfig, E2CLIPModel, E2CLIPProcessor
+from ..modeling.image_processing_e2clip import checked_image_fit
 from ..modeling.processing_e2clip import DEFAULT_PRODUCT_TEXT_FIELDS
 from .loss import enable_cross_rank_loss
 
@@ -83,6 +84,7 @@ class TrainingArguments:
     tag_separators: list[str] | None = None  # "ENTITY=CHARACTERS": multi-value tags, e.g. "season=|"
     max_skipped_share: float = 0.1
     text_fields: list[str] = field(default_factory=lambda: list(DEFAULT_PRODUCT_TEXT_FIELDS))
+    image_fit: str | None = None  # "crop" or "pad"; None keeps the starting model's processor setting
     log_steps: int = 10
     stop_after_steps: int | None = None  # simulate an interruption (tests); the schedule is unchanged
 
@@ -98,6 +100,8 @@ class TrainingArguments:
             raise ValueError(f"max_skipped_share must be between 0 and 1, got {self.max_skipped_share}")
         if self.warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        if self.image_fit is not None:
+            checked_image_fit(self.image_fit)
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> TrainingArguments:
@@ -358,6 +362,8 @@ def prepare_run(args: TrainingArguments) -> Run:
 
     model = build_model(args)
     processor = E2CLIPProcessor.from_pretrained(args.model, entities=model.config.entities)
+    if args.image_fit is not None:
+        processor.image_processor.image_fit = args.image_fit
     for catalog, spec in ((train_catalog, args.train_data), (eval_catalog, args.eval_data)):
         if catalog is not None:
             check_entities(model, catalog, spec)
