@@ -232,6 +232,9 @@ class E2CLIPConfig(PretrainedConfig):
             Size of the joint embedding space (global, regional and text embeddings).
         logit_scale_init_value (`float`, *optional*, defaults to 2.6592):
             Initial value of the learnable log temperature (CLIP's `log(1 / 0.07)`).
+        initializer_factor (`float`, *optional*, defaults to 1.0):
+            Scales the initial standard deviations of the parameters outside the towers (projections,
+            selection-token heads, fusion blocks); the towers use their own config's factor.
         entities (`list[str]`, *optional*, defaults to `["brand", "season", "subcategory", "composition"]`):
             The ordered tag entities. Each owns a contiguous group of selection tokens, a layer norm
             and a projection, and is contrasted with the text of its tag. Names must be unique,
@@ -294,6 +297,7 @@ class E2CLIPConfig(PretrainedConfig):
         vision_config: dict | E2CLIPVisionConfig | None = None,
         projection_dim: int = 512,
         logit_scale_init_value: float = 2.6592,
+        initializer_factor: float = 1.0,
         entities: list[str] | tuple[str, ...] | None = DEFAULT_ENTITIES,
         tokens_per_entity: int | list[int] = 2,
         fusion_layers: list[int] | tuple[int, ...] = (7, 10),
@@ -312,6 +316,7 @@ class E2CLIPConfig(PretrainedConfig):
         super().__init__(**kwargs)
         self.projection_dim = projection_dim
         self.logit_scale_init_value = logit_scale_init_value
+        self.initializer_factor = initializer_factor
         self.entities = entities
         self.tokens_per_entity = tokens_per_entity
         self.fusion_layers = fusion_layers

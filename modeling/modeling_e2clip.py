@@ -661,7 +661,8 @@ class E2CLIPPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         """CLIP's initialisation for the backbone; E2's additions as the reference (std width^-0.5)."""
-        factor = self.config.initializer_factor if hasattr(self.config, "initializer_factor") else 1.0
+        # a tower module's factor is its own config's (text_config / vision_config), the rest the model's
+        factor = getattr(getattr(module, "config", None), "initializer_factor", self.config.initializer_factor)
         if isinstance(module, E2CLIPTextEmbeddings):
             nn.init.normal_(module.token_embedding.weight, std=0.02 * factor)
             nn.init.normal_(module.position_embedding.weight, std=0.02 * factor)
@@ -763,8 +764,8 @@ class E2CLIPModel(E2CLIPPreTrainedModel):
         installed transformers gives them: the tensor on 4.x; on 5.x the text tower's output with the
         projected embeddings as `pooler_output` (and `hidden_states` / `attentions` when asked),
         a tuple with `return_dict=False`."""
-        text_embeds, text_outputs = self._text_embeds(input_ids, attention_mask, bool(output_hidden_states),
-                                                      bool(output_attentions), position_ids)  # fmt: skip
+        tower_outputs = self._tower_output_flags(output_hidden_states, output_attentions)
+        text_embeds, text_outputs = self._text_embeds(input_ids, attention_mask, *tower_outputs, position_ids)
         return self._features_output(text_embeds, text_outputs, return_dict)
 
     def get_image_features(
@@ -776,9 +777,17 @@ class E2CLIPModel(E2CLIPPreTrainedModel):
     ) -> torch.Tensor | BaseModelOutputWithPooling | tuple:
         """Projected global image embeddings `[batch, projection_dim]` (same convention as
         `get_text_features`)."""
-        image_embeds, vision_outputs = self._image_embeds(pixel_values, bool(output_hidden_states),
-                                                          bool(output_attentions))  # fmt: skip
+        tower_outputs = self._tower_output_flags(output_hidden_states, output_attentions)
+        image_embeds, vision_outputs = self._image_embeds(pixel_values, *tower_outputs)
         return self._features_output(image_embeds, vision_outputs, return_dict)
+
+    def _tower_output_flags(self, output_hidden_states: bool | None, output_attentions: bool | None):
+        """`(output_hidden_states, output_attentions)`: the call's values, else the config's."""
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        if output_attentions is None:
+            output_attentions = self.config.output_attentions
+        return bool(output_hidden_states), bool(output_attentions)
 
     def _features_output(self, embeds: torch.Tensor, tower_outputs, return_dict: bool | None):
         if not FEATURES_AS_MODEL_OUTPUT:
@@ -848,38 +857,48 @@ class E2CLIPModel(E2CLIPPreTrainedModel):
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
         pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        return_loss: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        interpolate_pos_encoding: bool = False,
+        return_dict: bool | None = None,
         tag_input_ids: torch.LongTensor | None = None,
         tag_attention_mask: torch.Tensor | None = None,
-        return_loss: bool | None = None,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        return_dict: bool | None = None,
     ) -> E2CLIPOutput | tuple:
         """Embeds whatever is given (texts, images or both); with `return_loss=True`, texts and
         images of the same items, and optionally their tags, also computes the losses.
 
+        The arguments up to `return_dict` are `CLIPModel.forward`'s, in its order, so E2 is a
+        positional drop-in for CLIP (`model(input_ids, pixel_values)`); E2's tags come last.
+
         Args:
-            input_ids / attention_mask: `[batch, seq]` product texts.
+            input_ids / attention_mask / position_ids: `[batch, seq]` product texts.
             pixel_values: `[batch, 3, image_size, image_size]`.
+            return_loss: compute `loss`, `global_loss` and `region_loss`.
+            output_attentions / output_hidden_states: each layer's attention probabilities / output
+                in `text_model_output` and `vision_model_output` (default: the config's setting).
+            interpolate_pos_encoding: not supported (the selection tokens' patch grid is fixed); only
+                `False` is accepted.
             tag_input_ids / tag_attention_mask: `[batch, num_entities, tag_length]`, entities in
                 `config.entities` order; an all-zero mask row marks a missing tag.
-            return_loss: compute `loss`, `global_loss` and `region_loss`.
-            output_hidden_states / output_attentions: each layer's output / attention probabilities
-                in `text_model_output` and `vision_model_output` (attention is then computed
-                explicitly instead of with SDPA).
 
         With tags, the output also holds `tag_embeds`, `tag_present` and `tag_groups` (see
         `encode_tags`), so a training loop can compute the losses over several processes.
         """
         if input_ids is None and pixel_values is None:
             raise ValueError("E2CLIPModel needs input_ids, pixel_values or both.")
+        if interpolate_pos_encoding:
+            raise ValueError(
+                "E2CLIPModel does not interpolate position encodings: use the image size it was built for."
+            )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        tower_outputs = (bool(output_hidden_states), bool(output_attentions))
+        tower_outputs = self._tower_output_flags(output_hidden_states, output_attentions)
         text_embeds = text_outputs = image_embeds = vision_outputs = region_embeds = None
         if input_ids is not None:
-            text_embeds, text_outputs = self._text_embeds(input_ids, attention_mask, *tower_outputs)
+            text_embeds, text_outputs = self._text_embeds(input_ids, attention_mask, *tower_outputs, position_ids)
         if pixel_values is not None:
             image_embeds, vision_outputs = self._image_embeds(pixel_values, *tower_outputs)
             region_embeds = self._region_embeds(vision_outputs)

@@ -480,3 +480,43 @@ def test_isolated_attention_weights_are_zero_from_selection_tokens_to_patches(te
         assert torch.allclose(weights.sum(dim=-1), torch.ones(()))
     with pytest.raises(ValueError, match="selection_attention must be one of"):
         E2CLIPConfig(**{**tester.config_kwargs, "selection_attention": "none"})
+
+
+def test_forward_takes_clips_positional_order_and_config_output_flags(tiny_model, tester):
+    """`model(input_ids, pixel_values, attention_mask)` as with CLIPModel; the config's
+    output_hidden_states / output_attentions are the defaults of every call."""
+    input_ids, attention_mask = tester.input_ids()
+    pixel_values = tester.pixel_values()
+    with torch.no_grad():
+        by_name = tiny_model(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask)
+        by_position = tiny_model(input_ids, pixel_values, attention_mask)
+        position_ids = torch.arange(input_ids.shape[1]).expand_as(input_ids)
+        with_positions = tiny_model(input_ids, pixel_values, attention_mask, position_ids)
+    for name in ("text_embeds", "image_embeds", "region_embeds", "logits_per_image"):
+        torch.testing.assert_close(by_position[name], by_name[name], rtol=0, atol=0)
+        torch.testing.assert_close(with_positions[name], by_name[name], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="does not interpolate"):
+        tiny_model(pixel_values=pixel_values, interpolate_pos_encoding=True)
+    config = E2CLIPConfig(**tester.config_kwargs, attn_implementation="eager")
+    config.output_hidden_states = config.output_attentions = True  # transformers asks for eager with attentions
+    model = E2CLIPModel(config).eval()
+    with torch.no_grad():
+        outputs = model(input_ids, pixel_values, attention_mask)
+        quiet = model(input_ids, pixel_values, attention_mask, output_hidden_states=False, output_attentions=False)
+    assert len(outputs.vision_model_output.hidden_states) == config.vision_config.num_hidden_layers + 1
+    assert len(outputs.text_model_output.attentions) == config.text_config.num_hidden_layers
+    assert quiet.vision_model_output.hidden_states is None and quiet.text_model_output.attentions is None
+
+
+def test_initializer_factors_scale_their_own_parts(tester):
+    kwargs = copy.deepcopy(tester.config_kwargs)
+    kwargs["text_config"]["initializer_factor"] = 0.0
+    torch.manual_seed(0)
+    text_zero = E2CLIPModel(E2CLIPConfig(**kwargs))
+    assert text_zero.text_model.encoder.layers[0].mlp.fc1.weight.abs().max() == 0
+    assert text_zero.vision_model.encoder.layers[0].mlp.fc1.weight.abs().max() > 0
+    assert text_zero.text_projection.weight.abs().max() > 0
+    torch.manual_seed(0)
+    model_zero = E2CLIPModel(E2CLIPConfig(**{**tester.config_kwargs, "initializer_factor": 0.0}))
+    assert model_zero.text_projection.weight.abs().max() == 0 and model_zero.visual_projection.weight.abs().max() == 0
+    assert model_zero.text_model.encoder.layers[0].mlp.fc1.weight.abs().max() > 0
