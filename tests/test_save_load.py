@@ -154,3 +154,50 @@ def test_fresh_process_loads_the_folder_as_remote_code(saved_model, tmp_path, wh
     expected = dict(zip(TEXTS, logits.softmax(dim=-1)[0].tolist()))
     for label, score in remote["zero_shot"].items():
         assert score == pytest.approx(expected[label], abs=1e-5)
+
+
+PAD_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    for name in ("e2_hf", "modeling", "conversion"):  # the project must not be importable
+        sys.modules[name] = None
+    import torch
+    from PIL import Image
+    from transformers import AutoImageProcessor, AutoProcessor
+
+    folder, image_path, output_path = sys.argv[1:4]
+    image = Image.open(image_path)
+    processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+    image_processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)  # what pipelines load
+    torch.save({"fit": processor.image_processor.image_fit,
+                "processor": processor(images=[image])["pixel_values"],
+                "image_processor": image_processor(image, return_tensors="pt")["pixel_values"]}, output_path)
+    """
+)
+
+
+def test_a_pad_framing_is_applied_by_a_folder_loaded_as_remote_code(tiny_processor, tmp_path):
+    """The framing is part of the saved processor: a fresh process without this project frames the
+    same way through AutoProcessor and through AutoImageProcessor (what pipelines use)."""
+    from e2_hf import E2CLIPProcessor, clip_image_processor
+
+    processor = E2CLIPProcessor(clip_image_processor(32, "pad"), tiny_processor.tokenizer, entities=["brand"])
+    processor.save_pretrained(tmp_path / "pad")
+    image = make_images(1)[0].resize((30, 60))  # a portrait
+    image.save(tmp_path / "portrait.png")
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env.update(HF_HOME=str(tmp_path / "hf-home"), HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
+    (tmp_path / "pad.py").write_text(PAD_SCRIPT)
+    completed = subprocess.run(
+        [sys.executable, str(tmp_path / "pad.py"), str(tmp_path / "pad"), str(tmp_path / "portrait.png"),
+         str(tmp_path / "out.pt")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    remote = torch.load(tmp_path / "out.pt", weights_only=True)
+    expected = processor(images=[image])["pixel_values"]
+    assert remote["fit"] == "pad"
+    torch.testing.assert_close(remote["processor"], expected, rtol=0, atol=0)
+    torch.testing.assert_close(remote["image_processor"], expected, rtol=0, atol=0)
+    cropped = tiny_processor(images=[image])["pixel_values"]
+    assert not torch.equal(cropped, expected)
