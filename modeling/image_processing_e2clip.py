@@ -34,9 +34,6 @@ _CLIPImageProcessorPil = getattr(transformers, "CLIPImageProcessorPil", None) or
 
 IMAGE_FITS = ("crop", "pad")
 WHITE = (255, 255, 255)
-# CLIP's normalisation constants (OpenAI's image statistics).
-CLIP_IMAGE_MEAN = [0.48145466, 0.4578275, 0.40821073]
-CLIP_IMAGE_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
 class E2CLIPImageProcessor(_CLIPImageProcessorPil):
@@ -88,13 +85,12 @@ class E2CLIPImageProcessor(_CLIPImageProcessorPil):
 
 def clip_image_processor(image_size: int = 224, image_fit: str = "crop") -> E2CLIPImageProcessor:
     """CLIP's preprocessing for square inputs of `image_size` pixels: resize the short side, centre-crop,
-    rescale to [0, 1], normalise with CLIP's mean and std; `image_fit="pad"` letterboxes first."""
+    rescale to [0, 1], normalise with CLIP's mean and std (the class defaults); `image_fit="pad"`
+    letterboxes first."""
     return E2CLIPImageProcessor(
         image_fit=image_fit,
         size={"shortest_edge": image_size},
         crop_size={"height": image_size, "width": image_size},
-        image_mean=CLIP_IMAGE_MEAN,
-        image_std=CLIP_IMAGE_STD,
     )
 
 

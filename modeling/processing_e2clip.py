@@ -90,7 +90,7 @@ class E2CLIPProcessor(ProcessorMixin):
         **kwargs: Any,
     ):
         if image_processor is not None and not isinstance(image_processor, E2CLIPImageProcessor):
-            image_processor = E2CLIPImageProcessor.from_dict(_image_settings(image_processor))
+            image_processor = E2CLIPImageProcessor.from_dict(image_processor.to_dict())
         self.entities = list(entities)
         self.product_text_fields = list(product_text_fields)
         if max_length is None:
@@ -187,16 +187,7 @@ class E2CLIPProcessor(ProcessorMixin):
 
     @property
     def model_input_names(self) -> list[str]:
-        names = [*self.tokenizer.model_input_names, *self.image_processor.model_input_names]
-        return [*dict.fromkeys(names), "tag_input_ids", "tag_attention_mask"]
-
-
-def _image_settings(image_processor: Any) -> dict[str, Any]:
-    """A CLIP image processor's settings without the keys that name its class."""
-    settings = image_processor.to_dict()
-    for key in ("image_processor_type", "processor_class", "auto_map", "backend", "_processor_class"):
-        settings.pop(key, None)
-    return settings
+        return [*super().model_input_names, "tag_input_ids", "tag_attention_mask"]
 
 
 __all__ = ["E2CLIPProcessor", "build_product_text"]
