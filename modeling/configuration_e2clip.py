@@ -283,7 +283,6 @@ class E2CLIPConfig(PretrainedConfig):
         "logits_per_text",
         "region_embeds",
         "tag_embeds",
-        "tag_present",
         "tag_groups",
         "selection_indices",
         "text_model_output",

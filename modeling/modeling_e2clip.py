@@ -8,8 +8,9 @@ additions are new:
 - `vision_model.fusion_blocks.{j}.{q,k,v}_proj` one block per `config.fusion_layers[j]`
 - `region_head.layer_norms.{e}` / `region_head.projections.{e}` one per `config.entities[e]`
 
-The layers are owned here (torch SDPA attention) rather than imported from transformers' CLIP,
-whose internals differ between transformers 4.x and 5.x. This file is copied into every Hub
+The layers are owned here rather than imported from transformers' CLIP, whose internals differ
+between transformers 4.x and 5.x; attention goes through transformers' attention interface
+(`attn_implementation` "sdpa", the default, or "eager"). This file is copied into every Hub
 checkpoint: it imports only the standard library, torch and transformers.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,10 +100,9 @@ class E2CLIPOutput(ModelOutput):
             L2-normalised projected regional embedding of each entity.
         tag_embeds (`torch.FloatTensor` of shape `(batch_size, num_entities, projection_dim)`, *optional*):
             L2-normalised text embeddings of the tags (given `tag_input_ids`); zeros where missing.
-        tag_present (`torch.BoolTensor` of shape `(batch_size, num_entities)`, *optional*):
-            Which tags are present.
         tag_groups (`torch.LongTensor` of shape `(batch_size, num_entities)`, *optional*):
-            Equal for equal tag texts (a hash of the tokens), -1 where missing.
+            Equal for equal tag texts (a non-negative hash of the tokens), -1 where the tag is
+            missing.
         selection_indices (`torch.LongTensor` of shape `(batch_size, num_fusion_blocks, num_selection_tokens)`):
             The patch each selection token chose in each fusion block.
         text_model_output (`BaseModelOutputWithPooling`):
@@ -119,7 +120,6 @@ class E2CLIPOutput(ModelOutput):
     image_embeds: torch.FloatTensor | None = None
     region_embeds: torch.FloatTensor | None = None
     tag_embeds: torch.FloatTensor | None = None
-    tag_present: torch.BoolTensor | None = None
     tag_groups: torch.LongTensor | None = None
     selection_indices: torch.LongTensor | None = None
     text_model_output: BaseModelOutputWithPooling | None = None
@@ -243,8 +243,8 @@ class E2CLIPLoss(nn.Module):
     """E2's training loss: `global_weight * global + region_weight * mean over entities of region`.
 
     Takes normalised embeddings (`[batch, dim]` text and image, `[batch, entities, dim]` region and
-    tag), tag presence and groups, and the exponentiated logit scale; returns `(loss, global_loss,
-    region_loss)` (region `None` when no tag is present anywhere).
+    tag), the tag groups (-1 = missing, see `E2CLIPModel.encode_tags`) and the exponentiated logit
+    scale; returns `(loss, global_loss, region_loss)` (region `None` when no tag is present anywhere).
 
     With `gather_across_ranks` (off by default; the trainers turn it on), every process gathers the
     whole global batch *with gradient* and computes the loss over it, as open_clip's `ClipLoss`:
@@ -265,17 +265,17 @@ class E2CLIPLoss(nn.Module):
     def from_config(cls, config: E2CLIPConfig, gather_across_ranks: bool = False) -> E2CLIPLoss:
         return cls(config.global_loss_weight, config.region_loss_weight, config.region_loss, gather_across_ranks)
 
-    def forward(self, text_embeds, image_embeds, region_embeds, tag_embeds, tag_present, tag_groups, logit_scale):
+    def forward(self, text_embeds, image_embeds, region_embeds, tag_embeds, tag_groups, logit_scale):
         gather = gather_with_grad if self.gather_across_ranks else (lambda tensor: tensor)
         gather_flags = gather_without_grad if self.gather_across_ranks else (lambda tensor: tensor)
         text_embeds, image_embeds = gather(text_embeds), gather(image_embeds)  # [global batch, dim]
         global_loss = symmetric_contrastive_loss(logit_scale * text_embeds @ image_embeds.t())
         region_loss = None
         if region_embeds is not None and tag_embeds is not None:
+            tag_groups = gather_flags(tag_groups)
             region_loss = region_contrastive_loss(
-                gather(region_embeds), gather(tag_embeds), gather_flags(tag_present), logit_scale,
-                self.region_variant, gather_flags(tag_groups) if tag_groups is not None else None,
-            )  # fmt: skip
+                gather(region_embeds), gather(tag_embeds), tag_groups >= 0, logit_scale, self.region_variant, tag_groups
+            )
         if region_loss is None:
             return global_loss, global_loss, None
         return self.global_weight * global_loss + self.region_weight * region_loss, global_loss, region_loss
@@ -329,10 +329,32 @@ class E2CLIPTextEmbeddings(nn.Module):
         return self.token_embedding(input_ids) + self.position_embedding(position_ids)
 
 
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """E2's eager attention, with the signature of transformers' attention interface: an explicit
+    softmax over `[batch, heads, sequence, head_dim]` queries and keys. `attention_mask` is boolean,
+    True where a query may attend to a key. Returns the attended values `[batch, sequence, heads,
+    head_dim]` and the probabilities `[batch, heads, sequence, sequence]`."""
+    scores = query @ key.transpose(-1, -2) * scaling
+    if attention_mask is not None:
+        scores = scores.masked_fill(~attention_mask, float("-inf"))
+    weights = scores.softmax(dim=-1)
+    attended = F.dropout(weights, p=dropout, training=module.training) @ value
+    return attended.transpose(1, 2).contiguous(), weights
+
+
 class E2CLIPAttention(nn.Module):
     """Multi-head self-attention through transformers' attention interface: the implementation the
-    config names (`attn_implementation="sdpa"`, the default, or `"eager"`, E2's own explicit
-    softmax). Attention probabilities (`output_attentions`) always come from the eager path."""
+    config names (`attn_implementation="sdpa"`, the default, or `"eager"`). Attention probabilities
+    (`output_attentions`) always come from the eager function."""
 
     def __init__(self, config: E2CLIPTextConfig | E2CLIPVisionConfig):
         super().__init__()
@@ -340,6 +362,7 @@ class E2CLIPAttention(nn.Module):
         self.embed_dim = config.hidden_size
         self.num_heads = config.num_attention_heads
         self.head_dim = self.embed_dim // self.num_heads
+        self.scale = self.head_dim**-0.5
         self.dropout = config.attention_dropout
         self.q_proj = nn.Linear(self.embed_dim, self.embed_dim)
         self.k_proj = nn.Linear(self.embed_dim, self.embed_dim)
@@ -351,32 +374,28 @@ class E2CLIPAttention(nn.Module):
         states = states.view(batch_size, sequence_length, self.num_heads, self.head_dim)
         return states.transpose(1, 2)  # [batch, heads, sequence, head_dim]
 
-    def _attention_weights(self, query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None):
-        """Softmax attention probabilities `[batch, heads, sequence, sequence]` (what SDPA computes inside)."""
-        scores = query @ key.transpose(-1, -2) * self.head_dim**-0.5
-        if attention_mask is not None:
-            scores = scores.masked_fill(~attention_mask, float("-inf"))
-        return scores.softmax(dim=-1)
+    def _attention_function(self, output_attentions: bool) -> Callable[..., tuple[torch.Tensor, torch.Tensor | None]]:
+        """The function transformers registers for the config's implementation; E2's own for "eager"."""
+        if output_attentions:
+            return eager_attention_forward  # the only one that returns the probabilities
+        if hasattr(ALL_ATTENTION_FUNCTIONS, "get_interface"):  # transformers 5.x
+            return ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        if self.config._attn_implementation == "eager":  # transformers 4.x
+            return eager_attention_forward
+        return ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation]
 
     def forward(
         self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, output_attentions: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """`attention_mask`: boolean, True where a query may attend to a key. With `output_attentions`
-        the attention is computed explicitly so that its probabilities can be returned."""
+        """`attention_mask`: boolean, True where a query may attend to a key."""
         batch_size, sequence_length, _ = hidden_states.shape
         query = self._split_heads(self.q_proj(hidden_states))
         key = self._split_heads(self.k_proj(hidden_states))
         value = self._split_heads(self.v_proj(hidden_states))
-        dropout = self.dropout if self.training else 0.0
-        implementation = getattr(self.config, "_attn_implementation", None) or "sdpa"
-        weights = None
-        if output_attentions or implementation == "eager":
-            weights = self._attention_weights(query, key, attention_mask)
-            attended = (F.dropout(weights, p=dropout) @ value).transpose(1, 2)  # [batch, seq, heads, head_dim]
-        else:
-            attention = ALL_ATTENTION_FUNCTIONS[implementation]
-            attended, _ = attention(self, query, key, value, attention_mask, dropout=dropout,
-                                    scaling=self.head_dim**-0.5, is_causal=False)  # fmt: skip
+        attended, weights = self._attention_function(output_attentions)(
+            self, query, key, value, attention_mask,
+            scaling=self.scale, dropout=self.dropout if self.training else 0.0, is_causal=False,
+        )  # fmt: skip
         attended = attended.reshape(batch_size, sequence_length, self.embed_dim)  # [batch, seq, width]
         return self.out_proj(attended), weights if output_attentions else None
 
@@ -506,6 +525,8 @@ class E2CLIPRegionHead(nn.Module):
 class E2CLIPTextTransformer(nn.Module):
     """CLIP's text tower: causal transformer, read at the end-of-text token."""
 
+    _supports_sdpa = True  # what transformers' composite-model checks read on each tower
+
     def __init__(self, config: E2CLIPTextConfig):
         super().__init__()
         self.config = config
@@ -567,6 +588,8 @@ class E2CLIPVisionTransformer(nn.Module):
     embedding. A fusion block runs after each layer of `config.fusion_layers`; after the last one
     the patches are dropped (`drop_patches_after_fusion`).
     """
+
+    _supports_sdpa = True  # what transformers' composite-model checks read on each tower
 
     def __init__(self, config: E2CLIPConfig):
         super().__init__()
@@ -709,6 +732,9 @@ class E2CLIPModel(E2CLIPPreTrainedModel):
     def __init__(self, config: E2CLIPConfig):
         config.check_e2_fields()
         super().__init__(config)
+        for tower_config in (config.text_config, config.vision_config):  # unless chosen per tower
+            if tower_config._attn_implementation is None:
+                tower_config._attn_implementation = config._attn_implementation
         self.projection_dim = config.projection_dim
         self.text_model = E2CLIPTextTransformer(config.text_config)
         self.vision_model = E2CLIPVisionTransformer(config)
@@ -810,7 +836,7 @@ class E2CLIPModel(E2CLIPPreTrainedModel):
 
     def encode_tags(
         self, tag_input_ids: torch.Tensor, tag_attention_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Text embeddings of the tags, each distinct tag text encoded once.
 
         Args:
@@ -819,9 +845,9 @@ class E2CLIPModel(E2CLIPPreTrainedModel):
 
         Returns:
             tag_embeds `[batch, num_entities, projection_dim]` (unnormalised, zeros where
-            missing), tag_present `[batch, num_entities]` bool, and tag_groups
-            `[batch, num_entities]`: a hash of the tag's tokens, equal for equal tag texts on every
-            process (so groups stay comparable after gathering across ranks), -1 where missing.
+            missing) and tag_groups `[batch, num_entities]`: a non-negative hash of the tag's
+            tokens, equal for equal tag texts on every process (so groups stay comparable after
+            gathering across ranks), -1 where missing.
         """
         batch_size, num_entities, _ = tag_input_ids.shape
         token_ids = tag_input_ids.reshape(batch_size * num_entities, -1)
@@ -830,11 +856,7 @@ class E2CLIPModel(E2CLIPPreTrainedModel):
         tag_groups = torch.full_like(present, -1, dtype=torch.long)
         tag_embeds = self.text_projection.weight.new_zeros(batch_size * num_entities, self.config.projection_dim)
         if not bool(present.any()):
-            return (
-                tag_embeds.view(batch_size, num_entities, -1),
-                present.view(batch_size, num_entities),
-                tag_groups.view(batch_size, num_entities),
-            )
+            return tag_embeds.view(batch_size, num_entities, -1), tag_groups.view(batch_size, num_entities)
         columns = mask.any(dim=0)  # pad only to the longest tag of the batch
         token_ids, mask = token_ids[:, columns], mask[:, columns]
 
@@ -847,11 +869,7 @@ class E2CLIPModel(E2CLIPPreTrainedModel):
         tag_embeds = tag_embeds.to(unique_embeds.dtype)
         tag_embeds[present] = unique_embeds[groups]
         tag_groups[present] = _token_hash(unique_keys)[groups]
-        return (
-            tag_embeds.view(batch_size, num_entities, -1),
-            present.view(batch_size, num_entities),
-            tag_groups.view(batch_size, num_entities),
-        )
+        return tag_embeds.view(batch_size, num_entities, -1), tag_groups.view(batch_size, num_entities)
 
     # ----------------------------------------------------------------- forward
     def forward(
@@ -885,7 +903,7 @@ class E2CLIPModel(E2CLIPPreTrainedModel):
             tag_input_ids / tag_attention_mask: `[batch, num_entities, tag_length]`, entities in
                 `config.entities` order; an all-zero mask row marks a missing tag.
 
-        With tags, the output also holds `tag_embeds`, `tag_present` and `tag_groups` (see
+        With tags, the output also holds `tag_embeds` and `tag_groups` (see
         `encode_tags`), so a training loop can compute the losses over several processes.
         """
         if input_ids is None and pixel_values is None:
@@ -902,10 +920,10 @@ class E2CLIPModel(E2CLIPPreTrainedModel):
         if pixel_values is not None:
             image_embeds, vision_outputs = self._image_embeds(pixel_values, *tower_outputs)
             region_embeds = self._region_embeds(vision_outputs)
-        tag_embeds = tag_present = tag_groups = None
+        tag_embeds = tag_groups = None
         if tag_input_ids is not None and region_embeds is not None:
             self._check_tags(tag_input_ids, tag_attention_mask, region_embeds.shape[0])
-            tag_embeds, tag_present, tag_groups = self.encode_tags(tag_input_ids, tag_attention_mask)
+            tag_embeds, tag_groups = self.encode_tags(tag_input_ids, tag_attention_mask)
 
         text_embeds, image_embeds, region_embeds, tag_embeds = (
             F.normalize(embeds, dim=-1) if embeds is not None else None
@@ -921,7 +939,7 @@ class E2CLIPModel(E2CLIPPreTrainedModel):
         if return_loss:
             self._check_loss_inputs(logits_per_text)
             loss, global_loss, region_loss = self.contrastive_loss(
-                text_embeds, image_embeds, region_embeds, tag_embeds, tag_present, tag_groups, logit_scale
+                text_embeds, image_embeds, region_embeds, tag_embeds, tag_groups, logit_scale
             )
 
         output = E2CLIPOutput(
@@ -934,7 +952,6 @@ class E2CLIPModel(E2CLIPPreTrainedModel):
             image_embeds=image_embeds,
             region_embeds=region_embeds,
             tag_embeds=tag_embeds,
-            tag_present=tag_present,
             tag_groups=tag_groups,
             selection_indices=vision_outputs.selection_indices if vision_outputs is not None else None,
             text_model_output=text_outputs,

@@ -392,8 +392,8 @@ def test_the_attention_implementation_asked_for_is_the_one_that_runs(tester, mon
     else:
         eager_model = copy.deepcopy(sdpa_model)
         eager_model.set_attn_implementation("eager")
-    towers = (eager_model.config.text_config, eager_model.config.vision_config)
-    assert all(tower._attn_implementation == "eager" for tower in towers)
+    configs = (eager_model.config, eager_model.config.text_config, eager_model.config.vision_config)
+    assert all(config._attn_implementation == "eager" for config in configs)
     pixel_values = torch.rand(2, 3, config.vision_config.image_size, config.vision_config.image_size)
     input_ids = torch.randint(0, config.text_config.vocab_size - 1, (2, 6))
     with torch.no_grad():
