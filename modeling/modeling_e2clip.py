@@ -16,6 +16,7 @@ checkpoint: it imports only the standard library, torch and transformers.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Callable
@@ -1060,11 +1061,13 @@ class E2CLIPModel(E2CLIPPreTrainedModel):
 
     # ----------------------------------------------------------------- saving
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """Saves weights and config, plus E2's code files and an `auto_map` for AutoConfig,
-        AutoModel, AutoModelForZeroShotImageClassification and AutoProcessor."""
+        """Saves weights and config, plus E2's code files, an `auto_map` for AutoConfig,
+        AutoModel, AutoModelForZeroShotImageClassification and AutoProcessor, and the files
+        sentence-transformers reads (see `SENTENCE_TRANSFORMERS_FILES`)."""
         self.config.auto_map = dict(AUTO_MAP)
         result = super().save_pretrained(save_directory, *args, **kwargs)
         _copy_code_files(save_directory)
+        _write_sentence_transformers_files(save_directory)
         return result
 
 
@@ -1083,6 +1086,22 @@ AUTO_MAP = {
     "AutoProcessor": "processing_e2clip.E2CLIPProcessor",
 }
 CODE_FILES = ("configuration_e2clip.py", "modeling_e2clip.py", "image_processing_e2clip.py", "processing_e2clip.py")
+
+
+# sentence-transformers (6.x) encodes texts and images of the folder with `get_text_features` /
+# `get_image_features`: E2's global embeddings, unnormalised (`normalize_embeddings=True` normalises).
+SENTENCE_TRANSFORMERS_FILES = {
+    "modules.json": [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}],
+    "sentence_bert_config.json": {
+        "transformer_task": "feature-extraction",
+        "modality_config": {
+            "text": {"method": "get_text_features", "method_output_name": "pooler_output"},
+            "image": {"method": "get_image_features", "method_output_name": "pooler_output"},
+        },
+        "module_output_name": "sentence_embedding",
+    },
+    "config_sentence_transformers.json": {"model_type": "SentenceTransformer", "similarity_fn_name": "cosine"},
+}
 
 
 def _token_hash(keys: torch.Tensor) -> torch.Tensor:
@@ -1104,6 +1123,16 @@ def _copy_code_files(save_directory) -> None:
         source = os.path.join(here, name)
         if os.path.exists(source):
             shutil.copyfile(source, os.path.join(save_directory, name))
+
+
+def _write_sentence_transformers_files(save_directory) -> None:
+    """Writes each file of `SENTENCE_TRANSFORMERS_FILES` that the folder does not have yet (a
+    sentence-transformers pipeline saved there, with more modules, keeps its own)."""
+    for name, content in SENTENCE_TRANSFORMERS_FILES.items():
+        path = os.path.join(save_directory, name)
+        if not os.path.exists(path):
+            with open(path, "w", encoding="utf-8") as file:
+                json.dump(content, file, indent=2)
 
 
 __all__ = [

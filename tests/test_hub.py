@@ -144,6 +144,8 @@ def test_push_then_load_through_the_endpoint(hub, model_dir, tmp_path, tiny_proc
         "README.md",
         "processor_config.json",
         "tokenizer_config.json",
+        "modules.json",  # sentence-transformers
+        "sentence_bert_config.json",
     } <= set(files)
     readme = files["README.md"].decode()
     for expected in (
