@@ -55,8 +55,7 @@ CARD_TEMPLATE = "model_card.md"
 EMBED_SCRIPT = textwrap.dedent(
     """
     import json, sys
-    for name in ("e2_hf", "modeling", "conversion"):
-        sys.modules[name] = None
+    sys.modules["e2_hf"] = None  # this project must not be importable
     import numpy as np
     import torch
     from PIL import Image

@@ -4,8 +4,6 @@ Importing this package registers E2 with the transformers Auto classes, so that
 `AutoModel.from_pretrained(folder)` works without `trust_remote_code` for locally installed code.
 """
 
-from pathlib import Path
-
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
@@ -14,14 +12,7 @@ from transformers import (
     AutoProcessor,
 )
 
-# In a source checkout `e2_hf.modeling`, `e2_hf.conversion` and `e2_hf.space` are the top-level `modeling/`,
-# `conversion/` and `space/` folders (setup.cfg maps them into the package on install), so the checkout
-# imports like the installed package, e.g. when pytest puts the checkout first on sys.path.
-_CHECKOUT = Path(__file__).resolve().parent.parent
-if not (Path(__file__).parent / "modeling").is_dir() and (_CHECKOUT / "modeling" / "modeling_e2clip.py").is_file():
-    __path__.append(str(_CHECKOUT))
-
-from .modeling import (  # noqa: E402
+from .modeling import (
     E2CLIPConfig,
     E2CLIPImageProcessor,
     E2CLIPModel,

@@ -20,9 +20,6 @@ import e2_hf
 
 from .local_paths import check_no_local_paths, portable_name
 
-# Packages that setup.cfg maps into e2_hf from top-level folders of the source tree.
-MAPPED_SUBPACKAGES = ("modeling", "conversion", "space")
-
 SPACE_CARD = """---
 title: {title}
 emoji: 👗
@@ -54,13 +51,8 @@ def runtime_requirements() -> list[str]:
 
 
 def vendor_package(destination: Path) -> None:
-    """Copies the importable e2_hf, with the subpackages a source checkout keeps at the top level."""
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    shutil.copytree(Path(e2_hf.__file__).parent, destination, ignore=ignore)
-    for name in MAPPED_SUBPACKAGES:
-        if not (destination / name).exists():
-            source = Path(importlib.import_module(f"e2_hf.{name}").__file__).parent
-            shutil.copytree(source, destination / name, ignore=ignore)  # links (model_card.md) become files
+    """Copies the importable e2_hf; links (a checkout's `e2_hf/modeling` -> `modeling/`) become real files."""
+    shutil.copytree(Path(e2_hf.__file__).parent, destination, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
 
 
 def build_space(model: str, data: list[str], output: str | Path, title: str = "E2 fashion search",

@@ -66,8 +66,7 @@ def run_cli(hub, home, *args):
 LOAD_FROM_HUB = textwrap.dedent(
     """
     import json, sys
-    for name in ("e2_hf", "modeling", "conversion"):
-        sys.modules[name] = None
+    sys.modules["e2_hf"] = None  # this project must not be importable
     import torch
     from PIL import Image
     from transformers import AutoModel, AutoProcessor, pipeline
