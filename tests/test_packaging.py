@@ -14,7 +14,10 @@ import e2_hf
 def _installed_package_dir() -> Path:
     """Where the installed e2-hf distribution keeps `e2_hf`: its own copy, or this checkout's
     folder for an editable install."""
-    distribution = importlib.metadata.distribution("e2-hf")
+    # pip's record (INSTALLER), not the e2_hf.egg-info a build leaves in a checkout on sys.path
+    installed = [found for found in importlib.metadata.distributions(name="e2-hf") if found.read_text("INSTALLER")]
+    assert installed, "e2-hf is not installed: pip install . (or pip install -e . to develop)"
+    distribution = installed[0]
     direct_url = json.loads(distribution.read_text("direct_url.json") or "{}")
     if direct_url.get("dir_info", {}).get("editable"):
         return Path(unquote(urlparse(direct_url["url"]).path)).resolve() / "e2_hf"
