@@ -14,6 +14,8 @@ from transformers import (
 
 from .modeling import (
     E2CLIPConfig,
+    E2CLIPEmbedder,
+    E2CLIPImageEmbeddings,
     E2CLIPImageProcessor,
     E2CLIPModel,
     E2CLIPOutput,
@@ -42,6 +44,8 @@ _register_auto_classes()
 
 __all__ = [
     "E2CLIPConfig",
+    "E2CLIPEmbedder",
+    "E2CLIPImageEmbeddings",
     "E2CLIPImageProcessor",
     "E2CLIPModel",
     "E2CLIPOutput",

@@ -1085,7 +1085,14 @@ AUTO_MAP = {
     "AutoModelForZeroShotImageClassification": "modeling_e2clip.E2CLIPModel",
     "AutoProcessor": "processing_e2clip.E2CLIPProcessor",
 }
-CODE_FILES = ("configuration_e2clip.py", "modeling_e2clip.py", "image_processing_e2clip.py", "processing_e2clip.py")
+CODE_FILES = (
+    "configuration_e2clip.py",
+    "modeling_e2clip.py",
+    "image_processing_e2clip.py",
+    "processing_e2clip.py",
+    "embedding_e2clip.py",
+    "handler.py",  # the Inference Endpoints handler
+)
 
 
 # sentence-transformers (6.x) encodes texts and images of the folder with `get_text_features` /

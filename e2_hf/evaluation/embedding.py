@@ -8,16 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..compat import projected_features
 from ..data import Catalog, E2Collator, ImageLoadError, ProductDataset, open_catalog
-from ..modeling import E2CLIPModel, E2CLIPProcessor
-
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}  # fmt: skip
+from ..modeling import E2CLIPEmbedder, E2CLIPModel, E2CLIPProcessor
+from ..modeling.embedding_e2clip import resolve_dtype
 
 
 @dataclass
@@ -66,7 +62,7 @@ def load_for_inference(
     model_name_or_path: str | Path, device: str | None = None, dtype: str | torch.dtype = torch.float32
 ) -> tuple[E2CLIPModel, E2CLIPProcessor, str, torch.dtype]:
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    dtype = resolve_dtype(dtype)
     check_model_folder(model_name_or_path)
     model = E2CLIPModel.from_pretrained(model_name_or_path, dtype=dtype).to(device).eval()
     return model, E2CLIPProcessor.from_pretrained(model_name_or_path), device, dtype
@@ -105,18 +101,12 @@ def embed_catalog(
     )
 
 
-@torch.no_grad()
 def embed_texts(
     model: E2CLIPModel, processor: E2CLIPProcessor, texts: Sequence[str], batch_size: int = 256, device: str = "cpu"
 ) -> torch.Tensor:
-    """L2-normalised text embeddings `[len(texts), dim]` (float32, CPU)."""
-    rows = []
-    for start in range(0, len(texts), batch_size):
-        encoded = processor(text=list(texts[start : start + batch_size]))
-        features = model.get_text_features(encoded["input_ids"].to(device), encoded["attention_mask"].to(device))
-        features = projected_features(features)
-        rows.append(F.normalize(features.float(), dim=-1).cpu())
-    return torch.cat(rows)
+    """L2-normalised text embeddings `[len(texts), dim]` (float32, CPU); see `E2CLIPEmbedder`."""
+    with evaluating(model):
+        return E2CLIPEmbedder(model, processor, device, batch_size=batch_size, progress=False).embed_texts(texts)
 
 
 def embed_products(model_dir: str | Path, catalog_spec: str, batch_size: int = 128, device: str | None = None,

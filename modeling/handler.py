@@ -1,0 +1,122 @@
+"""Hugging Face Inference Endpoints handler for E2 (the custom-handler contract: the runtime builds
+`EndpointHandler(path)` once and calls it with each request's deserialised body).
+
+Request body (JSON):
+
+    {"inputs": {"image": "<base64>", "texts": ["a shirt by Gucci"],
+                "candidates": {"brand": ["Gucci", "Prada"], "season": ["FW2016", "SS2017"]}}}
+
+Every field is optional, but an image or texts must be there. `inputs` may also be the image
+itself: a base64 string, raw bytes or a PIL image (what the runtime hands over for an image body).
+
+Response: `image_embeds` (the global embedding), `region_embeds` (`{entity: embedding}`),
+`selected_patches` (`{entity: [[patch per selection token] per fusion block]}`, row-major patch
+indices), `text_embeds` (one per text) and, with candidates, `tags` (`{entity: [{"tag", "score"}]}`,
+best first). Embeddings are L2-normalised lists of floats. Bad input gives `{"error": "..."}` and
+the handler keeps serving.
+
+This file is copied into every saved model folder; it needs only torch, transformers and the
+folder's own code, which it loads through transformers' dynamic-module mechanism.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from typing import Any
+
+from PIL import Image
+from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+
+class RequestError(ValueError):
+    """A request the handler cannot serve; its message goes back to the client."""
+
+
+class EndpointHandler:
+    def __init__(self, path: str = ""):
+        # the folder's own code (this file ships with it, so deploying the folder trusts it)
+        embedder_class = get_class_from_dynamic_module("embedding_e2clip.E2CLIPEmbedder", path)
+        self.embedder = embedder_class.from_pretrained(path, trust_remote_code=True, progress=False)
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        try:
+            image, texts, candidates = self._parse(data)
+            return self._respond(image, texts, candidates)
+        except RequestError as error:
+            return {"error": str(error)}
+
+    def _parse(self, data: Any) -> tuple[Image.Image | None, list[str], dict[str, list[str]]]:
+        inputs = data.get("inputs", data) if isinstance(data, dict) else data
+        if not isinstance(inputs, dict):
+            inputs = {"image": inputs}
+        image = _decode_image(inputs["image"]) if inputs.get("image") is not None else None
+        texts = inputs.get("texts") or []
+        if isinstance(texts, str):
+            texts = [texts]
+        if not isinstance(texts, list) or not all(isinstance(text, str) for text in texts):
+            raise RequestError("'texts' must be a string or a list of strings")
+        candidates = inputs.get("candidates") or {}
+        self._check_candidates(candidates, image)
+        if image is None and not texts:
+            raise RequestError("send an 'image' (base64 or bytes) and/or 'texts'")
+        return image, texts, candidates
+
+    def _check_candidates(self, candidates: Any, image: Image.Image | None) -> None:
+        if not candidates:
+            return
+        if image is None:
+            raise RequestError("'candidates' need an 'image' to tag")
+        entities = self.embedder.entities
+        if not isinstance(candidates, dict):
+            raise RequestError("'candidates' must map entity names to lists of tag texts")
+        for entity, tags in candidates.items():
+            if entity not in entities:
+                raise RequestError(f"unknown entity {entity!r} in 'candidates'; this model's entities are {entities}")
+            if not isinstance(tags, list) or not tags or not all(isinstance(tag, str) and tag.strip() for tag in tags):
+                raise RequestError(f"'candidates' of {entity!r} must be a non-empty list of tag texts")
+
+    def _respond(self, image: Image.Image | None, texts: list[str], candidates: dict[str, list[str]]) -> dict:
+        response: dict[str, Any] = {}
+        if image is not None:
+            embeddings = self.embedder.embed_images([image])
+            response["image_embeds"] = embeddings.image_embeds[0].tolist()
+            if embeddings.region_embeds is not None:
+                response["region_embeds"] = {
+                    entity: embeddings.region(entity)[0].tolist() for entity in embeddings.entities
+                }
+                response["selected_patches"] = {
+                    entity: embeddings.selected_patches(entity)[0].tolist() for entity in embeddings.entities
+                }
+            if candidates:
+                probabilities = self.embedder.tag_probabilities(embeddings, candidates)
+                response["tags"] = {entity: _ranked(candidates[entity], scores[0].tolist())
+                                    for entity, scores in probabilities.items()}  # fmt: skip
+        if texts:
+            response["text_embeds"] = self.embedder.embed_texts(texts).tolist()
+        return response
+
+
+def _decode_image(value: Any) -> Image.Image:
+    """A PIL image, raw bytes or a base64 string (optionally a `data:` URI) -> an RGB-convertible PIL image."""
+    if isinstance(value, Image.Image):
+        return value
+    if isinstance(value, str):
+        try:
+            value = base64.b64decode(value.split(",", 1)[-1] if value.startswith("data:") else value, validate=True)
+        except (binascii.Error, ValueError):
+            raise RequestError("'image' is not valid base64") from None
+    if not isinstance(value, (bytes, bytearray)):
+        raise RequestError(f"'image' must be base64 text or bytes, got {type(value).__name__}")
+    try:
+        with Image.open(io.BytesIO(value)) as opened:
+            opened.load()
+            return opened.copy()
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise RequestError(f"'image' is not a readable image ({error})") from None
+
+
+def _ranked(tags: list[str], scores: list[float]) -> list[dict[str, Any]]:
+    order = sorted(range(len(tags)), key=lambda column: -scores[column])
+    return [{"tag": tags[column], "score": scores[column]} for column in order]

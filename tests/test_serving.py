@@ -1,0 +1,136 @@
+"""Serving: the batch-embedding API and the Inference Endpoints handler shipped in every folder."""
+
+import base64
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from e2_hf import E2CLIPEmbedder, E2CLIPModel
+
+from .conftest import make_images
+
+TEXTS = ["a red silk shirt by gucci", "blue denim jeans"]
+
+
+@pytest.fixture
+def embedder(tokenized_tester, tiny_processor) -> E2CLIPEmbedder:
+    torch.manual_seed(0)
+    return E2CLIPEmbedder(E2CLIPModel(tokenized_tester.get_config()), tiny_processor, device="cpu", batch_size=2)
+
+
+def test_images_as_paths_pil_and_arrays_embed_like_one_forward_pass(embedder, tmp_path):
+    images = make_images(3)
+    images[0].save(tmp_path / "first.png")
+    inputs = [str(tmp_path / "first.png"), images[1], np.asarray(images[2])]
+    embeddings = embedder.embed_images(inputs)  # two batches of at most 2
+
+    with torch.no_grad():
+        expected = embedder.model(pixel_values=embedder.processor(images=images)["pixel_values"])
+    torch.testing.assert_close(embeddings.image_embeds, expected.image_embeds)
+    torch.testing.assert_close(embeddings.region_embeds, expected.region_embeds)
+    assert torch.equal(embeddings.selection_indices, expected.selection_indices)
+    brand_tokens = embeddings.selected_patches("brand")
+    assert torch.equal(brand_tokens, expected.selection_indices[:, :, 0:2])
+    torch.testing.assert_close(embeddings.region("season"), expected.region_embeds[:, 1])
+    with pytest.raises(KeyError, match="entities are"):
+        embeddings.region("colour")
+
+
+def test_texts_embed_normalised_in_batches(embedder):
+    embeddings = embedder.embed_texts([*TEXTS, "a black leather jacket"])
+    encoded = embedder.processor(text=[*TEXTS, "a black leather jacket"])
+    with torch.no_grad():
+        expected = embedder.model(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"])
+    torch.testing.assert_close(embeddings, expected.text_embeds)
+    torch.testing.assert_close(embeddings.norm(dim=-1), torch.ones(3))
+
+
+def test_reduced_precision_and_bad_input(embedder, tmp_path):
+    bf16 = E2CLIPEmbedder(embedder.model, embedder.processor, device="cpu", dtype="bf16")
+    assert bf16.embed_images(make_images(1)).image_embeds.dtype == torch.float32  # outputs stay float32
+    assert next(bf16.model.parameters()).dtype == torch.bfloat16
+    (tmp_path / "broken.jpg").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="broken.jpg: not a readable image"):
+        embedder.embed_images([str(tmp_path / "broken.jpg")])
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        E2CLIPEmbedder(embedder.model, embedder.processor, dtype="int8")
+
+
+# The Inference Endpoints runtime imports handler.py from the repository folder and calls
+# EndpointHandler(path)(data) with the deserialised JSON body; this project is not installed there.
+ENDPOINT_SCRIPT = textwrap.dedent(
+    """
+    import importlib.util, json, sys
+    sys.modules["e2_hf"] = None  # this project must not be importable
+    folder, requests_path, output_path = sys.argv[1:4]
+    spec = importlib.util.spec_from_file_location("handler", f"{folder}/handler.py")
+    handler_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(handler_module)
+    handler = handler_module.EndpointHandler(path=folder)
+    responses = [handler(request) for request in json.load(open(requests_path))]
+    json.dump(responses, open(output_path, "w"))
+    """
+)
+
+
+def _base64_png(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_the_saved_handler_serves_requests_in_a_process_without_the_project(embedder, tmp_path):
+    folder = tmp_path / "e2-tiny"
+    embedder.model.save_pretrained(folder)
+    embedder.processor.save_pretrained(folder)
+    assert (folder / "handler.py").is_file()
+    image = make_images(1)[0]
+    candidates = {"brand": ["gucci", "levi", "prada"], "composition": ["silk", "denim"]}
+    requests = [
+        {"inputs": {"image": _base64_png(image), "texts": TEXTS, "candidates": candidates}},
+        {"inputs": _base64_png(image)},  # the image alone
+        {"inputs": {"image": "this is not base64!"}},
+        {"inputs": {"image": base64.b64encode(b"not an image").decode()}},
+        {"inputs": {"image": _base64_png(image), "candidates": {"colour": ["red"]}}},
+        {"inputs": {}},
+        {"inputs": {"texts": TEXTS[:1]}},  # still serving after the bad requests
+    ]
+    (tmp_path / "requests.json").write_text(json.dumps(requests))
+    (tmp_path / "endpoint.py").write_text(ENDPOINT_SCRIPT)
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env.update(HF_HOME=str(tmp_path / "hf-home"), HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
+    completed = subprocess.run(
+        [sys.executable, str(tmp_path / "endpoint.py"), str(folder), str(tmp_path / "requests.json"),
+         str(tmp_path / "responses.json")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    full, image_only, not_base64, not_an_image, unknown_entity, empty, text_only = json.loads(
+        (tmp_path / "responses.json").read_text()
+    )
+
+    local = embedder.embed_images([image])
+    torch.testing.assert_close(torch.tensor(full["image_embeds"]), local.image_embeds[0], rtol=1e-5, atol=1e-6)
+    for entity in local.entities:
+        torch.testing.assert_close(torch.tensor(full["region_embeds"][entity]), local.region(entity)[0])
+        assert full["selected_patches"][entity] == local.selected_patches(entity)[0].tolist()
+    torch.testing.assert_close(torch.tensor(full["text_embeds"]), embedder.embed_texts(TEXTS), rtol=1e-5, atol=1e-6)
+    probabilities = embedder.tag_probabilities(local, candidates)
+    for entity, ranked in full["tags"].items():
+        scores = dict(zip(candidates[entity], probabilities[entity][0].tolist()))
+        assert [entry["tag"] for entry in ranked] == sorted(scores, key=scores.get, reverse=True)
+        assert [entry["score"] for entry in ranked] == pytest.approx(sorted(scores.values(), reverse=True), abs=1e-5)
+    assert image_only["image_embeds"] == pytest.approx(full["image_embeds"], abs=1e-6) and "tags" not in image_only
+    assert not_base64 == {"error": "'image' is not valid base64"}
+    assert not_an_image["error"].startswith("'image' is not a readable image")
+    assert "unknown entity 'colour'" in unknown_entity["error"]
+    assert "send an 'image'" in empty["error"]
+    torch.testing.assert_close(torch.tensor(text_only["text_embeds"]), torch.tensor(full["text_embeds"][:1]))
