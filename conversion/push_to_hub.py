@@ -1,7 +1,7 @@
 """Publish a saved E2 folder to the Hugging Face Hub, then check what was published.
 
     e2-hf push --model e2-fashion --repo-id my-org/e2-fashion [--private] [--revision BRANCH]
-               [--commit-message MSG] [--metrics metrics.json] [--base-model ID] [--license ID]
+               [--commit-message MSG] [--metrics metrics.json] [--base-model ID] [--license ID] [--with-onnx]
 
 1. Validate the folder: every file present, weights in safetensors only, and it loads with
    `trust_remote_code=True` in a fresh process.
@@ -277,19 +277,25 @@ def push_to_hub(
     license: str | None = None,
     datasets: list[str] | None = None,
     dataset_name: str = "evaluation set",
+    with_onnx: bool = False,
     log=print,
 ) -> PushResult:
-    """Validates, uploads in one commit, and verifies `model_dir` as `repo_id` (see module doc)."""
+    """Validates, uploads in one commit, and verifies `model_dir` as `repo_id` (see module doc).
+    `with_onnx` also uploads `onnx/` (the graphs `e2-hf export-onnx` wrote)."""
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
     model_dir = Path(model_dir)
     validate_model_folder(model_dir)
+    if with_onnx and not any((model_dir / "onnx").glob("*.onnx")):
+        raise PushError(
+            f"{model_dir / 'onnx'} holds no .onnx graph: run `e2-hf export-onnx` first, or push without --with-onnx"
+        )
     card = render_model_card(model_dir, repo_id, metrics, base_model, license, datasets, dataset_name)
     api = HfApi()
     branch = revision or "main"
     with tempfile.TemporaryDirectory() as staging:
-        _stage(model_dir, Path(staging), card)
+        _stage(model_dir, Path(staging), card, with_onnx)
         check_no_local_paths(staging, f"pushing {model_dir}")  # what is uploaded, the rendered card included
         log(f"validated {model_dir}: files, safetensors weights, no local paths in anything uploaded")
         local_outputs = fresh_process_outputs(str(model_dir.resolve()))
@@ -326,10 +332,12 @@ def push_to_hub(
     return PushResult(str(repo_url), commit.oid, changed, difference)
 
 
-def _stage(model_dir: Path, staging: Path, card: str) -> None:
+def _stage(model_dir: Path, staging: Path, card: str, with_onnx: bool) -> None:
     for path in model_dir.iterdir():
         if path.is_file() and path.name != "README.md":
             shutil.copy2(path, staging / path.name)
+    if with_onnx:
+        shutil.copytree(model_dir / "onnx", staging / "onnx")
     (staging / "README.md").write_text(card, encoding="utf-8")
 
 
@@ -352,6 +360,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--base-model", help="Hub id of the model this one was trained from")
     parser.add_argument("--license", help="license id for the card, e.g. mit or apache-2.0")
     parser.add_argument("--dataset", action="append", dest="datasets", help="training dataset id (repeatable)")
+    parser.add_argument("--with-onnx", action="store_true", help="also upload onnx/ (written by e2-hf export-onnx)")
     return parser
 
 
@@ -369,6 +378,7 @@ def run(args: argparse.Namespace) -> None:
             license=args.license,
             datasets=args.datasets,
             dataset_name=args.dataset_name,
+            with_onnx=args.with_onnx,
         )
     except PushError as error:
         raise ValueError(str(error)) from None

@@ -148,6 +148,10 @@ COMMANDS: dict[str, Command] = {
         "zero-shot tags per entity from the regional embeddings; with --data, accuracy vs the global embedding",
         "tagging", "add_arguments", "run",
     ),
+    "export-onnx": Command(
+        "export the image and text encoders to ONNX (onnx/ in a model folder), checked with ONNX Runtime",
+        "onnx_export", "add_arguments", "run",
+    ),
     "build-space": Command(
         "lay out a Gradio Space: app, model, a bundled search index and a copy of e2_hf",
         "space_bundle", "add_arguments", "run",

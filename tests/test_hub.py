@@ -129,11 +129,14 @@ def test_push_then_load_through_the_endpoint(hub, model_dir, tmp_path, tiny_proc
         "--license",
         "mit",
     ]
+    (model_dir / "onnx").mkdir()
+    (model_dir / "onnx" / "image_encoder.onnx").write_bytes(b"a graph")  # uploaded only with --with-onnx
     completed = run_cli(hub, tmp_path / "home", *push)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "verified" in completed.stdout
 
     files = hub.files_of("tester/e2-tiny")
+    assert not any(name.startswith("onnx/") for name in files)
     assert {
         "model.safetensors",
         "config.json",
@@ -179,11 +182,14 @@ def test_push_then_load_through_the_endpoint(hub, model_dir, tmp_path, tiny_proc
 
 def test_push_to_a_branch_and_a_failed_upload(hub, model_dir, tmp_path):
     push = ["push", "--model", str(model_dir), "--repo-id", "tester/e2-branch", "--revision", "experiment"]
-    completed = run_cli(hub, tmp_path / "home", *push, "--private")
+    (model_dir / "onnx").mkdir()
+    (model_dir / "onnx" / "image_encoder.onnx").write_bytes(b"a graph")  # push does not read it
+    completed = run_cli(hub, tmp_path / "home", *push, "--private", "--with-onnx")
     assert completed.returncode == 0, completed.stderr[-3000:]
     repo = hub.hub.repos["tester/e2-branch"]
     assert repo.private and set(repo.branches) == {"main", "experiment"}
     assert "model.safetensors" in hub.files_of("tester/e2-branch", "experiment")
+    assert hub.files_of("tester/e2-branch", "experiment")["onnx/image_encoder.onnx"] == b"a graph"
     assert "model.safetensors" not in hub.files_of("tester/e2-branch", "main")
 
     (model_dir / "notes.txt").write_text("a change")
