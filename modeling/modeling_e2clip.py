@@ -490,11 +490,20 @@ class E2CLIPFusionBlock(nn.Module):
         chosen = scores.argmax(dim=-1)
         return F.one_hot(chosen, scores.shape[-1]).to(scores.dtype)
 
+    def selection_scores(self, selection: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+        """Query-key scores `[batch, num_selection, num_patches]` in float32, also under autocast and
+        in a bfloat16/float16 model: the choice is an argmax, and half-precision rounding of near-tied
+        scores would change the chosen patch. (Two small projections; the cost is negligible.)"""
+        with torch.autocast(device_type=selection.device.type, enabled=False):
+            queries = F.linear(selection.float(), self.q_proj.weight.float())
+            keys = F.linear(patches.float(), self.k_proj.weight.float())
+            return queries @ keys.transpose(1, 2) * self.scale
+
     def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.LongTensor]:
         selection = self.layout.selection(hidden_states)  # [batch, num_selection, width]
         patches = self.layout.patches(hidden_states)  # [batch, num_patches, width]
-        scores = self.q_proj(selection) @ self.k_proj(patches).transpose(1, 2) * self.scale
-        choice = self.select(scores.float()).to(hidden_states.dtype)  # [batch, num_selection, num_patches]
+        scores = self.selection_scores(selection, patches)
+        choice = self.select(scores).to(hidden_states.dtype)  # [batch, num_selection, num_patches]
         fused = (choice @ self.v_proj(patches) + selection) / 2
         hidden_states = torch.cat([fused, hidden_states[:, self.layout.cls_index :]], dim=1)
         return hidden_states, choice.argmax(dim=-1)

@@ -22,6 +22,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
         "bench_quality",
         "bench_tagging",
         "framing",
+        "serving",
     ],
 )
 def test_benchmark_runs_at_toy_size(script, tmp_path):
@@ -43,6 +44,10 @@ def test_benchmark_runs_at_toy_size(script, tmp_path):
     finally:
         sys.path.remove(str(BENCHMARKS))
     assert section[0].startswith("## ") and len(section) > 3
+    if script == "serving":  # torch.compile and ONNX Runtime give eager's outputs on the image encoder
+        for batch in result["speed"].values():
+            for side in ("pytorch_compile", "onnxruntime_fp32"):
+                assert batch[side]["max_abs_difference"] < 1e-4 and batch[side]["selection_agreement"] == 1.0, side
 
 
 def test_selection_experiments_run_at_toy_size_and_render(tmp_path):
