@@ -48,6 +48,16 @@ class E2CLIPImageEmbeddings:
     entities: list[str]
     entity_token_slices: list[tuple[int, int]]  # each entity's selection tokens
 
+    @classmethod
+    def concatenate(cls, parts: Sequence[E2CLIPImageEmbeddings]) -> E2CLIPImageEmbeddings:
+        """The rows of several batches, in order."""
+
+        def joined(name: str) -> torch.Tensor | None:
+            return None if getattr(parts[0], name) is None else torch.cat([getattr(part, name) for part in parts])
+
+        fields = ("image_embeds", "region_embeds", "selection_indices")
+        return cls(*(joined(name) for name in fields), parts[0].entities, parts[0].entity_token_slices)
+
     def _entity_index(self, entity: str) -> int:
         if self.region_embeds is None or entity not in self.entities:
             raise KeyError(f"no regional embedding for {entity!r}; the model's entities are {self.entities}")
@@ -123,6 +133,18 @@ class E2CLIPEmbedder:
             yield items[start : start + batch_size]
 
     @torch.no_grad()
+    def embed_pixel_values(self, pixel_values: torch.Tensor) -> E2CLIPImageEmbeddings:
+        """One preprocessed batch `[batch, 3, size, size]` (the processor's `pixel_values`)."""
+        outputs = self.model(pixel_values=pixel_values.to(self.device, self.dtype))
+        has_regions = outputs.region_embeds is not None
+        return E2CLIPImageEmbeddings(
+            outputs.image_embeds.float().cpu(),
+            outputs.region_embeds.float().cpu() if has_regions else None,
+            outputs.selection_indices.cpu() if has_regions else None,
+            self.entities,
+            self.model.config.entity_token_slices,
+        )
+
     def embed_images(self, images: Sequence[Any] | Any, batch_size: int | None = None) -> E2CLIPImageEmbeddings:
         """Global and regional embeddings and the chosen patches of images: paths, PIL images or
         arrays (one, or a sequence)."""
@@ -131,21 +153,11 @@ class E2CLIPEmbedder:
         images = list(images)
         if not images:
             raise ValueError("embed_images needs at least one image")
-        global_rows, region_rows, selection_rows = [], [], []
-        for batch in self._batches(images, batch_size, "images"):
-            pixel_values = self.processor(images=[open_image(image) for image in batch])["pixel_values"]
-            outputs = self.model(pixel_values=pixel_values.to(self.device, self.dtype))
-            global_rows.append(outputs.image_embeds.float().cpu())
-            if outputs.region_embeds is not None:
-                region_rows.append(outputs.region_embeds.float().cpu())
-                selection_rows.append(outputs.selection_indices.cpu())
-        return E2CLIPImageEmbeddings(
-            torch.cat(global_rows),
-            torch.cat(region_rows) if region_rows else None,
-            torch.cat(selection_rows) if selection_rows else None,
-            self.entities,
-            self.model.config.entity_token_slices,
-        )
+        parts = [
+            self.embed_pixel_values(self.processor(images=[open_image(image) for image in batch])["pixel_values"])
+            for batch in self._batches(images, batch_size, "images")
+        ]
+        return E2CLIPImageEmbeddings.concatenate(parts)
 
     @torch.no_grad()
     def embed_texts(self, texts: Sequence[str] | str, batch_size: int | None = None) -> torch.Tensor:

@@ -16,7 +16,7 @@ from ..cli_options import print_notice
 from ..data import Catalog, ImageLoadError, open_catalog, untagged_entities_notice
 from ..evaluation.embedding import evaluating
 from ..local_paths import portable_name, portable_spec
-from ..modeling import E2CLIPModel, E2CLIPProcessor
+from ..modeling import E2CLIPEmbedder, E2CLIPModel, E2CLIPProcessor
 from .index import EmbeddingIndex, EmbeddingIndexError, IndexItem, letterbox, model_fingerprint, writer_lock
 
 DEFAULT_THUMBNAIL_SIZE = 128
@@ -140,19 +140,20 @@ def _embed_and_add(index, model, processor, catalog, positions, spec, batch_size
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
     pending: dict[str, list] = {"image_embeds": [], "region_embeds": [], "thumbnails": [], "items": []}
     done = 0
-    for batch in tqdm(loader, desc=f"indexing {catalog.name}", unit="batch"):
-        if "errors" in batch:  # shards flushed before stay; rerun with skip_existing to go on
-            raise ImageLoadError(batch["errors"][0])
-        thumbnails = batch["thumbnail"]
-        with evaluating(model):
-            outputs = model(pixel_values=batch["pixel_values"].to(device, dtype))
-        pending["image_embeds"].append(outputs.image_embeds.float().cpu())
-        pending["region_embeds"].append(outputs.region_embeds.float().cpu())
-        pending["thumbnails"].append(thumbnails.numpy())
-        pending["items"] += [_item(catalog, position) for position in positions[done : done + len(thumbnails)]]
-        done += len(thumbnails)
-        if len(pending["items"]) >= shard_rows:
-            _flush(index, pending, spec)
+    with evaluating(model):  # the embedder puts the model in eval mode; the caller's mode comes back after
+        embedder = E2CLIPEmbedder(model, processor, device, dtype, progress=False)
+        for batch in tqdm(loader, desc=f"indexing {catalog.name}", unit="batch"):
+            if "errors" in batch:  # shards flushed before stay; rerun with skip_existing to go on
+                raise ImageLoadError(batch["errors"][0])
+            thumbnails = batch["thumbnail"]
+            embeddings = embedder.embed_pixel_values(batch["pixel_values"])
+            pending["image_embeds"].append(embeddings.image_embeds)
+            pending["region_embeds"].append(embeddings.region_embeds)
+            pending["thumbnails"].append(thumbnails.numpy())
+            pending["items"] += [_item(catalog, position) for position in positions[done : done + len(thumbnails)]]
+            done += len(thumbnails)
+            if len(pending["items"]) >= shard_rows:
+                _flush(index, pending, spec)
     _flush(index, pending, spec)
 
 
