@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -154,6 +157,19 @@ def catalog_with_a_broken_image(folder: Path) -> str:
     ]
     (folder / "catalog.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     return f"jsonl:{folder / 'catalog.jsonl'}"
+
+
+def run_without_the_project(script: str, folder: Path, *arguments: str, python: str = sys.executable) -> None:
+    """Runs `script` (it blocks `import e2_hf` itself) in a fresh interpreter in `folder`: no
+    PYTHONPATH, an empty offline Hugging Face cache. Fails the test with the script's stderr."""
+    (folder / "fresh_process.py").write_text(script)
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env.update(HF_HOME=str(folder / "hf-home"), HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
+    completed = subprocess.run(
+        [python, str(folder / "fresh_process.py"), *map(str, arguments)],
+        cwd=folder, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
 
 
 def make_images(count: int, size: int = 40) -> list[Image.Image]:

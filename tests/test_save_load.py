@@ -2,7 +2,6 @@
 
 import json
 import os
-import subprocess
 import sys
 import textwrap
 
@@ -12,7 +11,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForZeroShotImageClassif
 
 from e2_hf import E2CLIPImageProcessor, E2CLIPModel
 
-from .conftest import make_images
+from .conftest import make_images, run_without_the_project
 
 TEXTS = ["a red silk shirt by gucci", "blue denim jeans"]
 TAGS = [{"brand": "gucci", "composition": "silk"}, {"brand": "levi", "subcategory": "jeans"}]
@@ -125,19 +124,9 @@ def test_fresh_process_loads_the_folder_as_remote_code(saved_model, tmp_path, wh
         image_paths.append(str(tmp_path / f"image-{index}.png"))
         image.save(image_paths[-1])
     (tmp_path / "inputs.json").write_text(json.dumps({"texts": TEXTS, "images": image_paths, "tags": TAGS}))
-    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH",)}
-    env.update(HF_HOME=str(tmp_path / "hf-home"), HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
-    script = tmp_path / "load.py"
-    script.write_text(FRESH_PROCESS_SCRIPT)
-    completed = subprocess.run(
-        [python, str(script), str(folder), str(tmp_path / "inputs.json"), str(tmp_path / "outputs.pt")],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    run_without_the_project(
+        FRESH_PROCESS_SCRIPT, tmp_path, folder, tmp_path / "inputs.json", tmp_path / "outputs.pt", python=python
     )
-    assert completed.returncode == 0, completed.stderr[-3000:]
     remote = torch.load(tmp_path / "outputs.pt", weights_only=True)
 
     with torch.no_grad():
@@ -183,15 +172,7 @@ def test_a_pad_framing_is_applied_by_a_folder_loaded_as_remote_code(tiny_process
     processor.save_pretrained(tmp_path / "pad")
     image = make_images(1)[0].resize((30, 60))  # a portrait
     image.save(tmp_path / "portrait.png")
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    env.update(HF_HOME=str(tmp_path / "hf-home"), HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
-    (tmp_path / "pad.py").write_text(PAD_SCRIPT)
-    completed = subprocess.run(
-        [sys.executable, str(tmp_path / "pad.py"), str(tmp_path / "pad"), str(tmp_path / "portrait.png"),
-         str(tmp_path / "out.pt")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert completed.returncode == 0, completed.stderr[-3000:]
+    run_without_the_project(PAD_SCRIPT, tmp_path, tmp_path / "pad", tmp_path / "portrait.png", tmp_path / "out.pt")
     remote = torch.load(tmp_path / "out.pt", weights_only=True)
     expected = processor(images=[image])["pixel_values"]
     assert remote["fit"] == "pad"

@@ -2,9 +2,6 @@
 E2's global embeddings."""
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -14,7 +11,7 @@ from e2_hf import E2CLIPModel
 from e2_hf.compat import projected_features
 from e2_hf.modeling.modeling_e2clip import SENTENCE_TRANSFORMERS_FILES
 
-from .conftest import make_images
+from .conftest import make_images, run_without_the_project
 
 pytest.importorskip("sentence_transformers", reason="sentence-transformers is not installed (the test extra has it)")
 
@@ -56,15 +53,7 @@ def test_a_saved_folder_encodes_like_get_features_in_a_process_without_the_proje
         image_paths.append(str(tmp_path / f"image-{index}.png"))
         image.save(image_paths[-1])
     (tmp_path / "inputs.json").write_text(json.dumps({"texts": TEXTS, "images": image_paths}))
-    (tmp_path / "encode.py").write_text(ENCODE_SCRIPT)
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    env.update(HF_HOME=str(tmp_path / "hf-home"), HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
-    completed = subprocess.run(
-        [sys.executable, str(tmp_path / "encode.py"), str(folder), str(tmp_path / "inputs.json"),
-         str(tmp_path / "outputs.pt")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert completed.returncode == 0, completed.stderr[-3000:]
+    run_without_the_project(ENCODE_SCRIPT, tmp_path, folder, tmp_path / "inputs.json", tmp_path / "outputs.pt")
     remote = torch.load(tmp_path / "outputs.pt", weights_only=True)
 
     from PIL import Image

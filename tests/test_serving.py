@@ -3,9 +3,6 @@
 import base64
 import io
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -15,7 +12,7 @@ from PIL import Image
 
 from e2_hf import E2CLIPEmbedder, E2CLIPModel
 
-from .conftest import make_images
+from .conftest import make_images, run_without_the_project
 
 TEXTS = ["a red silk shirt by gucci", "blue denim jeans"]
 
@@ -104,15 +101,7 @@ def test_the_saved_handler_serves_requests_in_a_process_without_the_project(embe
         {"inputs": {"texts": TEXTS[:1]}},  # still serving after the bad requests
     ]
     (tmp_path / "requests.json").write_text(json.dumps(requests))
-    (tmp_path / "endpoint.py").write_text(ENDPOINT_SCRIPT)
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    env.update(HF_HOME=str(tmp_path / "hf-home"), HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
-    completed = subprocess.run(
-        [sys.executable, str(tmp_path / "endpoint.py"), str(folder), str(tmp_path / "requests.json"),
-         str(tmp_path / "responses.json")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert completed.returncode == 0, completed.stderr[-3000:]
+    run_without_the_project(ENDPOINT_SCRIPT, tmp_path, folder, tmp_path / "requests.json", tmp_path / "responses.json")
     full, image_only, not_base64, not_an_image, unknown_entity, empty, text_only = json.loads(
         (tmp_path / "responses.json").read_text()
     )
