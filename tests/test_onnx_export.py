@@ -58,10 +58,11 @@ def test_a_graph_beyond_its_tolerance_is_refused(tiny_e2, tiny_processor, tmp_pa
         export_onnx(tiny_e2, tiny_processor, tmp_path / "out", log=lambda line: None)
 
 
-def test_a_model_without_entities_exports_the_global_graph(tokenized_tester, tiny_processor, tmp_path):
+def test_a_model_without_entities_exports_the_global_graph_in_fp16(tokenized_tester, tiny_processor, tmp_path):
     tokenized_tester.config_kwargs.update(entities=[], fusion_layers=[])
     lines = []
-    export_onnx(E2CLIPModel(tokenized_tester.get_config()), tiny_processor, tmp_path / "out", log=lines.append)
+    model = E2CLIPModel(tokenized_tester.get_config())
+    export_onnx(model, tiny_processor, tmp_path / "out", dtype="fp16", log=lines.append)  # checked within 2e-2
     outputs = [output.name for output in _session(tmp_path / "out" / "onnx" / "image_encoder.onnx").get_outputs()]
     assert outputs == ["image_embeds"]
     assert any("no entities: the image graph gives the global embedding only" in line for line in lines)
