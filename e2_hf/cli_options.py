@@ -26,3 +26,14 @@ def add_catalog_reading_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-html", action="store_true",
                         help="leave HTML in descriptions and tags (default: reduced to text)")  # fmt: skip
     add_tag_separator_argument(parser)
+
+
+# measured by benchmarks/serving.py on the demo model (BENCHMARKS.md section 7)
+DTYPE_HELP = (
+    "the model's dtype; bfloat16 changes about 2%% of the chosen patches against float32 (and with them "
+    "some regional embeddings), float16 under 0.4%% (README: Serving)"
+)
+
+
+def add_dtype_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help=DTYPE_HELP)

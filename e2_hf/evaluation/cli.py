@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..cli_options import add_catalog_reading_arguments, print_notice
+from ..cli_options import add_catalog_reading_arguments, add_dtype_argument, print_notice
 from .retrieval import DIRECTIONS
 
 
@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--output", help="write the metrics to this JSON file")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    add_dtype_argument(parser)
     parser.add_argument("--regions", action="store_true", help="also region retrieval per entity")
     add_catalog_reading_arguments(parser)
     parser.add_argument("--linear-probe", action="store_true", help="also linear-probe accuracy per entity")

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..cli_options import add_catalog_reading_arguments
+from ..cli_options import add_catalog_reading_arguments, add_dtype_argument
 from .build import DEFAULT_THUMBNAIL_SIZE
 
 
@@ -24,7 +24,7 @@ def add_index_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--num-workers", type=int, default=0, help="image-loading processes")
     parser.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    add_dtype_argument(parser)
     return parser
 
 
