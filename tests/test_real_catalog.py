@@ -57,13 +57,21 @@ def test_html_to_text_on_the_markup_real_exports_use():
 
 
 def test_commands_end_to_end_on_the_real_catalog(real_catalog, e2_model_dir, tmp_path):
-    evaluated = run_cli("evaluate", "--model", str(e2_model_dir), "--data", real_catalog, "--regions")
+    separators = ["--tag-separator", "season=|", "--tag-separator", "composition=|\\n"]
+    evaluated = run_cli("evaluate", "--model", str(e2_model_dir), "--data", real_catalog, "--regions", *separators,
+                        "--output", str(tmp_path / "e.json"))  # fmt: skip
     assert re.search(r"\d+ of 170 product texts of .* are longer than the \d+-token context", evaluated.stderr)
     assert "has a brand tag (170 products): left out of the region metrics" in evaluated.stderr
+    assert json.loads((tmp_path / "e.json").read_text())["region"]["season"]["distinct_tags"] == 11
 
     index = tmp_path / "index"
-    indexed = run_cli("index", "--model", str(e2_model_dir), "--data", real_catalog, "--output", str(index))
+    indexed = run_cli("index", "--model", str(e2_model_dir), "--data", real_catalog, *separators,
+                      "--output", str(index))  # fmt: skip
     assert "has a brand tag (170 products): its regional embeddings are stored" in indexed.stderr
+    from e2_hf.search import EmbeddingIndex
+    from e2_hf.tagging import catalog_candidates
+
+    assert len(catalog_candidates(EmbeddingIndex(index), ["season"])["season"]) == 11  # the Space's candidates
     page = tmp_path / "brand.html"
     searched = run_cli("search", "--model", str(e2_model_dir), "--index", str(index), "--query", "Luma",
                        "--entity", "brand", "--output", str(page))  # fmt: skip
@@ -77,22 +85,11 @@ def test_commands_end_to_end_on_the_real_catalog(real_catalog, e2_model_dir, tmp
     tagged = run_cli("tag", "--model", str(e2_model_dir), "--data", real_catalog, "--output", str(tmp_path / "t.json"))
     assert "has a brand tag (170 products): no tagging accuracy can be measured" in tagged.stderr
     assert json.loads((tmp_path / "t.json").read_text())["accuracy"]["season"]["candidates"] == 61  # as one label
-
-    separators = ["--tag-separator", "season=|", "--tag-separator", "composition=|\\n"]
     run_cli(
         "tag", "--model", str(e2_model_dir), "--data", real_catalog, *separators, "--output", str(tmp_path / "m.json")
     )
     season = json.loads((tmp_path / "m.json").read_text())["accuracy"]["season"]
     assert season["candidates"] == 11 and season["items"] == 147  # the climate values, on the apparel
-    evaluated = run_cli("evaluate", "--model", str(e2_model_dir), "--data", real_catalog, "--regions", *separators,
-                        "--output", str(tmp_path / "e.json"))  # fmt: skip
-    assert json.loads((tmp_path / "e.json").read_text())["region"]["season"]["distinct_tags"] == 11
-    multi_index = tmp_path / "multi-index"
-    run_cli("index", "--model", str(e2_model_dir), "--data", real_catalog, *separators, "--output", str(multi_index))
-    from e2_hf.search import EmbeddingIndex
-    from e2_hf.tagging import catalog_candidates
-
-    assert len(catalog_candidates(EmbeddingIndex(multi_index), ["season"])["season"]) == 11  # the Space's candidates
 
 
 def test_training_a_few_steps_records_the_untagged_entity(real_catalog, e2_model_dir, tmp_path):
