@@ -255,11 +255,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from .evaluation.embedding import check_model_folder
+    from .evaluation.embedding import load_for_inference
 
-    check_model_folder(args.model)
-    model = E2CLIPModel.from_pretrained(args.model)
-    processor = E2CLIPProcessor.from_pretrained(args.model)
+    model, processor, _, _ = load_for_inference(args.model, "cpu")
     report = export_onnx(model, processor, args.output_dir, args.opset, args.dtype, args.quantize, args.overwrite)
     folder = Path(args.output_dir) / ONNX_FOLDER
     print(f"wrote {len(report.graphs)} ONNX graphs to {folder}, each checked with ONNX Runtime against PyTorch")

@@ -11,6 +11,7 @@ standard library, torch and transformers (and PIL, which transformers' image pro
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ import torch
 from PIL import Image
 from transformers.utils.logging import tqdm
 
+from .image_processing_e2clip import open_image
 from .modeling_e2clip import E2CLIPModel
 from .processing_e2clip import E2CLIPProcessor
 
@@ -74,17 +76,15 @@ class E2CLIPImageEmbeddings:
         return self.selection_indices[:, :, start:end]
 
 
-def open_image(image: Any) -> Any:
-    """A path (str or os.PathLike) -> the decoded PIL image; anything else is returned as it is
-    (the processor converts PIL images and arrays). An unreadable file is a ValueError naming it."""
-    if not isinstance(image, (str, os.PathLike)):
-        return image
-    try:
-        with Image.open(image) as opened:
-            opened.load()
-            return opened.copy()
-    except (OSError, ValueError, Image.DecompressionBombError) as error:
-        raise ValueError(f"{os.fspath(image)}: not a readable image ({error})") from None
+def decoded(image: Any) -> Any:
+    """A path or the bytes of an image file -> the decoded, upright RGB image (an unreadable one is
+    a ValueError naming it); PIL images and arrays are returned as they are (the processor converts
+    them)."""
+    if isinstance(image, (str, os.PathLike)):
+        return open_image(image)
+    if isinstance(image, (bytes, bytearray)):
+        return open_image(io.BytesIO(image))
+    return image
 
 
 class E2CLIPEmbedder:
@@ -146,15 +146,15 @@ class E2CLIPEmbedder:
         )
 
     def embed_images(self, images: Sequence[Any] | Any, batch_size: int | None = None) -> E2CLIPImageEmbeddings:
-        """Global and regional embeddings and the chosen patches of images: paths, PIL images or
-        arrays (one, or a sequence)."""
-        if isinstance(images, (str, os.PathLike, Image.Image)) or getattr(images, "ndim", 4) < 4:
+        """Global and regional embeddings and the chosen patches of images: paths, file bytes, PIL
+        images or arrays (one, or a sequence)."""
+        if isinstance(images, (str, os.PathLike, bytes, bytearray, Image.Image)) or getattr(images, "ndim", 4) < 4:
             images = [images]
         images = list(images)
         if not images:
             raise ValueError("embed_images needs at least one image")
         parts = [
-            self.embed_pixel_values(self.processor(images=[open_image(image) for image in batch])["pixel_values"])
+            self.embed_pixel_values(self.processor(images=[decoded(image) for image in batch])["pixel_values"])
             for batch in self._batches(images, batch_size, "images")
         ]
         return E2CLIPImageEmbeddings.concatenate(parts)
@@ -188,4 +188,4 @@ class E2CLIPEmbedder:
         return probabilities
 
 
-__all__ = ["DTYPES", "E2CLIPEmbedder", "E2CLIPImageEmbeddings", "open_image", "resolve_dtype"]
+__all__ = ["DTYPES", "E2CLIPEmbedder", "E2CLIPImageEmbeddings", "decoded", "resolve_dtype"]

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 from typing import Any
 
 from PIL import Image
@@ -47,11 +46,11 @@ class EndpointHandler:
         except RequestError as error:
             return {"error": str(error)}
 
-    def _parse(self, data: Any) -> tuple[Image.Image | None, list[str], dict[str, list[str]]]:
+    def _parse(self, data: Any) -> tuple[Image.Image | bytes | None, list[str], dict[str, list[str]]]:
         inputs = data.get("inputs", data) if isinstance(data, dict) else data
         if not isinstance(inputs, dict):
             inputs = {"image": inputs}
-        image = _decode_image(inputs["image"]) if inputs.get("image") is not None else None
+        image = _image_input(inputs["image"]) if inputs.get("image") is not None else None
         texts = inputs.get("texts") or []
         if isinstance(texts, str):
             texts = [texts]
@@ -63,7 +62,7 @@ class EndpointHandler:
             raise RequestError("send an 'image' (base64 or bytes) and/or 'texts'")
         return image, texts, candidates
 
-    def _check_candidates(self, candidates: Any, image: Image.Image | None) -> None:
+    def _check_candidates(self, candidates: Any, image: Image.Image | bytes | None) -> None:
         if not candidates:
             return
         if image is None:
@@ -77,10 +76,13 @@ class EndpointHandler:
             if not isinstance(tags, list) or not tags or not all(isinstance(tag, str) and tag.strip() for tag in tags):
                 raise RequestError(f"'candidates' of {entity!r} must be a non-empty list of tag texts")
 
-    def _respond(self, image: Image.Image | None, texts: list[str], candidates: dict[str, list[str]]) -> dict:
+    def _respond(self, image: Image.Image | bytes | None, texts: list[str], candidates: dict[str, list[str]]) -> dict:
         response: dict[str, Any] = {}
         if image is not None:
-            embeddings = self.embedder.embed_images([image])
+            try:
+                embeddings = self.embedder.embed_images([image])
+            except ValueError as error:  # the bytes are no image
+                raise RequestError(f"'image' is not a readable image ({error})") from None
             response["image_embeds"] = embeddings.image_embeds[0].tolist()
             if embeddings.region_embeds is not None:
                 response["region_embeds"] = {
@@ -98,8 +100,9 @@ class EndpointHandler:
         return response
 
 
-def _decode_image(value: Any) -> Image.Image:
-    """A PIL image, raw bytes or a base64 string (optionally a `data:` URI) -> an RGB-convertible PIL image."""
+def _image_input(value: Any) -> Image.Image | bytes:
+    """A PIL image, raw bytes or a base64 string (optionally a `data:` URI) -> a PIL image or the
+    file's bytes (the embedder decodes them, upright and RGB, as every E2 tool does)."""
     if isinstance(value, Image.Image):
         return value
     if isinstance(value, str):
@@ -109,12 +112,7 @@ def _decode_image(value: Any) -> Image.Image:
             raise RequestError("'image' is not valid base64") from None
     if not isinstance(value, (bytes, bytearray)):
         raise RequestError(f"'image' must be base64 text or bytes, got {type(value).__name__}")
-    try:
-        with Image.open(io.BytesIO(value)) as opened:
-            opened.load()
-            return opened.copy()
-    except (OSError, ValueError, Image.DecompressionBombError) as error:
-        raise RequestError(f"'image' is not a readable image ({error})") from None
+    return bytes(value)
 
 
 def _ranked(tags: list[str], scores: list[float]) -> list[dict[str, Any]]:

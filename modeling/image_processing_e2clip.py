@@ -20,13 +20,14 @@ numpy/PIL (transformers' own image dependencies) and transformers.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 import transformers
-from PIL import Image
+from PIL import Image, ImageOps
 
 # transformers 5.x splits CLIP's image processor into a torchvision and a PIL backend; the PIL one
 # needs nothing beyond transformers' own dependencies. 4.x has only `CLIPImageProcessor` (PIL).
@@ -128,6 +129,31 @@ def to_rgb_image(image: Any) -> Image.Image:
         background = Image.new("RGBA", image.size, (*WHITE, 255))
         image = Image.alpha_composite(background, image)
     return image.convert("RGB")
+
+
+EXIF_ORIENTATION = 0x0112  # 1 = upright; 2-8 = mirrored and/or turned
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """`image` with its EXIF orientation applied (phone photos often store pixels sideways and say
+    how to turn them, as viewers and transformers' `load_image` do); without one it is returned as is."""
+    if image.getexif().get(EXIF_ORIENTATION, 1) == 1:
+        return image
+    return ImageOps.exif_transpose(image)
+
+
+def open_image(source: str | os.PathLike | BinaryIO) -> Image.Image:
+    """An image file (a path, or an open binary file such as `io.BytesIO`), decoded, upright and
+    RGB; a missing or unreadable file is an error naming it."""
+    name = getattr(source, "name", None) or (os.fspath(source) if isinstance(source, (str, os.PathLike)) else "data")
+    try:
+        with Image.open(source) as image:
+            image.load()
+            return to_rgb_image(upright(image))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image {name} does not exist") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise ValueError(f"image {name} cannot be read as an image: {error}") from None
 
 
 def _as_image_list(images: Any) -> list[Any]:

@@ -55,7 +55,7 @@ def test_reduced_precision_and_bad_input(embedder, tmp_path):
     assert bf16.embed_images(make_images(1)).image_embeds.dtype == torch.float32  # outputs stay float32
     assert next(bf16.model.parameters()).dtype == torch.bfloat16
     (tmp_path / "broken.jpg").write_bytes(b"not an image")
-    with pytest.raises(ValueError, match="broken.jpg: not a readable image"):
+    with pytest.raises(ValueError, match="broken.jpg cannot be read as an image"):
         embedder.embed_images([str(tmp_path / "broken.jpg")])
     with pytest.raises(ValueError, match="dtype must be one of"):
         E2CLIPEmbedder(embedder.model, embedder.processor, dtype="int8")
