@@ -3,3 +3,7 @@
 
 class TrainingError(RuntimeError):
     """Training stopped; the message says why and what was kept."""
+
+
+class EmbeddingIndexError(ValueError):
+    """A missing, corrupt or mismatched search index; the message names the file and the problem."""

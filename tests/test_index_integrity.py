@@ -3,6 +3,7 @@ mislabelled silently, and every damaged file is named."""
 
 import json
 import shutil
+import struct
 import subprocess
 import sys
 import time
@@ -17,7 +18,8 @@ from e2_hf.data import open_catalog
 from e2_hf.evaluation.embedding import embed_catalog
 from e2_hf.search import EmbeddingIndex, EmbeddingIndexError, add_catalog, open_or_create_index, search_embedding
 from e2_hf.search.index import writer_lock
-from e2_hf.search.safetensors_mmap import memory_map
+
+FAISS_FILE = "faiss-00001-0.index"  # built_index's global FAISS index (its first commit of FAISS files)
 
 
 def index_command(model_dir, data: str, folder) -> list[str]:
@@ -68,6 +70,8 @@ def test_concurrent_adds_queue_up_and_lose_nothing(model_and_processor, e2_model
     for item in index.items:  # every row's embedding belongs to the product its item names
         np.testing.assert_allclose(images[item.row], expected.image_embeds[expected_rows[item.product_id]], atol=1e-5)
     assert index.verify() == []
+    files = index.metadata["search"]["files"]  # the FAISS indices the lock covered hold both adds' rows
+    assert len(files) == 5 and all(index.search_index(target).ntotal == 50 for target in index.targets)
 
 
 def test_a_second_writer_waits_for_the_lock(e2_model_dir, catalog, tmp_path):
@@ -113,21 +117,43 @@ def overwrite(path, offset: int, data: bytes) -> None:
 
 
 def tensor_offset(path, name: str) -> int:
-    return memory_map(path)[name].offset
+    """Where tensor `name`'s bytes start in a safetensors file (8-byte header length, JSON header, data)."""
+    with open(path, "rb") as handle:
+        (header_length,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(header_length))
+    return 8 + header_length + header[name]["data_offsets"][0]
 
 
-def test_a_shard_with_overwritten_bytes_is_found_and_never_ranked_first(index_copy):
+def test_a_shard_with_overwritten_bytes_is_found_and_never_indexed(index_copy):
     shard = index_copy / "shard-00000.safetensors"
+    committed = EmbeddingIndex(index_copy).metadata["search"]
     first_row = EmbeddingIndex(index_copy).read_all("image_embeds")[0]
     overwrite(shard, tensor_offset(shard, "image_embeds"), np.full(4, np.nan, dtype=np.float32).tobytes())
-    completed = subprocess.run([sys.executable, "-m", "e2_hf.cli", "index", "--verify", "--output", str(index_copy)],
-                               capture_output=True, text=True, timeout=300)  # fmt: skip
+    completed = subprocess.run([sys.executable, "-m", "e2_hf.cli", "index", "--rebuild", "--verify",
+                                "--output", str(index_copy)], capture_output=True, text=True, timeout=300)  # fmt: skip
     assert completed.returncode != 0 and "Traceback" not in completed.stderr
     assert "shard-00000.safetensors: its bytes differ from the SHA-256" in completed.stderr
-    with pytest.warns(UserWarning, match="1 rows have non-finite embeddings"):
-        hits = search_embedding(EmbeddingIndex(index_copy), torch.from_numpy(first_row), top_k=5)
-    assert [hit.row for hit in hits][:1] != [0] and all(np.isfinite(hit.score) for hit in hits)
-    assert len(hits) == 5
+    with pytest.raises(EmbeddingIndexError, match=r"shard-00000.safetensors: image_embeds has 1 rows with non-finite"):
+        with writer_lock(index_copy):
+            EmbeddingIndex(index_copy).commit_search_indices(rebuild=True)
+    index = EmbeddingIndex(index_copy)  # the committed FAISS indices stay, built before the damage
+    assert index.metadata["search"] == committed
+    hits = search_embedding(index, torch.from_numpy(first_row), top_k=5)
+    assert [hit.row for hit in hits][:1] == [0] and len(hits) == 5
+
+
+def test_a_corrupt_faiss_file_is_named_and_rebuild_recreates_it(index_copy):
+    recorded = EmbeddingIndex(index_copy).metadata["search"]["files"][2]
+    overwrite(index_copy / recorded["file"], 0, b"\xff" * 8)
+    with pytest.raises(EmbeddingIndexError, match=rf"{recorded['file']} is not a readable FAISS index.*--rebuild"):
+        EmbeddingIndex(index_copy).search_index(EmbeddingIndex(index_copy).entities[1])
+    assert any(recorded["file"] in problem for problem in EmbeddingIndex(index_copy).verify())
+    completed = subprocess.run([sys.executable, "-m", "e2_hf.cli", "index", "--rebuild", "--index-type", "hnsw",
+                                "--output", str(index_copy)], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    index = EmbeddingIndex(index_copy)
+    assert index.verify() == [] and [f["type"] for f in index.metadata["search"]["files"]] == ["hnsw"] * 5
+    assert index.search_settings.index_type == "hnsw"
 
 
 def test_a_sound_index_verifies(built_index):
@@ -149,8 +175,9 @@ def rewrite_metadata(folder, change) -> None:
          r"index.json lacks the field 'shards'"),
         (lambda folder: rewrite_metadata(folder, lambda m: {**m, "rows": "many"}), r"field 'rows' is not a int"),
         (lambda folder: rewrite_metadata(folder, lambda m: {**m, "shards": [dict(m["shards"][0], rows=3),
-                                                                          *m["shards"][1:]], "rows": m["rows"] - 17}),
-         r"shard-00000.safetensors: image_embeds has shape \(20, 16\), index.json \(3 rows\) needs \(3, 16\)"),
+                                                                          *m["shards"][1:]], "rows": m["rows"] - 17,
+                                                     "search": {**m["search"], "files": []}}),
+         r"shard-00000.safetensors: image_embeds is \(\(20, 16\), 'F32'\), index.json \(3 rows\) needs \(\(3, 16\)"),
         (lambda folder: (folder / "items.jsonl").write_text("{not json\n" * 40),
          r"items.jsonl line 1: not valid JSON"),
         (lambda folder: (folder / "items.jsonl").write_text(
@@ -162,14 +189,20 @@ def rewrite_metadata(folder, change) -> None:
         (lambda folder: (folder / "shard-00001.safetensors").write_bytes(
             (folder / "shard-00001.safetensors").read_bytes()[:-100]),
          r"shard-00001.safetensors has \d+ bytes, index.json recorded \d+"),
+        (lambda folder: (folder / FAISS_FILE).write_bytes((folder / FAISS_FILE).read_bytes()[:-9]),
+         rf"{FAISS_FILE} has \d+ bytes, index.json recorded \d+"),
+        (lambda folder: (folder / FAISS_FILE).unlink(), rf"FAISS index .*{FAISS_FILE} is missing"),
+        (lambda folder: rewrite_metadata(folder, lambda m: {**m, "version": 1}),
+         r"an index of e2-hf 0.1.*build it again"),
     ],
-    ids=["list", "no-shards", "rows-type", "rows-fewer", "items-json", "items-key", "garbage-header", "truncated"],
+    ids=["list", "no-shards", "rows-type", "rows-fewer", "items-json", "items-key", "garbage-header", "truncated",
+         "faiss-truncated", "faiss-missing", "version-1"],
 )  # fmt: skip
 def test_damaged_index_files_are_named(index_copy, damage, message):
     damage(index_copy)
     with pytest.raises(EmbeddingIndexError, match=message):
         index = EmbeddingIndex(index_copy)
-        index.items, index.shards  # noqa: B018 (reading them runs the checks)
+        index.items, index.shards, index.search_index(None)  # noqa: B018 (reading them runs the checks)
 
 
 def test_a_truncated_shard_without_a_recorded_size_is_still_named(index_copy):
@@ -177,7 +210,9 @@ def test_a_truncated_shard_without_a_recorded_size_is_still_named(index_copy):
                                                             for s in m["shards"]]})  # fmt: skip
     shard = index_copy / "shard-00001.safetensors"
     shard.write_bytes(shard.read_bytes()[:-100])
-    with pytest.raises(EmbeddingIndexError, match=r"shard-00001.safetensors: tensor \w+ reaches byte \d+.*truncated"):
+    with pytest.raises(
+        EmbeddingIndexError, match=r"shard-00001.safetensors is not a readable safetensors file.*covered"
+    ):
         EmbeddingIndex(index_copy).shards  # noqa: B018
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -52,16 +52,24 @@ def cli_index(e2_model_dir, catalog, tmp_path_factory):
     return folder
 
 
+def read_regions(index: EmbeddingIndex) -> np.ndarray:
+    """`[rows, entities, dim]`: each entity's regional embeddings, stored apart, side by side."""
+    return np.stack([index.read_all(index.tensor_name(entity)) for entity in index.entities], axis=1)
+
+
 def by_product_id(index: EmbeddingIndex) -> dict[str, tuple]:
-    images, regions = index.read_all("image_embeds"), index.read_all("region_embeds")
+    images, regions = index.read_all("image_embeds"), read_regions(index)
     return {item.product_id: (images[item.row], regions[item.row], item.description, item.tags) for item in index.items}
 
 
 def test_index_round_trips_the_models_embeddings(model_and_processor, catalog, cli_index):
     model, processor = model_and_processor
     index = EmbeddingIndex(cli_index)
-    assert all(isinstance(shard["image_embeds"], np.memmap) for shard in index.shards)  # read through memory maps
+    region_tensors = {f"region_embeds.{entity}" for entity in model.config.entities}  # each entity contiguous
+    assert all(set(shard.keys()) == {"image_embeds", "thumbnails", *region_tensors} for shard in index.shards)
     assert len(index.metadata["shards"]) == 2 and index.entities == model.config.entities
+    files = index.metadata["search"]["files"]  # one committed FAISS index per target, holding every row
+    assert [recorded["type"] for recorded in files] == ["flat"] * 5 and all(f["rows"] == 50 for f in files)
     stored = by_product_id(index)
     for split in ("train", "validation"):
         expected = embed_catalog(model, processor, open_catalog(f"jsonl:{catalog / 'catalog.jsonl'}:{split}"))
@@ -118,10 +126,12 @@ def test_an_interrupted_add_leaves_the_committed_index_intact(model_and_processo
     with open(index.folder / "items.jsonl", "a", encoding="utf-8") as handle:  # what a crash mid-add leaves
         handle.write(json.dumps({"product_id": "x", "description": "x", "tags": {}, "source": "x"}) + "\n")
     (index.folder / "shard-00099.safetensors").write_bytes(b"partial")
+    (index.folder / "faiss-00099-0.index").write_bytes(b"partial")  # a FAISS file no commit lists
     reopened = EmbeddingIndex(index.folder)
-    assert len(reopened.items) == committed
+    assert len(reopened.items) == committed and reopened.search_index(None).ntotal == committed
     add_catalog(reopened, model, processor, f"jsonl:{catalog / 'catalog.jsonl'}:validation")
     assert len(EmbeddingIndex(index.folder).items) == 50 and not (index.folder / "shard-00099.safetensors").exists()
+    assert not (index.folder / "faiss-00099-0.index").exists()
 
 
 def planted_index(folder, entities, dim, rows_per_shard=(30, 25)):
@@ -173,9 +183,9 @@ def test_search_command_writes_ranked_png_and_html(e2_model_dir, model_and_proce
     model, processor = model_and_processor
     query, top_k = "black wool coat", 6
     index = EmbeddingIndex(cli_index)
-    scores = torch.from_numpy(
-        index.read_all("region_embeds")[:, index.entity_index("season")]
-    ) @ torch.nn.functional.normalize(text_query_embedding(model, processor, query), dim=-1)
+    scores = torch.from_numpy(index.read_all(index.tensor_name("season"))) @ torch.nn.functional.normalize(
+        text_query_embedding(model, processor, query), dim=-1
+    )
     expected_rows = scores.argsort(descending=True)[:top_k].tolist()
     expected_ids = [index.items[row].product_id for row in expected_rows]
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from accelerate import PartialState
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -17,10 +21,12 @@ from ..data import Catalog, ImageLoadError, open_catalog, untagged_entities_noti
 from ..evaluation.embedding import evaluating
 from ..local_paths import portable_name, portable_spec
 from ..modeling import E2CLIPEmbedder, E2CLIPModel, E2CLIPProcessor
+from .engine import SearchSettings
 from .index import EmbeddingIndex, EmbeddingIndexError, IndexItem, letterbox, model_fingerprint, writer_lock
 
 DEFAULT_THUMBNAIL_SIZE = 128
 DEFAULT_SHARD_ROWS = 20_000
+PARTS_FOLDER = ".parts"  # a multi-process add's per-process parts, inside the index folder
 
 
 class _CatalogImages(Dataset):
@@ -61,8 +67,10 @@ class IndexingReport:
 
 
 def open_or_create_index(folder: str | Path, model: E2CLIPModel, model_name: str,
-                         thumbnail_size: int = DEFAULT_THUMBNAIL_SIZE) -> EmbeddingIndex:  # fmt: skip
-    """The index in `folder`, checked to come from `model`; a new one where there is none."""
+                         thumbnail_size: int = DEFAULT_THUMBNAIL_SIZE, storage_dtype: str = "float32",
+                         search_settings: SearchSettings | None = None) -> EmbeddingIndex:  # fmt: skip
+    """The index in `folder`, checked to come from `model`; a new one where there is none
+    (`storage_dtype` and `search_settings` apply to a new index)."""
     fingerprint = model_fingerprint(model)
     with writer_lock(folder):
         if (Path(folder) / "index.json").exists():
@@ -72,7 +80,8 @@ def open_or_create_index(folder: str | Path, model: E2CLIPModel, model_name: str
         if not model.config.entities:
             raise EmbeddingIndexError(f"{model_name} has no entities, so no regional embeddings to index")
         return EmbeddingIndex.create(folder, portable_name(model_name), fingerprint, model.config.entities,
-                                     model.config.projection_dim, thumbnail_size)  # fmt: skip
+                                     model.config.projection_dim, thumbnail_size, storage_dtype,
+                                     search_settings)  # fmt: skip
 
 
 @torch.no_grad()
@@ -89,22 +98,77 @@ def add_catalog(
     shard_rows: int = DEFAULT_SHARD_ROWS,
     keep_html: bool = False,
     tag_separators: Sequence[str] | Mapping[str, str] | None = None,
+    processes: PartialState | None = None,
 ) -> IndexingReport:
-    """Embeds every product of the catalog `spec` (first view) and appends it to `index`.
+    """Embeds every product of the catalog `spec` (first view), appends it to `index` and commits
+    the FAISS indices extended with it.
 
     The whole add holds the index folder's writer lock (a concurrent add waits for it). A product id
     already in the index, or repeated within the catalog, is an error, unless `skip_existing`, which
     leaves those products out (so that re-running on a grown catalog adds only the new products; of
-    ids repeated in the catalog the first is kept)."""
+    ids repeated in the catalog the first is kept).
+
+    `processes` (accelerate's `PartialState` of a multi-process launch): every process calls this
+    with the same arguments; each embeds a contiguous slice of the new products into its own part
+    folder, and the main process, holding the lock throughout, appends the parts in order, so the
+    index equals a one-process build."""
     catalog = open_catalog(spec, keep_html=keep_html, tag_separators=tag_separators)
-    print_notice(untagged_entities_notice(catalog, index.entities, spec, "its regional embeddings are stored, but "
-                                          "no tag of the catalog can show what they match"))  # fmt: skip
-    with writer_lock(index.folder):
+    main = processes is None or processes.is_main_process
+    if main:
+        print_notice(untagged_entities_notice(catalog, index.entities, spec, "its regional embeddings are stored, "
+                                              "but no tag of the catalog can show what they match"))  # fmt: skip
+    with writer_lock(index.folder) if main else nullcontext():
+        _wait_for_everyone(processes)  # the main process holds the lock
         index.reload()  # another writer may have committed while this one waited
         positions = _new_positions(catalog, index.product_ids(), index.folder, spec, skip_existing)
-        _embed_and_add(index, model, processor, catalog, positions, portable_spec(spec), batch_size, device, dtype,
-                       num_workers, shard_rows)  # fmt: skip
+        embed = partial(_embed_and_add, model=model, processor=processor, catalog=catalog, spec=portable_spec(spec),
+                        batch_size=batch_size, device=device, dtype=dtype, num_workers=num_workers,
+                        shard_rows=shard_rows)  # fmt: skip
+        if processes is None or processes.num_processes == 1:
+            embed(index, positions)
+        else:
+            _embed_in_parts(index, positions, embed, processes)
+        if main:
+            index.commit_search_indices()
+        _wait_for_everyone(processes)
+    index.reload()
     return IndexingReport(added=len(positions), skipped_existing=len(catalog) - len(positions), total=len(index))
+
+
+def _wait_for_everyone(processes: PartialState | None) -> None:
+    if processes is not None:
+        processes.wait_for_everyone()
+
+
+def _embed_in_parts(index: EmbeddingIndex, positions: list[int], embed, processes: PartialState) -> None:
+    """Each process embeds its contiguous slice of `positions` into `PARTS_FOLDER/<rank>` (an index
+    of its own); the main process appends the parts in rank order. An error in any process (an
+    unreadable image) is raised in every process, after all reached the same point."""
+    parts = index.folder / PARTS_FOLDER
+    if processes.is_main_process:
+        shutil.rmtree(parts, ignore_errors=True)  # what an interrupted run left
+    _wait_for_everyone(processes)
+    rank, count = processes.process_index, processes.num_processes
+    slices = [positions[len(positions) * part // count : len(positions) * (part + 1) // count] for part in range(count)]
+    folder = parts / str(rank)
+    try:
+        part = EmbeddingIndex.create(folder, index.metadata["model"], index.metadata["model_fingerprint"],
+                                     index.entities, index.dim, index.thumbnail_size, index.storage_dtype)  # fmt: skip
+        embed(part, slices[rank])
+    except (ImageLoadError, EmbeddingIndexError) as error:
+        (parts / f"{rank}.error").write_text(str(error), encoding="utf-8")
+    _wait_for_everyone(processes)
+    errors = sorted(parts.glob("*.error"))
+    if errors:
+        message = errors[0].read_text(encoding="utf-8")
+        _wait_for_everyone(processes)  # every process has read it before the main one cleans up
+        if processes.is_main_process:
+            shutil.rmtree(parts)
+        raise ImageLoadError(message)
+    if processes.is_main_process:
+        for part in range(count):
+            index.append_index(EmbeddingIndex(parts / str(part)))
+        shutil.rmtree(parts)
 
 
 def _new_positions(catalog: Catalog, existing: set[str], folder: Path, spec: str, skip_existing: bool) -> list[int]:
@@ -134,7 +198,7 @@ def _first(values: list[str], shown: int = 5) -> str:
     return ", ".join(values[:shown]) + (", ..." if len(values) > shown else "")
 
 
-def _embed_and_add(index, model, processor, catalog, positions, spec, batch_size, device, dtype, num_workers,
+def _embed_and_add(index, positions, *, model, processor, catalog, spec, batch_size, device, dtype, num_workers,
                    shard_rows) -> None:  # fmt: skip
     dataset = _CatalogImages(catalog, positions, processor, index.thumbnail_size)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)

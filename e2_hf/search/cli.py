@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from ..cli_options import add_catalog_reading_arguments, add_dtype_argument
 from .build import DEFAULT_THUMBNAIL_SIZE
+from .engine import INDEX_TYPES, STORAGE_DTYPES, SearchSettings
+
+DEFAULT_SETTINGS = SearchSettings()
 
 
 def add_index_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -17,10 +22,29 @@ def add_index_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                         help="data spec, e.g. jsonl:catalog.jsonl; repeat to add several catalogs")  # fmt: skip
     parser.add_argument("--output", required=True, help="index folder; an existing index is extended")
     parser.add_argument("--verify", action="store_true",
-                        help="only check the index in --output: every shard against its recorded SHA-256")  # fmt: skip
+                        help="only check the index in --output: each shard and FAISS file against its "
+                        "checksum")  # fmt: skip
+    parser.add_argument("--rebuild", action="store_true",
+                        help="recreate the FAISS indices of --output from its shards (with the --index-type and "
+                        "search settings given, else the index's own)")  # fmt: skip
+    parser.add_argument("--export-dataset", metavar="DIR",
+                        help="write the index in --output as a Hugging Face dataset (Parquet) to DIR")  # fmt: skip
     parser.add_argument("--skip-existing", action="store_true", help="leave out products already in the index")
     add_catalog_reading_arguments(parser)
     parser.add_argument("--thumbnail-size", type=int, default=DEFAULT_THUMBNAIL_SIZE, help="for a new index")
+    parser.add_argument("--storage-dtype", choices=STORAGE_DTYPES, default="float32",
+                        help="for a new index: how shards and exact FAISS indices hold the vectors; float16 and "
+                        "bfloat16 halve them (recall cost: BENCHMARKS.md, search at scale)")  # fmt: skip
+    search = parser.add_argument_group("FAISS indices (a new index, or --rebuild)")
+    search.add_argument("--index-type", choices=INDEX_TYPES,
+                        help="auto (default): exact up to --exact-up-to rows, hnsw beyond; flat: exact; hnsw: "
+                        "approximate, fast; ivfpq: approximate, compressed")  # fmt: skip
+    search.add_argument("--exact-up-to", type=int, help=f"auto's limit (default {DEFAULT_SETTINGS.exact_up_to})")
+    search.add_argument("--hnsw-ef-search", type=int,
+                        help=f"hnsw: candidates per query (default {DEFAULT_SETTINGS.hnsw_ef_search})")  # fmt: skip
+    search.add_argument(
+        "--ivf-probes", type=int, help=f"ivfpq: lists per query (default {DEFAULT_SETTINGS.ivf_probes})"
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--num-workers", type=int, default=0, help="image-loading processes")
     parser.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
@@ -28,39 +52,96 @@ def add_index_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     return parser
 
 
+def search_settings(args: argparse.Namespace, base: SearchSettings) -> SearchSettings:
+    """`base` with the search settings given on the command line."""
+    given = {"index_type": args.index_type, "exact_up_to": args.exact_up_to,
+             "hnsw_ef_search": args.hnsw_ef_search, "ivf_probes": args.ivf_probes}  # fmt: skip
+    return SearchSettings(**{**base.to_json(), **{name: value for name, value in given.items() if value is not None}})
+
+
+def launched_processes():
+    """accelerate's `PartialState` when the command runs under `accelerate launch` or `torchrun`
+    with more than one process; None otherwise."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 def run_index(args: argparse.Namespace) -> None:
+    from .index import EmbeddingIndex
+
+    if args.verify or args.rebuild or args.export_dataset and not args.data:
+        return _maintain_index(args, EmbeddingIndex(args.output))
+    if not args.model or not args.data:
+        raise ValueError("adding to an index needs --model and --data (or --verify, --rebuild or --export-dataset)")
+    index = _add_to_index(args)
+    if args.export_dataset:
+        _maintain_index(args, index)
+
+
+def _add_to_index(args: argparse.Namespace):
     from ..evaluation.embedding import load_for_inference
     from .build import add_catalog, open_or_create_index
-    from .index import EmbeddingIndex, EmbeddingIndexError
+    from .index import EmbeddingIndex
 
-    if args.verify:
-        index = EmbeddingIndex(args.output)
-        problems = index.verify()
-        if problems:
-            raise EmbeddingIndexError("the index is damaged:\n  " + "\n  ".join(problems))
-        print(f"{args.output}: {len(index)} rows in {len(index.metadata['shards'])} shards, all checksums match")
-        return
-    if not args.model or not args.data:
-        raise ValueError("adding to an index needs --model and --data (or pass --verify to check one)")
-
-    model, processor, device, dtype = load_for_inference(args.model, args.device, args.dtype)
-    index = open_or_create_index(args.output, model, args.model, args.thumbnail_size)
+    processes = launched_processes()
+    main = processes is None or processes.is_main_process
+    device = args.device or (str(processes.device) if processes is not None else None)
+    model, processor, device, dtype = load_for_inference(args.model, device, args.dtype)
+    if main:
+        index = open_or_create_index(args.output, model, args.model, args.thumbnail_size, args.storage_dtype,
+                                     search_settings(args, DEFAULT_SETTINGS))  # fmt: skip
+    if processes is not None:
+        processes.wait_for_everyone()  # the main process created the index
+        index = index if main else EmbeddingIndex(args.output)
     for spec in args.data:
         report = add_catalog(index, model, processor, spec, args.batch_size, device, dtype, args.num_workers,
                              skip_existing=args.skip_existing, keep_html=args.keep_html,
-                             tag_separators=args.tag_separators)  # fmt: skip
+                             tag_separators=args.tag_separators, processes=processes)  # fmt: skip
         skipped = f", {report.skipped_existing} already there" if report.skipped_existing else ""
-        print(f"{spec}: added {report.added} products{skipped}; the index has {report.total}")
-    print(f"index in {args.output}")
+        if main:
+            print(f"{spec}: added {report.added} products{skipped}; the index has {report.total}")
+    if main:
+        print(f"index in {args.output}")
+    return index
+
+
+def _maintain_index(args: argparse.Namespace, index) -> None:
+    from .index import EmbeddingIndexError, writer_lock
+
+    if args.verify:
+        problems = index.verify()
+        if problems:
+            raise EmbeddingIndexError("the index is damaged:\n  " + "\n  ".join(problems))
+        files = len(index.metadata["shards"]) + len(index.metadata["search"]["files"])
+        print(f"{args.output}: {len(index)} rows; all checksums match ({files} shard and FAISS files)")
+    if args.rebuild:
+        with writer_lock(index.folder):
+            index.reload()
+            done = index.commit_search_indices(rebuild=True, settings=search_settings(args, index.search_settings))
+        print(f"{args.output}: FAISS indices rebuilt from {len(index)} rows ({'; '.join(done)})")
+    if args.export_dataset:
+        from .export import export_dataset
+
+        export_dataset(index, args.export_dataset)
+        print(f"dataset of {len(index)} rows in {args.export_dataset} (load it with datasets.load_dataset)")
 
 
 def add_search_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, help="the E2 model the index was built with")
     parser.add_argument("--index", required=True, help="index folder from e2-hf index")
-    parser.add_argument("--query", required=True, help='text, e.g. "Gucci" or "black wool coat"')
+    queries = parser.add_mutually_exclusive_group(required=True)
+    queries.add_argument("--query", help='text, e.g. "Gucci" or "black wool coat"')
+    queries.add_argument("--image", help="a photo: find products like it (with --entity: whose region is like its)")
+    queries.add_argument("--queries-file", metavar="FILE.jsonl",
+                         help='one query a line: {"text": ...} or {"image": PATH}, optionally "entity" and "id"; '
+                         "results go to --output FILE.jsonl, one line per query")  # fmt: skip
     parser.add_argument("--entity", help="match this entity's regional embedding (default: the global one)")
     parser.add_argument("--top-k", type=int, default=10)
-    parser.add_argument("--output", required=True, help="FILE.png (image grid) or FILE.html (page)")
+    parser.add_argument("--output", required=True, help="FILE.png (image grid), FILE.html (page) or FILE.jsonl")
     parser.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
     return parser
 
@@ -81,19 +162,37 @@ def untrained_entity_warning(model: str, index, entity: str) -> str | None:
 def run_search(args: argparse.Namespace) -> None:
     from ..evaluation.embedding import load_for_inference
     from .index import EmbeddingIndex
-    from .query import search_text
+    from .query import SearchQuery, read_queries, run_queries
     from .render import results_format, write_results
 
-    results_format(args.output)  # fail on a wrong file name before loading the model
+    if args.queries_file:
+        if not args.output.endswith(".jsonl"):
+            raise ValueError(f"--queries-file writes JSON lines: --output must end in .jsonl, got {args.output}")
+        queries = read_queries(args.queries_file, args.entity)
+    else:
+        results_format(args.output)  # fail on a wrong file name before loading the model
+        queries = [SearchQuery(text=args.query, image=args.image, entity=args.entity)]
     index = EmbeddingIndex(args.index)
-    if args.entity is not None:
-        index.entity_index(args.entity)  # fail on a wrong name before loading the model
-        warning = untrained_entity_warning(args.model, index, args.entity)
+    for entity in sorted({query.entity for query in queries if query.entity is not None}):
+        index.entity_index(entity)  # fail on a wrong name before loading the model
+        warning = untrained_entity_warning(args.model, index, entity)
         if warning:
             print(f"warning: {warning}", file=sys.stderr)
     model, processor, _, _ = load_for_inference(args.model, args.device)
-    hits = search_text(model, processor, index, args.query, args.entity, args.top_k)
-    write_results(args.output, hits, index, args.query, args.entity)
+    results = run_queries(model, processor, index, queries, args.top_k)
+    if args.queries_file:
+        _write_jsonl(args.output, [{"query": query.to_json(), "hits": [hit.to_json() for hit in hits]}
+                                   for query, hits in zip(queries, results)])  # fmt: skip
+        print(f"{len(queries)} queries searched; wrote {args.output}")
+        return
+    query, hits = queries[0], results[0]
+    write_results(args.output, hits, index, query.text or f"image {Path(query.image).name}", query.entity)
     for hit in hits:
         print(f"#{hit.rank}  {hit.score:.3f}  {hit.item.product_id}  {hit.item.description[:70]}")
     print(f"wrote {args.output}")
+
+
+def _write_jsonl(path: str, records: list[dict[str, Any]]) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)

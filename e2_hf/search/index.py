@@ -1,21 +1,27 @@
-"""An on-disk index of global and regional image embeddings, with incremental adds and
-memory-mapped reads.
+"""An on-disk index of global and regional image embeddings: safetensors shards, FAISS indices for
+search, incremental adds.
 
 Layout of an index folder:
 
-    index.json                   format, model, entities, dimension, thumbnail size, shards, row count
+    index.json                   format, model, entities, dimension, storage dtype, shards, FAISS files, rows
     items.jsonl                  one line per row: product id, description, tags, source
-    shard-00000.safetensors      image_embeds [rows, dim] float32 (L2-normalised)
-                                 region_embeds [rows, entities, dim] float32 (L2-normalised)
+    shard-00000.safetensors      image_embeds [rows, dim]               (L2-normalised, storage dtype)
+                                 region_embeds.<entity> [rows, dim]     one contiguous tensor per entity
                                  thumbnails [rows, size, size, 3] uint8 (letterboxed on white)
+    faiss-00003-0.index          FAISS index of the global embeddings (commit 3)
+    faiss-00003-1.index ...      FAISS index of each entity's regional embeddings
 
-`index.json` is written last, atomically: it is the commit point of an add. Rows a failed add left
-in `items.jsonl`, or a shard it left behind, are ignored and cleaned up by the next add. A writer
-holds an exclusive lock on the folder (`.lock`) for a whole add, so concurrent adds queue up instead
-of overwriting each other. Each shard's size and SHA-256 are recorded in `index.json`: the size is
-checked whenever the index is opened, the checksum by `verify()` (`e2-hf index --verify`).
-Reads map the shards into memory (`numpy.memmap`), so embeddings larger than RAM can be searched;
-the item texts are read into memory.
+`index.json` is written last, atomically: it is the commit point. An add commits each shard as it
+is written, then the FAISS indices, extended with the new rows (or rebuilt, when the index type
+changes with the size), under new file names. Rows a failed add left in `items.jsonl`, and shards
+or FAISS files no commit lists, are ignored and cleaned up by the next add; committed rows that
+the committed FAISS files do not hold yet (an add interrupted between the two commits) are added
+to the FAISS index in memory when it is loaded, so every committed row is searchable. A writer
+holds an exclusive lock on the folder (`.lock`) for a whole add, FAISS files included, so
+concurrent adds queue up instead of overwriting each other. Each file's size and SHA-256 are
+recorded in `index.json`: sizes are checked whenever a file is opened, checksums by `verify()`
+(`e2-hf index --verify`). Shards are read through safetensors' memory map, a block or a row at a
+time; the item texts are read into memory.
 """
 
 from __future__ import annotations
@@ -32,28 +38,35 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..data.catalogs import json_object, values_of
-from .safetensors_mmap import memory_map
+from ..errors import EmbeddingIndexError
+from . import engine
+from .engine import STORAGE_DTYPES, SearchSettings
 
 INDEX_FORMAT = "e2-hf-embedding-index"
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 METADATA_FILE = "index.json"
 ITEMS_FILE = "items.jsonl"
 SHARD_PATTERN = "shard-{:05d}.safetensors"
+FAISS_PATTERN = "faiss-{:05d}-{}.index"  # commit number, target position (0: global, 1...: the entities)
 LOCK_FILE = ".lock"
+GLOBAL = None  # the target of the global image embedding (an entity name targets its region)
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+SAFETENSORS_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 # index.json's fields and their JSON types
 METADATA_FIELDS = {"format": str, "version": int, "model": str, "model_fingerprint": str, "entities": list,
-                   "dim": int, "thumbnail_size": int, "rows": int, "shards": list}  # fmt: skip
+                   "dim": int, "thumbnail_size": int, "storage_dtype": str, "rows": int, "shards": list,
+                   "search": dict}  # fmt: skip
 SHARD_FIELDS = {"file": str, "rows": int, "source": str}
+SEARCH_FIELDS = {"settings": dict, "commit": int, "files": list}
+FAISS_FILE_FIELDS = {"file": str, "rows": int, "type": str}
 ITEM_FIELDS = ("product_id", "description", "tags", "source")
 OPTIONAL_ITEM_FIELDS = ("multi_values",)
-
-
-class EmbeddingIndexError(ValueError):
-    """A missing, corrupt or mismatched index; the message names the folder and the problem."""
 
 
 @dataclass
@@ -109,21 +122,30 @@ class EmbeddingIndex:
                 f"{self.folder} is not an E2 index: {METADATA_FILE} is missing (build one with e2-hf index)"
             )
         self.metadata = read_metadata(metadata_path)
-        self._shards: list[dict[str, np.memmap]] | None = None
+        self._forget_loaded()
+
+    def _forget_loaded(self) -> None:
+        self._shards: list[Any] | None = None  # safetensors handles, one per shard
         self._items: list[IndexItem] | None = None
+        self._search_indices: dict[str | None, Any] = {}  # loaded FAISS indices by target
 
     # ------------------------------------------------------------------ creating
     @classmethod
     def create(cls, folder: str | Path, model_name: str, fingerprint: str, entities: Sequence[str], dim: int,
-               thumbnail_size: int) -> EmbeddingIndex:  # fmt: skip
+               thumbnail_size: int, storage_dtype: str = "float32",
+               search_settings: SearchSettings | None = None) -> EmbeddingIndex:  # fmt: skip
         """A new, empty index in `folder` (the caller holds `writer_lock(folder)`)."""
         folder = Path(folder)
         if (folder / METADATA_FILE).exists():
             raise EmbeddingIndexError(f"{folder} already holds an index")
+        if storage_dtype not in STORAGE_DTYPES:
+            raise EmbeddingIndexError(f"unknown storage dtype {storage_dtype!r}; choose one of {STORAGE_DTYPES}")
         folder.mkdir(parents=True, exist_ok=True)
+        search = {"settings": (search_settings or SearchSettings()).to_json(), "commit": 0, "files": []}
         metadata = {"format": INDEX_FORMAT, "version": INDEX_VERSION, "model": model_name,
                     "model_fingerprint": fingerprint, "entities": list(entities), "dim": dim,
-                    "thumbnail_size": thumbnail_size, "rows": 0, "shards": []}  # fmt: skip
+                    "thumbnail_size": thumbnail_size, "storage_dtype": storage_dtype, "rows": 0, "shards": [],
+                    "search": search}  # fmt: skip
         _write_json_atomically(folder / METADATA_FILE, metadata)
         (folder / ITEMS_FILE).write_text("", encoding="utf-8")
         return cls(folder)
@@ -140,6 +162,19 @@ class EmbeddingIndex:
     @property
     def thumbnail_size(self) -> int:
         return int(self.metadata["thumbnail_size"])
+
+    @property
+    def storage_dtype(self) -> str:
+        return self.metadata["storage_dtype"]
+
+    @property
+    def search_settings(self) -> SearchSettings:
+        return SearchSettings.from_json(self.metadata["search"]["settings"], str(self.folder / METADATA_FILE))
+
+    @property
+    def targets(self) -> list[str | None]:
+        """What can be searched: `GLOBAL` (None), then each entity."""
+        return [GLOBAL, *self.entities]
 
     def __len__(self) -> int:
         return int(self.metadata["rows"])
@@ -158,57 +193,87 @@ class EmbeddingIndex:
             raise EmbeddingIndexError(f"unknown entity {entity!r}; this index has regional embeddings for: {known}")
         return self.metadata["entities"].index(entity)
 
-    # ------------------------------------------------------------------ reading
+    def tensor_name(self, target: str | None) -> str:
+        """The shard tensor holding `target`'s vectors: the global one, or an entity's region."""
+        if target is GLOBAL:
+            return "image_embeds"
+        self.entity_index(target)
+        return f"region_embeds.{target}"
+
+    # ------------------------------------------------------------------ reading shards
     @property
-    def shards(self) -> list[dict[str, np.memmap]]:
-        """Each shard's tensors, memory-mapped (read-only)."""
+    def shards(self) -> list[Any]:
+        """Each shard's safetensors handle (memory-mapped, read-only), checked against `index.json`."""
         if self._shards is None:
             self._shards = [self._open_shard(shard) for shard in self.metadata["shards"]]
         return self._shards
 
-    def _open_shard(self, shard: dict[str, Any]) -> dict[str, np.memmap]:
-        """Maps one shard after checking its size and its row count against `index.json`."""
+    def _expected_tensors(self, rows: int) -> dict[str, tuple[tuple[int, ...], str]]:
+        """`{name: (shape, safetensors dtype)}` of one shard of `rows` rows."""
+        vectors = ((rows, self.dim), SAFETENSORS_DTYPES[self.storage_dtype])
+        expected = {self.tensor_name(target): vectors for target in self.targets}
+        expected["thumbnails"] = ((rows, self.thumbnail_size, self.thumbnail_size, 3), "U8")
+        return expected
+
+    def _open_shard(self, shard: dict[str, Any]) -> Any:
+        """Opens one shard after checking its size, and its tensors against `index.json`."""
         path = self.folder / shard["file"]
-        if "bytes" in shard and path.is_file() and path.stat().st_size != shard["bytes"]:
+        _check_recorded_size(path, shard)
+        try:
+            handle = safe_open(str(path), framework="pt")
+        except FileNotFoundError:
+            raise EmbeddingIndexError(f"index shard {path} is missing; rebuild the index") from None
+        except SafetensorError as error:
             raise EmbeddingIndexError(
-                f"{path} has {path.stat().st_size} bytes, index.json recorded {shard['bytes']}: the shard was "
-                "changed or truncated after it was written; rebuild the index"
-            )
-        try:
-            tensors = memory_map(path)
-        except ValueError as error:
-            raise EmbeddingIndexError(f"{error}; rebuild the index") from None
-        expected = {"image_embeds": (shard["rows"], self.dim),
-                    "region_embeds": (shard["rows"], len(self.entities), self.dim),
-                    "thumbnails": (shard["rows"], self.thumbnail_size, self.thumbnail_size, 3)}  # fmt: skip
-        for name, shape in expected.items():
-            actual = tuple(tensors[name].shape) if name in tensors else None
-            if actual != shape:
+                f"{path} is not a readable safetensors file ({error}); rebuild the index"
+            ) from None
+        for name, (shape, dtype) in self._expected_tensors(shard["rows"]).items():
+            found = (tuple(handle.get_slice(name).get_shape()), handle.get_slice(name).get_dtype()) \
+                if name in handle.keys() else None  # fmt: skip
+            if found != (shape, dtype):
                 raise EmbeddingIndexError(
-                    f"{path}: {name} has shape {actual}, index.json ({shard['rows']} rows) needs {shape}"
+                    f"{path}: {name} is {found or 'missing'}, index.json ({shard['rows']} rows) needs {(shape, dtype)}"
                 )
-        return tensors
+        return handle
 
-    def _read_all_metadata(self) -> tuple[list[IndexItem], list[dict[str, np.memmap]]]:
-        """Parses `items.jsonl` and checks every shard's header and shapes (the open-time checks)."""
-        return self.items, self.shards
+    def iter_vectors(self, target: str | None, first_row: int = 0,
+                     block_rows: int = 65536) -> Iterator[tuple[int, np.ndarray]]:  # fmt: skip
+        """`(first row, float32 [n, dim] block)` of `target`'s vectors from row `first_row` on, read
+        a block at a time. A block holding non-finite values (a damaged shard) is an error naming it."""
+        name, offset = self.tensor_name(target), 0
+        for handle, shard in zip(self.shards, self.metadata["shards"]):
+            rows = shard["rows"]
+            for start in range(max(first_row - offset, 0), rows, block_rows):
+                block = handle.get_slice(name)[start : start + block_rows].float().numpy()
+                if not np.isfinite(block).all():
+                    broken = int((~np.isfinite(block).all(axis=1)).sum())
+                    raise EmbeddingIndexError(
+                        f"{self.folder / shard['file']}: {name} has {broken} rows with non-finite values; the "
+                        "shard is damaged (e2-hf index --verify checks every file; rebuild the index from the catalog)"
+                    )
+                yield offset + start, block
+            offset += rows
 
-    def verify(self) -> list[str]:
-        """Problems found by re-reading every shard against its recorded SHA-256 (empty when sound)."""
-        problems = []
-        for shard in self.metadata["shards"]:
-            path = self.folder / shard["file"]
-            if not path.is_file():
-                problems.append(f"{path} is missing")
-            elif "sha256" not in shard:
-                problems.append(f"{path}: index.json records no checksum (written by an older version)")
-            elif file_sha256(path) != shard["sha256"]:
-                problems.append(f"{path}: its bytes differ from the SHA-256 recorded when it was written")
-        try:
-            self._read_all_metadata()
-        except (EmbeddingIndexError, FileNotFoundError) as error:
-            problems.append(str(error))
-        return problems
+    def read_all(self, name: str) -> np.ndarray:
+        """One stored tensor of every row, in memory (for tests and small indexes); embeddings as float32."""
+        blocks = [handle.get_slice(name)[:] for handle in self.shards]
+        if not blocks:
+            return np.zeros((0,))
+        stacked = torch.cat(blocks)
+        return (stacked if stacked.dtype == torch.uint8 else stacked.float()).numpy()
+
+    def _row_location(self, row: int) -> tuple[Any, int]:
+        if not 0 <= row < len(self):
+            raise EmbeddingIndexError(f"row {row} is outside the index ({len(self)} rows)")
+        for handle, shard in zip(self.shards, self.metadata["shards"]):
+            if row < shard["rows"]:
+                return handle, row
+            row -= shard["rows"]
+        raise AssertionError("index.json row counts disagree with its shards")
+
+    def thumbnail(self, row: int) -> np.ndarray:
+        handle, local_row = self._row_location(row)
+        return handle.get_slice("thumbnails")[local_row : local_row + 1][0].numpy()
 
     @property
     def items(self) -> list[IndexItem]:
@@ -235,38 +300,96 @@ class EmbeddingIndex:
     def product_ids(self) -> set[str]:
         return {item.product_id for item in self.items}
 
-    def iter_blocks(self, name: str, block_rows: int = 65536) -> Iterator[tuple[int, np.ndarray]]:
-        """`(first row, array)` blocks of one stored tensor, read from the memory maps."""
-        offset = 0
-        for shard in self.shards:
-            array = shard[name]
-            for start in range(0, array.shape[0], block_rows):
-                yield offset + start, array[start : start + block_rows]
-            offset += array.shape[0]
+    # ------------------------------------------------------------------ FAISS indices
+    def _search_file(self, target: str | None) -> dict[str, Any] | None:
+        position = self.targets.index(target)
+        files = self.metadata["search"]["files"]
+        return files[position] if position < len(files) else None
 
-    def _row_location(self, row: int) -> tuple[dict[str, np.memmap], int]:
-        if not 0 <= row < len(self):
-            raise EmbeddingIndexError(f"row {row} is outside the index ({len(self)} rows)")
-        for shard, info in zip(self.shards, self.metadata["shards"]):
-            if row < info["rows"]:
-                return shard, row
-            row -= info["rows"]
-        raise AssertionError("index.json row counts disagree with its shards")
+    def search_index(self, target: str | None):
+        """`target`'s FAISS index, loaded once, holding every committed row: rows committed after
+        its file was written (an interrupted add) are added in memory."""
+        self.tensor_name(target)  # an unknown entity is an error
+        if target not in self._search_indices:
+            recorded = self._search_file(target)
+            if recorded is None:  # no FAISS commit yet: build it in memory
+                index = self._build_search_index(target)
+            else:
+                path = self.folder / recorded["file"]
+                _check_recorded_size(path, recorded)
+                index = engine.read_index(path, recorded["rows"], self.dim)
+                index = engine.extend_index(index, (block for _, block in self.iter_vectors(target, recorded["rows"])))
+            engine.configure_for_search(index, self.search_settings)
+            self._search_indices[target] = index
+        return self._search_indices[target]
 
-    def thumbnail(self, row: int) -> np.ndarray:
-        shard, local_row = self._row_location(row)
-        return np.array(shard["thumbnails"][local_row])
+    def _build_search_index(self, target: str | None, settings: SearchSettings | None = None):
+        """A new FAISS index of every row of `target`, of the type `settings` choose at this size."""
+        settings = settings or self.search_settings
+        kind = settings.resolved_type(len(self))
+        sample = self._training_sample(target, settings, kind)
+        blocks = (block for _, block in self.iter_vectors(target))
+        return engine.build_index(blocks, len(self), self.dim, kind, settings, self.storage_dtype, sample)
 
-    def read_all(self, name: str) -> np.ndarray:
-        """One stored tensor of every row, in memory (for tests and small indexes)."""
-        blocks = [np.array(block) for _, block in self.iter_blocks(name)]
-        return np.concatenate(blocks) if blocks else np.zeros((0,))
+    def _training_sample(self, target: str | None, settings: SearchSettings, kind: str,
+                         per_list: int = 64) -> np.ndarray | None:  # fmt: skip
+        """Evenly spaced rows to train an IVF index on (`per_list` rows per list, up to every row)."""
+        if kind != "ivfpq":
+            return None
+        step = max(1, len(self) // (settings.lists(len(self)) * per_list))
+        return np.concatenate([block[(-first) % step :: step] for first, block in self.iter_vectors(target)] or
+                              [np.zeros((0, self.dim), dtype=np.float32)])  # fmt: skip
+
+    def commit_search_indices(self, rebuild: bool = False, settings: SearchSettings | None = None) -> list[str]:
+        """Writes every target's FAISS index holding all committed rows, and commits them: each
+        extended from its last file, or built anew from the shards when `rebuild`, when `settings`
+        change, or when the index type this size calls for differs from the file's (e.g. `auto`
+        passing `exact_up_to`). The caller holds `writer_lock`. Returns what was done, per target."""
+        settings = settings or self.search_settings
+        rebuild = rebuild or settings != self.search_settings
+        commit = self.metadata["search"]["commit"] + 1
+        files, done = [], []
+        for position, target in enumerate(self.targets):
+            recorded, kind = self._search_file(target), settings.resolved_type(len(self))
+            fresh = rebuild or recorded is None or recorded["type"] != kind
+            index = self._build_search_index(target, settings) if fresh else self.search_index(target)
+            path = self.folder / FAISS_PATTERN.format(commit, position)
+            engine.write_index(index, path)
+            files.append({"file": path.name, "rows": len(self), "type": kind, "bytes": path.stat().st_size,
+                          "sha256": file_sha256(path)})  # fmt: skip
+            done.append(f"{target or 'global'}: {kind}, {'built' if fresh else 'extended'}")
+        metadata = dict(self.metadata, search={"settings": settings.to_json(), "commit": commit, "files": files})
+        _write_json_atomically(self.folder / METADATA_FILE, metadata)
+        self.metadata = metadata
+        self._forget_loaded()
+        self._remove_files("faiss-*.index", lambda path: _faiss_commit(path) < commit - 1)  # readers may load the last
+        return done
+
+    def verify(self) -> list[str]:
+        """Problems found by re-reading every shard and FAISS file against its recorded SHA-256 (empty when sound)."""
+        problems = []
+        for recorded in [*self.metadata["shards"], *self.metadata["search"]["files"]]:
+            path = self.folder / recorded["file"]
+            if not path.is_file():
+                problems.append(f"{path} is missing")
+            elif "sha256" not in recorded:
+                problems.append(f"{path}: index.json records no checksum")
+            elif file_sha256(path) != recorded["sha256"]:
+                problems.append(f"{path}: its bytes differ from the SHA-256 recorded when it was written")
+        try:
+            self.items, self.shards  # noqa: B018 (reading them runs the open-time checks)
+            for target in self.targets:
+                self.search_index(target)
+        except (EmbeddingIndexError, FileNotFoundError) as error:
+            problems.append(str(error))
+        return problems
 
     # ------------------------------------------------------------------ writing
     def add(self, image_embeds: torch.Tensor, region_embeds: torch.Tensor, thumbnails: np.ndarray,
             items: Sequence[IndexItem | dict[str, Any]], source: str) -> None:  # fmt: skip
-        """Appends one shard: `image_embeds [n, dim]`, `region_embeds [n, entities, dim]` (both are
-        L2-normalised here), `thumbnails [n, size, size, 3]` uint8 and one item per row."""
+        """Appends and commits one shard: `image_embeds [n, dim]`, `region_embeds [n, entities, dim]`
+        (both are L2-normalised here), `thumbnails [n, size, size, 3]` uint8 and one item per row.
+        The FAISS indices take the rows at the next `commit_search_indices` (searches see them at once)."""
         rows = image_embeds.shape[0]
         expected = {"image_embeds": (rows, self.dim), "region_embeds": (rows, len(self.entities), self.dim),
                     "thumbnails": (rows, self.thumbnail_size, self.thumbnail_size, 3)}  # fmt: skip
@@ -277,44 +400,84 @@ class EmbeddingIndex:
                 raise EmbeddingIndexError(f"{name} has shape {actual[name]}, this index needs {shape}")
         if len(items) != rows:
             raise EmbeddingIndexError(f"{len(items)} items for {rows} embeddings")
+        for name, values in (("image_embeds", image_embeds), ("region_embeds", region_embeds)):
+            if not torch.isfinite(values).all():
+                raise EmbeddingIndexError(f"{name} holds non-finite values: the model produced NaN or infinity")
         if rows == 0:
             return
         records = [item.to_json() if isinstance(item, IndexItem) else dict(item) for item in items]
         self._discard_uncommitted()
         shard_file = SHARD_PATTERN.format(len(self.metadata["shards"]))
-        tensors = {
-            "image_embeds": torch.nn.functional.normalize(image_embeds.float(), dim=-1).contiguous(),
-            "region_embeds": torch.nn.functional.normalize(region_embeds.float(), dim=-1).contiguous(),
-            "thumbnails": torch.from_numpy(np.ascontiguousarray(thumbnails, dtype=np.uint8)),
-        }
         shard_path = self.folder / shard_file
-        save_file(tensors, str(shard_path), metadata={"source": source})
+        save_file(self._shard_tensors(image_embeds, region_embeds, thumbnails), str(shard_path),
+                  metadata={"source": source})  # fmt: skip
         with open(self.folder / ITEMS_FILE, "a", encoding="utf-8") as handle:
             handle.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
             handle.flush()
             os.fsync(handle.fileno())
-        metadata = dict(self.metadata)
         shard = {"file": shard_file, "rows": rows, "source": source, "bytes": shard_path.stat().st_size,
                  "sha256": file_sha256(shard_path)}  # fmt: skip
-        metadata["shards"] = [*self.metadata["shards"], shard]
-        metadata["rows"] = len(self) + rows
+        metadata = dict(self.metadata, shards=[*self.metadata["shards"], shard], rows=len(self) + rows)
         _write_json_atomically(self.folder / METADATA_FILE, metadata)
-        self.metadata, self._shards, self._items = metadata, None, None
+        self.metadata = metadata
+        self._forget_loaded()
+
+    def append_index(self, other: EmbeddingIndex) -> None:
+        """Appends every shard of `other` (same model, entities and sizes), one commit per shard."""
+        for name in ("model_fingerprint", "entities", "dim", "thumbnail_size", "storage_dtype"):
+            if other.metadata[name] != self.metadata[name]:
+                raise EmbeddingIndexError(f"{other.folder} differs from {self.folder} in {name}")
+        first_row = 0
+        for handle, shard in zip(other.shards, other.metadata["shards"]):
+            regions = torch.stack([handle.get_slice(other.tensor_name(entity))[:] for entity in other.entities], dim=1)
+            items = other.items[first_row : first_row + shard["rows"]]
+            self.add(handle.get_slice("image_embeds")[:], regions, handle.get_slice("thumbnails")[:].numpy(), items,
+                     shard["source"])  # fmt: skip
+            first_row += shard["rows"]
+
+    def _shard_tensors(self, image_embeds: torch.Tensor, region_embeds: torch.Tensor,
+                       thumbnails: np.ndarray) -> dict[str, torch.Tensor]:  # fmt: skip
+        """Each target's vectors as its own contiguous tensor, normalised, in the storage dtype."""
+        dtype = TORCH_DTYPES[self.storage_dtype]
+        vectors = [image_embeds, *region_embeds.unbind(dim=1)]  # [n, dim] each
+        tensors = {self.tensor_name(target): F.normalize(values.float(), dim=-1).to(dtype).contiguous()
+                   for target, values in zip(self.targets, vectors)}  # fmt: skip
+        tensors["thumbnails"] = torch.from_numpy(np.ascontiguousarray(thumbnails, dtype=np.uint8))
+        return tensors
 
     def reload(self) -> None:
         """Re-reads `index.json` (another writer may have committed since this object was opened)."""
         self.metadata = read_metadata(self.folder / METADATA_FILE)
-        self._shards, self._items = None, None
+        self._forget_loaded()
 
     def _discard_uncommitted(self) -> None:
-        """Drops what an interrupted add left: item lines past the committed rows, unlisted shards."""
+        """Drops what an interrupted add left: item lines past the committed rows, unlisted shards and FAISS files."""
         with open(self.folder / ITEMS_FILE, encoding="utf-8") as handle:
             lines = [line for _, line in zip(range(len(self)), handle)]
         (self.folder / ITEMS_FILE).write_text("".join(lines), encoding="utf-8")
+        committed = self.metadata["search"]["commit"]
         listed = {shard["file"] for shard in self.metadata["shards"]}
-        for path in self.folder.glob("shard-*.safetensors"):
-            if path.name not in listed:
-                path.unlink()
+        self._remove_files("shard-*.safetensors", lambda path: path.name not in listed)
+        self._remove_files("faiss-*.index", lambda path: _faiss_commit(path) > committed)
+
+    def _remove_files(self, pattern: str, condition) -> None:
+        for path in self.folder.glob(pattern):
+            if condition(path):
+                path.unlink(missing_ok=True)
+
+
+def _faiss_commit(path: Path) -> int:
+    """The commit number in a FAISS file's name (`faiss-00003-1.index`: 3)."""
+    parts = path.name.split("-")
+    return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else -1
+
+
+def _check_recorded_size(path: Path, recorded: dict[str, Any]) -> None:
+    if "bytes" in recorded and path.is_file() and path.stat().st_size != recorded["bytes"]:
+        raise EmbeddingIndexError(
+            f"{path} has {path.stat().st_size} bytes, index.json recorded {recorded['bytes']}: the file was "
+            "changed or truncated after it was written; rebuild the index"
+        )
 
 
 @contextmanager
@@ -375,16 +538,34 @@ def read_metadata(path: Path) -> dict[str, Any]:
         raise EmbeddingIndexError(f"{path} is not valid JSON: {error}") from None
     if not isinstance(metadata, dict):
         raise EmbeddingIndexError(f"{path} holds a JSON {type(metadata).__name__}, not an object")
+    if metadata.get("format") == INDEX_FORMAT and metadata.get("version") == 1:
+        raise EmbeddingIndexError(
+            f"{path}: an index of e2-hf 0.1 (brute-force search, interleaved regional embeddings); this version "
+            "searches with FAISS and stores each entity apart: build it again from the catalog with e2-hf index"
+        )
     if metadata.get("format") != INDEX_FORMAT or metadata.get("version") != INDEX_VERSION:
         raise EmbeddingIndexError(f"{path}: not an {INDEX_FORMAT} version {INDEX_VERSION} file")
     _check_fields(metadata, METADATA_FIELDS, f"{path}")
-    for position, shard in enumerate(metadata["shards"]):
-        if not isinstance(shard, dict):
-            raise EmbeddingIndexError(f"{path}: shards[{position}] is not an object")
-        _check_fields(shard, SHARD_FIELDS, f"{path}: shards[{position}]")
+    if metadata["storage_dtype"] not in STORAGE_DTYPES:
+        raise EmbeddingIndexError(f"{path}: unknown storage_dtype {metadata['storage_dtype']!r}")
+    _check_records(metadata["shards"], SHARD_FIELDS, f"{path}: shards")
+    _check_fields(metadata["search"], SEARCH_FIELDS, f"{path}: search")
+    _check_records(metadata["search"]["files"], FAISS_FILE_FIELDS, f"{path}: search files")
     if sum(shard["rows"] for shard in metadata["shards"]) != metadata["rows"]:
         raise EmbeddingIndexError(f"{path}: 'rows' is {metadata['rows']}, its shards hold a different number")
+    if metadata["search"]["files"] and len(metadata["search"]["files"]) != 1 + len(metadata["entities"]):
+        raise EmbeddingIndexError(f"{path}: search files must be one per target (global, then each entity)")
+    if any(recorded["rows"] > metadata["rows"] for recorded in metadata["search"]["files"]):
+        raise EmbeddingIndexError(f"{path}: a FAISS file records more rows than the index has")
+    SearchSettings.from_json(metadata["search"]["settings"], f"{path}: search settings")
     return metadata
+
+
+def _check_records(records: list, fields: dict[str, type], where: str) -> None:
+    for position, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise EmbeddingIndexError(f"{where}[{position}] is not an object")
+        _check_fields(record, fields, f"{where}[{position}]")
 
 
 def _check_fields(record: dict[str, Any], fields: dict[str, type], where: str) -> None:

@@ -1,0 +1,168 @@
+"""FAISS indices of an embedding index: one per search target (the global embedding, each entity's
+regional embedding), exact or approximate, written to and read from files with clear errors.
+
+Index types (inner product on L2-normalised vectors, i.e. cosine similarity):
+
+    flat    exact (`IndexFlatIP`, or scalar-quantised to float16 / bfloat16 with that storage)
+    hnsw    approximate graph search (`IndexHNSW*`): fast queries, vectors kept in full
+    ivfpq   approximate, compressed: inverted lists of 4-bit product-quantised codes, the best
+            candidates re-scored from 8-bit scalar-quantised vectors (about 3x less memory)
+    auto    flat up to `exact_up_to` rows, hnsw beyond
+
+The defaults below are the choices benchmark 8 measured (BENCHMARKS.md, "Search at scale").
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import EmbeddingIndexError
+
+INDEX_TYPES = ("auto", "flat", "hnsw", "ivfpq")
+STORAGE_DTYPES = ("float32", "float16", "bfloat16")
+# how a storage dtype is kept inside a FAISS index (index_factory's spelling)
+FAISS_VECTOR_CODES = {"float32": "Flat", "float16": "SQfp16", "bfloat16": "SQbf16"}
+
+
+def import_faiss():
+    try:
+        import faiss
+    except ImportError:
+        raise ImportError("searching an index needs FAISS: pip install faiss-cpu (or a GPU build of faiss)") from None
+    return faiss
+
+
+@dataclass
+class SearchSettings:
+    """How the FAISS indices of an index are built and searched; stored in its `index.json`."""
+
+    index_type: str = "auto"
+    exact_up_to: int = 100_000  # auto: exact search up to this many rows (flat: ~10 ms per query at 100k)
+    hnsw_neighbours: int = 32  # HNSW's M: graph degree
+    hnsw_ef_construction: int = 40
+    hnsw_ef_search: int = 64  # candidates kept while searching: recall against speed
+    ivf_lists: int = 0  # 0: 4 * sqrt(rows), between 16 and 65536
+    ivf_probes: int = 16  # lists searched per query
+    pq_subvectors: int = 0  # 0: dim / 4 (4-bit codes: dim / 8 bytes per vector)
+    refine_factor: int = 16  # ivfpq: re-score refine_factor * top_k candidates from 8-bit vectors
+
+    def __post_init__(self) -> None:
+        if self.index_type not in INDEX_TYPES:
+            raise EmbeddingIndexError(f"unknown index type {self.index_type!r}; choose one of {', '.join(INDEX_TYPES)}")
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if item.name != "index_type" and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+                raise EmbeddingIndexError(f"search setting {item.name} must be a non-negative integer, got {value!r}")
+
+    @classmethod
+    def from_json(cls, record: dict[str, Any], where: str) -> SearchSettings:
+        known = {item.name for item in fields(cls)}
+        unknown = sorted(set(record) - known)
+        if unknown:
+            raise EmbeddingIndexError(f"{where}: unknown search settings {unknown}")
+        return cls(**record)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def resolved_type(self, rows: int) -> str:
+        """The index type used at `rows` rows: `auto` picks flat or hnsw by size."""
+        if self.index_type != "auto":
+            return self.index_type
+        return "flat" if rows <= self.exact_up_to else "hnsw"
+
+    def factory_string(self, kind: str, dim: int, rows: int, storage_dtype: str) -> str:
+        """FAISS `index_factory` description of a `kind` index over `rows` vectors."""
+        vectors = FAISS_VECTOR_CODES[storage_dtype]
+        if kind == "flat":
+            return vectors
+        if kind == "hnsw":
+            return f"HNSW{self.hnsw_neighbours},{vectors}"
+        subvectors = self.pq_subvectors or max(1, dim // 4)
+        if dim % subvectors:
+            raise EmbeddingIndexError(f"pq_subvectors {subvectors} must divide the embedding size {dim}")
+        return f"IVF{self.lists(rows)},PQ{subvectors}x4fs,Refine(SQ8)"
+
+    def lists(self, rows: int) -> int:
+        """IVF lists at `rows` rows: `ivf_lists`, or 4 * sqrt(rows) between 16 and 65536."""
+        return self.ivf_lists or min(65536, max(16, round(4 * math.sqrt(max(rows, 1)))))
+
+
+def build_index(blocks: Iterable[np.ndarray], rows: int, dim: int, kind: str, settings: SearchSettings,
+                storage_dtype: str, training_sample: np.ndarray | None = None):  # fmt: skip
+    """A FAISS index of `kind` holding `blocks` (float32 `[n, dim]`, `rows` in all), in order.
+    An IVF index is trained on `training_sample` first."""
+    faiss = import_faiss()
+    index = faiss.index_factory(
+        dim, settings.factory_string(kind, dim, rows, storage_dtype), faiss.METRIC_INNER_PRODUCT
+    )
+    if kind == "hnsw":
+        index.hnsw.efConstruction = settings.hnsw_ef_construction
+    if not index.is_trained:
+        index.train(_trainable(training_sample, index))
+    return extend_index(index, blocks)
+
+
+def _trainable(sample: np.ndarray | None, index) -> np.ndarray:
+    lists = import_faiss().extract_index_ivf(index).nlist
+    if sample is None or len(sample) < lists:
+        count = 0 if sample is None else len(sample)
+        raise EmbeddingIndexError(
+            f"an IVF index with {lists} lists needs at least {lists} rows to train on, got {count}: "
+            "use --index-type flat or hnsw for an index this small"
+        )
+    return np.ascontiguousarray(sample, dtype=np.float32)
+
+
+def extend_index(index, blocks: Iterable[np.ndarray]):
+    """Adds each float32 `[n, dim]` block to `index`, in order; returns it."""
+    for block in blocks:
+        index.add(np.ascontiguousarray(block, dtype=np.float32))
+    return index
+
+
+def configure_for_search(index, settings: SearchSettings) -> None:
+    """Applies the query-time settings (HNSW's efSearch, IVF's probes) to a loaded index."""
+    faiss = import_faiss()
+    parameters = faiss.ParameterSpace()
+    if hasattr(faiss.downcast_index(index), "hnsw"):
+        parameters.set_index_parameter(index, "efSearch", settings.hnsw_ef_search)
+    if isinstance(faiss.downcast_index(index), faiss.IndexRefine):
+        parameters.set_index_parameter(index, "nprobe", settings.ivf_probes)
+        faiss.downcast_index(index).k_factor = settings.refine_factor
+
+
+def search_index(index, queries: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """`(scores [q, k], rows [q, k])` of the `top_k` nearest rows per query; row -1 where fewer exist."""
+    return index.search(np.ascontiguousarray(queries, dtype=np.float32), top_k)
+
+
+def write_index(index, path: Path) -> None:
+    import_faiss().write_index(index, str(path))
+
+
+def read_index(path: Path, rows: int, dim: int):
+    """The FAISS index in `path`, checked to hold `rows` vectors of size `dim`; a missing, corrupt
+    or mismatched file is an `EmbeddingIndexError` naming it."""
+    faiss = import_faiss()
+    if not path.is_file():
+        raise EmbeddingIndexError(f"FAISS index {path} is missing; recreate it with e2-hf index --rebuild")
+    try:
+        index = faiss.read_index(str(path))
+    except RuntimeError as error:
+        reason = str(error).strip().splitlines()[-1]
+        raise EmbeddingIndexError(
+            f"{path} is not a readable FAISS index ({reason}); recreate it with e2-hf index --rebuild"
+        ) from None
+    if index.ntotal != rows or index.d != dim:
+        raise EmbeddingIndexError(
+            f"{path} holds {index.ntotal} vectors of size {index.d}, index.json recorded {rows} of size {dim}; "
+            "recreate it with e2-hf index --rebuild"
+        )
+    return index
