@@ -149,9 +149,7 @@ def read_queries(path: str | Path, default_entity: str | None = None) -> list[Se
             where = f"{path} line {number}"
             record = json_object(line, where, "one query", ValueError)
             unknown = sorted(set(record) - set(QUERY_FIELDS))
-            wrong = [
-                name for name, kind in QUERY_FIELDS.items() if name in record and not isinstance(record[name], kind)
-            ]
+            wrong = [name for name in QUERY_FIELDS if name in record and not isinstance(record[name], str)]
             if unknown or wrong or ("text" in record) == ("image" in record):
                 raise ValueError(f'{where}: a query is {{"text": ...}} or {{"image": PATH}}, optionally with "entity" '
                                  f'and "id" (all strings); unknown fields {unknown}, not strings {wrong}')  # fmt: skip
