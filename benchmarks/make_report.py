@@ -578,6 +578,59 @@ def serving_section(result: dict) -> list[str]:
     ]
 
 
+SEARCH_SIDES = {"brute_force": "brute force (0.1)", "flat": "FAISS flat (exact)", "hnsw": "FAISS HNSW",
+                "ivfpq": "FAISS IVF-PQ + refine", "flat_float16": "flat, float16 storage",
+                "flat_bfloat16": "flat, bfloat16 storage", "hnsw_float16": "HNSW, float16 storage",
+                "hnsw_bfloat16": "HNSW, bfloat16 storage"}  # fmt: skip
+
+
+def search_scale_section(result: dict) -> list[str]:
+    headers = ["rows", "side", "build s", "memory MB", "batch 1 p50 / p99 ms", "batch 64 p50 / p99 ms",
+               "recall@10", "speed-up at batch 1"]  # fmt: skip
+    rows = []
+    for size, measured in result["sizes"].items():
+        first = measured["targets"][measured["targets_measured"][0]]
+        for side, name in SEARCH_SIDES.items():
+            if side not in first:
+                continue
+            values, summary = first[side], measured["summary"][side]
+            rows.append([f"{int(size):,}", name, f"{values['build_s']:.1f}", f"{values['memory_bytes'] / 1e6:,.0f}",
+                         f"{1000 * values['batch_1']['p50_s']:.2f} / {1000 * values['batch_1']['p99_s']:.2f}",
+                         f"{1000 * values['batch_64']['p50_s']:.1f} / {1000 * values['batch_64']['p99_s']:.1f}",
+                         f"{values['recall_at_10']:.3f}", f"{summary['speedup_batch_1']:.1f}x"])  # fmt: skip
+    goal = result["goal"]
+    largest = result["sizes"][str(goal["at_rows"])]["summary"]["hnsw"]
+    verdict = "met" if result["goal_met"] else "missed"
+    per_target = []
+    for size, measured in result["sizes"].items():
+        for target in measured["targets_measured"]:
+            sides = measured["targets"][target]
+            cells = [f"{sides[side]['build_s']:.1f} s, {sides[side]['recall_at_10']:.3f}"
+                     for side in ("flat", "hnsw", "ivfpq")]  # fmt: skip
+            per_target.append([f"{int(size):,}", target, *cells])
+    return [
+        "## 8. Search at scale",
+        "",
+        f"Setting: {result['setting']}. The brute force is e2-hf 0.1's search (a block scan per query, one query "
+        "per call, so a batch of 64 is 64 calls); speed-ups are against it at batch 1, in the same run. Memory: the "
+        "FAISS index file (brute force: the float32 vectors). One target per row (the global one); an index holds "
+        "5 (global + 4 entities), so its build time and memory are 5x these.",
+        "",
+        *table(headers, rows, first_column_numeric=True),
+        "",
+        f"Goal: at {goal['at_rows']:,} rows, approximate search at least {goal['speedup']:.0f}x faster per query "
+        f"than brute force with recall@10 >= {goal['recall_at_10']}: HNSW {largest['speedup_batch_1']:.0f}x, "
+        f"recall@10 {largest['recall_at_10']:.3f}: **{verdict}**.",
+        "",
+        "Per target (build, recall@10 of flat / HNSW / IVF-PQ):",
+        "",
+        *table(["rows", "target", "flat", "hnsw", "ivfpq"], per_target, first_column_numeric=True),
+        "",
+        f"Default search settings (these measurements chose them): `{json.dumps(result['default_settings'])}`.",
+        "",
+    ]
+
+
 def logo_summary(selection: dict) -> str:
     """The brand tokens' logo hit rate over chance in the last fusion block, when measured."""
     blocks = selection.get("entities", {}).get("brand", {}).get("blocks") or []
@@ -598,6 +651,7 @@ SECTIONS = {
     "real_catalog": real_catalog_section,
     "framing": framing_section,
     "serving": serving_section,
+    "search_scale": search_scale_section,
 }
 COMMANDS = {
     "inference": "bench_inference.py",
@@ -610,6 +664,7 @@ COMMANDS = {
     "real_catalog": "real_catalog.py",
     "framing": "framing.py",
     "serving": "serving.py --demo-dir DIR",
+    "search_scale": "search_scale.py",
 }
 
 

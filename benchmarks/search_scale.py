@@ -113,8 +113,9 @@ def measure_target(rows: int, seed: int, query_count: int, brute_calls: dict[int
         sides[kind] = measure_faiss(
             kind, vectors, queries, exact, "float32", brute_calls if kind == "flat" else fast_calls
         )
-        print(f"  {rows:,} rows {kind}: build {sides[kind]['build_s']:.1f} s, recall@10 {sides[kind]['recall_at_10']:.3f}, "
-              f"batch 1 p50 {1000 * sides[kind]['batch_1']['p50_s']:.2f} ms", flush=True)  # fmt: skip
+        measured = sides[kind]
+        print(f"  {rows:,} rows {kind}: build {measured['build_s']:.1f} s, recall@10 {measured['recall_at_10']:.3f}, "
+              f"batch 1 p50 {1000 * measured['batch_1']['p50_s']:.2f} ms", flush=True)  # fmt: skip
     if storage_variants:
         for storage in ("float16", "bfloat16"):
             sides[f"flat_{storage}"] = measure_faiss("flat", vectors, queries, exact, storage, brute_calls)

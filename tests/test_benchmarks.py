@@ -23,6 +23,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
         "bench_tagging",
         "framing",
         "serving",
+        "search_scale",
     ],
 )
 def test_benchmark_runs_at_toy_size(script, tmp_path):
