@@ -31,6 +31,7 @@ TOP_K = 10
 BATCH = 64
 TARGETS = ("global", "brand", "season", "subcategory", "composition")
 GOAL_SPEEDUP, GOAL_RECALL = 100.0, 0.95
+SWEEPS = {"hnsw": ("hnsw_ef_search", (32, 64, 128, 256, 512)), "ivfpq": ("refine_factor", (16, 32, 64, 128, 256))}
 
 
 def clustered_unit_vectors(rows: int, seed: int, spread: float = 1.0, block: int = 100_000) -> np.ndarray:
@@ -93,7 +94,24 @@ def measure_faiss(kind: str, vectors: np.ndarray, queries: np.ndarray, exact: np
         result[f"batch_{batch}"] = latencies(
             lambda chunk: engine.search_index(index, chunk, TOP_K), queries, batch, count
         )
+    if kind in SWEEPS:  # the query-time setting: recall against speed, on the same index
+        name, values = SWEEPS[kind]
+        result["sweep"] = {"setting": name, "rows": [sweep_row(index, settings, name, value, queries, exact, calls)
+                                                     for value in values]}  # fmt: skip
+        for row in result["sweep"]["rows"]:
+            print(f"    {name} {row[name]}: recall@10 {row['recall_at_10']:.3f}, "
+                  f"batch 1 p50 {1000 * row['batch_1']['p50_s']:.2f} ms", flush=True)  # fmt: skip
+        engine.configure_for_search(index, settings)
     return result
+
+
+def sweep_row(index, settings, name: str, value: int, queries, exact, calls: dict[int, int]) -> dict:
+    engine.configure_for_search(index, engine.SearchSettings(**{**settings.to_json(), name: value}))
+    found = engine.search_index(index, queries, TOP_K)[1]
+    row = {name: value, "recall_at_10": recall_at_k(found, exact)}
+    for batch, count in calls.items():
+        row[f"batch_{batch}"] = latencies(lambda chunk: engine.search_index(index, chunk, TOP_K), queries, batch, count)
+    return row
 
 
 def measure_target(rows: int, seed: int, query_count: int, brute_calls: dict[int, int], fast_calls: dict[int, int],
@@ -149,7 +167,8 @@ def main() -> None:
             print(f"{size:,} rows {side}: {values['speedup_batch_1']:.1f}x brute force at batch 1, "
                   f"recall@10 {values['recall_at_10']:.3f}")  # fmt: skip
     largest = results[str(sizes[-1])]["summary"]
-    approximate = largest["hnsw"]
+    met = {side: largest[side]["speedup_batch_1"] >= GOAL_SPEEDUP and largest[side]["recall_at_10"] >= GOAL_RECALL
+           for side in ("hnsw", "ivfpq")}  # fmt: skip
     write_result(
         "search_scale",
         {
@@ -158,7 +177,8 @@ def main() -> None:
             "CPU; latencies are wall-clock p50 / p99 per call, recall against exact search",
             "sizes": results,
             "goal": {"speedup": GOAL_SPEEDUP, "recall_at_10": GOAL_RECALL, "at_rows": sizes[-1]},
-            "goal_met": approximate["speedup_batch_1"] >= GOAL_SPEEDUP and approximate["recall_at_10"] >= GOAL_RECALL,
+            "goal_met_by": met,
+            "goal_met": any(met.values()),
             "default_settings": engine.SearchSettings().to_json(),
         },
         args.output,

@@ -42,7 +42,7 @@ def exact_top_k(vectors: np.ndarray, queries: np.ndarray, top_k: int) -> list[li
 
 def test_flat_is_exact_and_auto_turns_approximate_past_its_limit(tmp_path):
     index, shards = planted_index(tmp_path / "index", ["brand", "season"], dim=16)
-    settings = SearchSettings(exact_up_to=40, hnsw_ef_search=64)
+    settings = SearchSettings(exact_up_to=40, ivf_lists=4, ivf_probes=4)  # past 40 rows: ivfpq, every list probed
     index.metadata["search"]["settings"] = settings.to_json()
     queries = torch.nn.functional.normalize(torch.randn(6, 16, generator=torch.Generator().manual_seed(2)), dim=-1)
     image, region, thumbnails, items = shards[0]  # 30 rows: under the limit, exact
@@ -54,14 +54,14 @@ def test_flat_is_exact_and_auto_turns_approximate_past_its_limit(tmp_path):
     assert found == exact_top_k(region[:, 1].numpy(), queries.numpy(), 5)
     index.add(*shards[1][:3], shards[1][3], source="planted")  # 55 rows: past the limit
     with writer_lock(index.folder):
-        assert index.commit_search_indices() == ["global: hnsw, built", "brand: hnsw, built", "season: hnsw, built"]
+        assert index.commit_search_indices() == ["global: ivfpq, built", "brand: ivfpq, built", "season: ivfpq, built"]
     all_regions = torch.cat([region[:, 0], shards[1][1][:, 0]]).numpy()
     found = [[hit.row for hit in hits] for hits in search_embeddings(index, queries, "brand", top_k=5)]
-    assert found == exact_top_k(all_regions, queries.numpy(), 5)  # HNSW finds the exact top 5 of 55 rows
+    assert found == exact_top_k(all_regions, queries.numpy(), 5)  # re-scored from 8-bit vectors: the exact top 5
     index.add(*shards[1][:3], [{**item.to_json(), "product_id": item.product_id + "b"} for item in shards[1][3]],
               source="planted")  # fmt: skip
     with writer_lock(index.folder):
-        assert index.commit_search_indices()[0] == "global: hnsw, extended"
+        assert index.commit_search_indices()[0] == "global: ivfpq, extended"
     assert EmbeddingIndex(index.folder).search_index(None).ntotal == 80
 
 

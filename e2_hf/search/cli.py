@@ -37,8 +37,8 @@ def add_index_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                         "bfloat16 halve them (recall cost: BENCHMARKS.md, search at scale)")  # fmt: skip
     search = parser.add_argument_group("FAISS indices (a new index, or --rebuild)")
     search.add_argument("--index-type", choices=INDEX_TYPES,
-                        help="auto (default): exact up to --exact-up-to rows, hnsw beyond; flat: exact; hnsw: "
-                        "approximate, fast; ivfpq: approximate, compressed")  # fmt: skip
+                        help="auto (default): exact up to --exact-up-to rows, ivfpq beyond; flat: exact; hnsw: "
+                        "approximate graph; ivfpq: approximate, compressed")  # fmt: skip
     search.add_argument("--exact-up-to", type=int, help=f"auto's limit (default {DEFAULT_SETTINGS.exact_up_to})")
     search.add_argument("--hnsw-ef-search", type=int,
                         help=f"hnsw: candidates per query (default {DEFAULT_SETTINGS.hnsw_ef_search})")  # fmt: skip
@@ -73,16 +73,20 @@ def launched_processes():
 def run_index(args: argparse.Namespace) -> None:
     from .index import EmbeddingIndex
 
-    if args.verify or args.rebuild or args.export_dataset and not args.data:
+    if not args.data:
+        if not (args.verify or args.rebuild or args.export_dataset):
+            raise ValueError("adding to an index needs --model and --data (or --verify, --rebuild or --export-dataset)")
         return _maintain_index(args, EmbeddingIndex(args.output))
-    if not args.model or not args.data:
-        raise ValueError("adding to an index needs --model and --data (or --verify, --rebuild or --export-dataset)")
-    index = _add_to_index(args)
-    if args.export_dataset:
+    if args.verify or args.rebuild:
+        raise ValueError("--verify and --rebuild work on the index as it is: run them without --data")
+    if not args.model:
+        raise ValueError("adding to an index needs --model")
+    index, main = _add_to_index(args)
+    if args.export_dataset and main:
         _maintain_index(args, index)
 
 
-def _add_to_index(args: argparse.Namespace):
+def _add_to_index(args: argparse.Namespace) -> tuple[Any, bool]:
     from ..evaluation.embedding import load_for_inference
     from .build import add_catalog, open_or_create_index
     from .index import EmbeddingIndex
@@ -106,7 +110,7 @@ def _add_to_index(args: argparse.Namespace):
             print(f"{spec}: added {report.added} products{skipped}; the index has {report.total}")
     if main:
         print(f"index in {args.output}")
-    return index
+    return index, main
 
 
 def _maintain_index(args: argparse.Namespace, index) -> None:

@@ -7,7 +7,7 @@ Index types (inner product on L2-normalised vectors, i.e. cosine similarity):
     hnsw    approximate graph search (`IndexHNSW*`): fast queries, vectors kept in full
     ivfpq   approximate, compressed: inverted lists of 4-bit product-quantised codes, the best
             candidates re-scored from 8-bit scalar-quantised vectors (about 3x less memory)
-    auto    flat up to `exact_up_to` rows, hnsw beyond
+    auto    flat up to `exact_up_to` rows, ivfpq beyond
 
 The defaults below are the choices benchmark 8 measured (BENCHMARKS.md, "Search at scale").
 """
@@ -43,14 +43,14 @@ class SearchSettings:
     """How the FAISS indices of an index are built and searched; stored in its `index.json`."""
 
     index_type: str = "auto"
-    exact_up_to: int = 100_000  # auto: exact search up to this many rows (flat: ~10 ms per query at 100k)
+    exact_up_to: int = 100_000  # auto: exact search up to this many rows (flat: ~50 ms a query at 100k, 2 cores)
     hnsw_neighbours: int = 32  # HNSW's M: graph degree
     hnsw_ef_construction: int = 40
-    hnsw_ef_search: int = 64  # candidates kept while searching: recall against speed
+    hnsw_ef_search: int = 256  # candidates kept while searching: recall against speed
     ivf_lists: int = 0  # 0: 4 * sqrt(rows), between 16 and 65536
     ivf_probes: int = 16  # lists searched per query
     pq_subvectors: int = 0  # 0: dim / 4 (4-bit codes: dim / 8 bytes per vector)
-    refine_factor: int = 16  # ivfpq: re-score refine_factor * top_k candidates from 8-bit vectors
+    refine_factor: int = 64  # ivfpq: re-score refine_factor * top_k candidates from 8-bit vectors
 
     def __post_init__(self) -> None:
         if self.index_type not in INDEX_TYPES:
@@ -72,10 +72,10 @@ class SearchSettings:
         return asdict(self)
 
     def resolved_type(self, rows: int) -> str:
-        """The index type used at `rows` rows: `auto` picks flat or hnsw by size."""
+        """The index type used at `rows` rows: `auto` picks flat or ivfpq by size."""
         if self.index_type != "auto":
             return self.index_type
-        return "flat" if rows <= self.exact_up_to else "hnsw"
+        return "flat" if rows <= self.exact_up_to else "ivfpq"
 
     def factory_string(self, kind: str, dim: int, rows: int, storage_dtype: str) -> str:
         """FAISS `index_factory` description of a `kind` index over `rows` vectors."""
