@@ -62,6 +62,7 @@ def test_flat_is_exact_and_auto_turns_approximate_past_its_limit(tmp_path):
               source="planted")  # fmt: skip
     with writer_lock(index.folder):
         assert index.commit_search_indices()[0] == "global: ivfpq, extended"
+        assert index.commit_search_indices() == []  # nothing new: no file is rewritten
     assert EmbeddingIndex(index.folder).search_index(None).ntotal == 80
 
 

@@ -344,13 +344,17 @@ class EmbeddingIndex:
         """Writes every target's FAISS index holding all committed rows, and commits them: each
         extended from its last file, or built anew from the shards when `rebuild`, when `settings`
         change, or when the index type this size calls for differs from the file's (e.g. `auto`
-        passing `exact_up_to`). The caller holds `writer_lock`. Returns what was done, per target."""
+        passing `exact_up_to`). The caller holds `writer_lock`. Returns what was done, per target
+        (nothing when the committed files hold every row already)."""
         settings = settings or self.search_settings
         rebuild = rebuild or settings != self.search_settings
+        kind = settings.resolved_type(len(self))
+        recorded_files = [self._search_file(target) for target in self.targets]
+        if not rebuild and all(file and file["rows"] == len(self) and file["type"] == kind for file in recorded_files):
+            return []  # every committed row is in the committed files already
         commit = self.metadata["search"]["commit"] + 1
         files, done = [], []
-        for position, target in enumerate(self.targets):
-            recorded, kind = self._search_file(target), settings.resolved_type(len(self))
+        for position, (target, recorded) in enumerate(zip(self.targets, recorded_files)):
             fresh = rebuild or recorded is None or recorded["type"] != kind
             index = self._build_search_index(target, settings) if fresh else self.search_index(target)
             path = self.folder / FAISS_PATTERN.format(commit, position)
