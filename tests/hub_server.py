@@ -1,7 +1,8 @@
 """A small Hub-compatible HTTP server for tests (standard library only, binds 127.0.0.1 only).
 
-It implements what huggingface_hub and transformers use to create a model repo, upload to it
-(regular and LFS files, one commit at a time) and download from it:
+It implements what huggingface_hub and transformers use to create a model or dataset repo,
+upload to it (regular and LFS files, one commit at a time) and download from it (dataset repos:
+the same routes under /api/datasets/ and /datasets/):
 
     GET  /api/whoami-v2
     POST /api/repos/create                        409 with the url when the repo exists
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
-LFS_EXTENSIONS = (".safetensors", ".bin", ".pt", ".pth", ".png", ".jpg", ".h5", ".gz")
+LFS_EXTENSIONS = (".safetensors", ".bin", ".pt", ".pth", ".png", ".jpg", ".h5", ".gz", ".parquet")
 EMPTY_ROOT = "0" * 40
 
 
@@ -211,6 +212,10 @@ class HubRequestHandler(BaseHTTPRequestHandler):
             return self._delete_repo(json.loads(body or b"{}"))
         if parts[:2] == ["api", "models"] and len(parts) >= 4:
             return self._model_api(method, f"{parts[2]}/{parts[3]}", parts[4:], body)
+        if parts[:2] == ["api", "datasets"] and len(parts) >= 4:
+            return self._model_api(method, f"datasets/{parts[2]}/{parts[3]}", parts[4:], body)
+        if parts[:1] == ["datasets"] and len(parts) >= 3:  # dataset repos: ids kept as "datasets/ns/name"
+            return self._route(method, [f"datasets/{parts[1]}", *parts[2:]], body)
         if parts[:2] == ["lfs", "upload"] and method == "PUT":
             return self._lfs_upload(parts[2], body)
         if parts[:2] == ["lfs", "verify"] and method == "POST":
@@ -248,6 +253,8 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         repo_id = f"{organization}/{name}" if organization else name
         if "/" not in repo_id:
             repo_id = f"tester/{repo_id}"
+        if payload.get("type") == "dataset":
+            repo_id = f"datasets/{repo_id}"
         url = f"{self.server.url}/{repo_id}"
         with self.hub.lock:
             if repo_id in self.hub.repos:

@@ -281,3 +281,39 @@ def test_model_card_without_metrics(model_dir):
     card = render_model_card(model_dir, "tester/e2-tiny")
     assert "model-index:" not in card and "No evaluation results" in card
     assert "Entities: brand, season, subcategory, composition" in card and "{{" not in card
+
+
+PUSH_AND_LOAD_DATASET = textwrap.dedent(
+    """
+    import json, sys
+    from datasets import load_dataset
+    from huggingface_hub import HfApi, snapshot_download
+
+    folder, repo_id = sys.argv[1], "tester/shop-embeddings"
+    HfApi().create_repo(repo_id, repo_type="dataset")
+    HfApi().upload_folder(folder_path=folder, repo_id=repo_id, repo_type="dataset")
+    products = load_dataset(snapshot_download(repo_id, repo_type="dataset"), split="train")
+    print(json.dumps({"ids": list(products["product_id"]), "first": products[0]["region_embeds_brand"]}))
+    """
+)
+
+
+def test_an_exported_index_is_pushed_as_a_dataset_repo_and_loads_back(hub, tmp_path):
+    pytest.importorskip("datasets", reason="the export is read with datasets (the test extra has it)")
+    import numpy as np
+
+    from e2_hf.search import EmbeddingIndex
+    from e2_hf.search.export import export_dataset
+
+    index = EmbeddingIndex.create(tmp_path / "index", "e2", "fingerprint", ["brand"], 8, thumbnail_size=4)
+    vectors = torch.nn.functional.normalize(torch.randn(6, 8, generator=torch.Generator().manual_seed(0)), dim=-1)
+    items = [{"product_id": f"p{row}", "description": "", "tags": {"brand": "b"}, "source": "s"} for row in range(6)]
+    index.add(vectors, vectors[:, None], np.zeros((6, 4, 4, 3), np.uint8), items, source="s")
+    export_dataset(index, tmp_path / "dataset")
+    command = [sys.executable, "-c", PUSH_AND_LOAD_DATASET, str(tmp_path / "dataset")]
+    environment = hub_env(hub, tmp_path / "home")
+    completed = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    loaded = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert loaded["ids"] == [f"p{row}" for row in range(6)]
+    np.testing.assert_allclose(loaded["first"], vectors[0].numpy(), atol=1e-6)
