@@ -100,7 +100,8 @@ def _add_to_index(args: argparse.Namespace) -> tuple[Any, bool]:
                                      search_settings(args, DEFAULT_SETTINGS))  # fmt: skip
     if processes is not None:
         processes.wait_for_everyone()  # the main process created the index
-        index = index if main else EmbeddingIndex(args.output)
+    if not main:
+        index = EmbeddingIndex(args.output)
     for spec in args.data:
         report = add_catalog(index, model, processor, spec, args.batch_size, device, dtype, args.num_workers,
                              skip_existing=args.skip_existing, keep_html=args.keep_html,

@@ -130,12 +130,12 @@ def extend_index(index, blocks: Iterable[np.ndarray]):
 def configure_for_search(index, settings: SearchSettings) -> None:
     """Applies the query-time settings (HNSW's efSearch, IVF's probes) to a loaded index."""
     faiss = import_faiss()
-    parameters = faiss.ParameterSpace()
-    if hasattr(faiss.downcast_index(index), "hnsw"):
+    parameters, concrete = faiss.ParameterSpace(), faiss.downcast_index(index)
+    if hasattr(concrete, "hnsw"):
         parameters.set_index_parameter(index, "efSearch", settings.hnsw_ef_search)
-    if isinstance(faiss.downcast_index(index), faiss.IndexRefine):
+    if isinstance(concrete, faiss.IndexRefine):
         parameters.set_index_parameter(index, "nprobe", settings.ivf_probes)
-        faiss.downcast_index(index).k_factor = settings.refine_factor
+        concrete.k_factor = settings.refine_factor
 
 
 def search_index(index, queries: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -227,9 +227,10 @@ class EmbeddingIndex:
             raise EmbeddingIndexError(
                 f"{path} is not a readable safetensors file ({error}); rebuild the index"
             ) from None
+        stored = set(handle.keys())
         for name, (shape, dtype) in self._expected_tensors(shard["rows"]).items():
-            found = (tuple(handle.get_slice(name).get_shape()), handle.get_slice(name).get_dtype()) \
-                if name in handle.keys() else None  # fmt: skip
+            tensor = handle.get_slice(name) if name in stored else None
+            found = (tuple(tensor.get_shape()), tensor.get_dtype()) if tensor is not None else None
             if found != (shape, dtype):
                 raise EmbeddingIndexError(
                     f"{path}: {name} is {found or 'missing'}, index.json ({shard['rows']} rows) needs {(shape, dtype)}"
