@@ -6,8 +6,8 @@
 layout, so `e2-hf push --model D --with-onnx` publishes both:
 
 - `onnx/image_encoder.onnx`: `pixel_values [batch, 3, size, size]` -> `image_embeds [batch, dim]`,
-  and with entities `region_embeds [batch, entities, dim]` and `selection_indices [batch, fusion
-  blocks, selection tokens]` (eval mode: the argmax patch);
+  with entities `region_embeds [batch, entities, dim]`, and with fusion blocks `selection_indices
+  [batch, fusion blocks, selection tokens]` (eval mode: the argmax patch);
 - `onnx/text_encoder.onnx`: `input_ids`, `attention_mask [batch, tokens]` -> `text_embeds [batch, dim]`;
 - with `--quantize int8`, `*_quantized.onnx` beside them (ONNX Runtime's dynamic int8 quantisation).
 
@@ -57,9 +57,8 @@ class ImageEncoder(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
         outputs = self.model(pixel_values=pixel_values)
-        if outputs.region_embeds is None:
-            return (outputs.image_embeds,)
-        return outputs.image_embeds, outputs.region_embeds, outputs.selection_indices
+        present = (outputs.image_embeds, outputs.region_embeds, outputs.selection_indices)
+        return tuple(tensor for tensor in present if tensor is not None)
 
 
 class TextEncoder(nn.Module):
@@ -74,7 +73,14 @@ class TextEncoder(nn.Module):
 
 
 def image_output_names(model: E2CLIPModel) -> list[str]:
-    return ["image_embeds", "region_embeds", "selection_indices"] if model.config.num_entities else ["image_embeds"]
+    """image_embeds; region_embeds with entities; selection_indices when fusion blocks choose patches."""
+    config = model.config
+    names = ["image_embeds"]
+    if config.num_entities:
+        names.append("region_embeds")
+    if config.active_fusion_layers:
+        names.append("selection_indices")
+    return names
 
 
 @dataclass

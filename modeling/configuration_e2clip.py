@@ -244,7 +244,10 @@ class E2CLIPConfig(PretrainedConfig):
         fusion_layers (`list[int]`, *optional*, defaults to `[7, 10]`):
             0-based indices of the vision layers after which a fusion block runs (the paper: after
             the 8th and the 11th of 12 layers). Strictly increasing, each below
-            `vision_config.num_hidden_layers`.
+            `vision_config.num_hidden_layers`. Empty with entities is the paper's "without fusion
+            blocks" ablation: the selection tokens are plain prefix tokens that see the image by
+            attention only, no patch is chosen or dropped, and they are still pooled into the
+            regional embeddings (`selection_indices` is then `None`).
         drop_patches_after_fusion (`bool`, *optional*, defaults to `True`):
             Drop the patch tokens after the last fusion block, so the remaining layers only see the
             selection tokens and CLS (the paper).
@@ -401,8 +404,11 @@ class E2CLIPConfig(PretrainedConfig):
             raise ValueError(f"fusion_layers must be 0-based vision layer indices below {num_layers}, got {layers}.")
         if any(later <= earlier for earlier, later in zip(layers, layers[1:])):
             raise ValueError(f"fusion_layers must be strictly increasing, got {layers}.")
-        if names and not layers:
-            raise ValueError(f"entities {names} need at least one fusion layer; fusion_layers is empty.")
+        if names and not layers and self.selection_attention == "isolated":
+            raise ValueError(
+                "selection_attention='isolated' needs at least one fusion layer (fusion_layers is empty): isolated "
+                "selection tokens see the image only through the patches they choose in fusion blocks."
+            )
         if self.gumbel_tau <= 0:
             raise ValueError(f"gumbel_tau must be positive, got {self.gumbel_tau}.")
         if self.selection_attention not in SELECTION_ATTENTION:

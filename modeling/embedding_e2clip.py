@@ -73,6 +73,8 @@ class E2CLIPImageEmbeddings:
         """The patches (row-major index in the patch grid) the entity's selection tokens chose in
         each fusion block: `[images, fusion blocks, the entity's tokens]`."""
         start, end = self.entity_token_slices[self._entity_index(entity)]
+        if self.selection_indices is None:
+            raise KeyError("no patches were chosen: this model has no fusion blocks (fusion_layers is empty)")
         return self.selection_indices[:, :, start:end]
 
 

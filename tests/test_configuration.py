@@ -48,7 +48,7 @@ def test_no_entities_means_no_fusion():
         ({"tokens_per_entity": 0}, "positive integers"),
         ({"fusion_layers": [10, 7]}, "strictly increasing"),
         ({"fusion_layers": [12]}, "below 12"),
-        ({"fusion_layers": []}, "at least one fusion layer"),
+        ({"fusion_layers": [], "selection_attention": "isolated"}, "needs at least one fusion layer"),
         ({"gumbel_tau": 0.0}, "gumbel_tau"),
         ({"region_loss": "focal"}, "region_loss must be one of"),
         ({"global_loss_weight": -1.0}, "non-negative"),

@@ -67,6 +67,25 @@ def test_keeping_patches_after_the_last_fusion(tester):
     assert outputs.vision_model_output.last_hidden_state.shape[1] == 8 + 1 + 16
 
 
+def test_selection_tokens_without_fusion_blocks_are_pooled_prefix_tokens(tester):
+    """The paper's "without fusion blocks" ablation: no patch is chosen or dropped, the tokens still
+    give every entity a regional embedding, the region loss trains them, and the tokens differ."""
+    tester.config_kwargs["fusion_layers"] = []
+    torch.manual_seed(0)
+    model = E2CLIPModel(tester.get_config()).train()
+    assert len(model.vision_model.fusion_blocks) == 0
+    outputs = forward_with_loss(model, tester, output_hidden_states=True)
+    config = model.config
+    assert outputs.selection_indices is None
+    assert outputs.region_embeds.shape == (tester.batch_size, config.num_entities, config.projection_dim)
+    num_patches = config.vision_config.num_patches
+    assert outputs.vision_model_output.last_hidden_state.shape[1] == config.num_selection_tokens + 1 + num_patches
+    assert torch.isfinite(outputs.region_loss)
+    outputs.loss.backward()
+    assert model.vision_model.selection_tokens.grad.abs().sum() > 0
+    assert not torch.allclose(outputs.region_embeds[:, 0], outputs.region_embeds[:, 1])
+
+
 def test_image_only_and_text_only_calls(tiny_model, tester):
     image_only = tiny_model(pixel_values=tester.pixel_values())
     assert image_only.text_embeds is None and image_only.logits_per_image is None

@@ -52,6 +52,14 @@ def test_export_runs_in_onnx_runtime_like_pytorch_at_other_batch_sizes(tiny_e2, 
     np.testing.assert_allclose(text_embeds, expected_text.text_embeds.numpy(), atol=1e-4)
 
 
+def test_a_model_without_fusion_blocks_exports_regions_without_patch_choices(tokenized_tester):
+    tokenized_tester.config_kwargs["fusion_layers"] = []
+    model = E2CLIPModel(tokenized_tester.get_config()).eval()
+    assert onnx_export.image_output_names(model) == ["image_embeds", "region_embeds"]
+    outputs = onnx_export.ImageEncoder(model)(tokenized_tester.pixel_values())
+    assert [tuple(output.shape) for output in outputs] == [(4, 16), (4, 4, 16)]
+
+
 def test_a_graph_beyond_its_tolerance_is_refused(tiny_e2, tiny_processor, tmp_path, monkeypatch):
     monkeypatch.setitem(onnx_export.TOLERANCE, "fp32", 0.0)  # any difference at all is now too much
     with pytest.raises(ExportError, match="do not match PyTorch, refusing the export"):

@@ -86,6 +86,25 @@ def test_clip_ft_baseline_is_plain_clip(small_clip, catalog, tmp_path):
     assert E2CLIPModel.from_pretrained(tmp_path / "clip-ft" / "model").config.entities == []
 
 
+def test_the_papers_ablations_are_flags_of_train(small_clip, catalog, tmp_path):
+    """No fusion blocks, no region loss, one entity group removed, one token per entity: given as
+    `e2-hf train` flags, they reach the model's config, and the run trains and saves it."""
+    from e2_hf.cli import build_parser
+    from e2_hf.training.cli import arguments_from
+
+    flags = ["train", "--model", str(small_clip), "--train-data", f"fashiongen:{catalog / 'train.h5'}",
+             "--output-dir", str(tmp_path / "run"), "--fusion-layers", "none", "--region-loss-weight", "0",
+             "--entities", "brand,season,subcategory", "--tokens-per-entity", "1", "--warmup-epochs", "1",
+             "--epochs", "1", "--batch-size", "8", "--save-steps", "100"]  # fmt: skip
+    args = arguments_from(build_parser("train").parse_args(flags))
+    assert args.fusion_layers == [] and args.region_loss_weight == 0.0
+    summary = train(args)
+    assert summary["global_step"] == 2 * (40 // 8)
+    config = E2CLIPModel.from_pretrained(tmp_path / "run" / "model").config
+    assert config.fusion_layers == [] and config.region_loss_weight == 0.0
+    assert config.entities == ["brand", "season", "subcategory"] and config.tokens_per_entity == [1, 1, 1]
+
+
 def test_e2_from_a_clip_ft_checkpoint_keeps_its_backbone_and_adds_e2(small_clip, catalog, tmp_path):
     """A CLIP-FT run's model (E2 without entities) is a valid start for E2, as a pretrained CLIP is."""
     train(arguments(small_clip, catalog, tmp_path / "clip-ft", baseline="clip-ft", save_steps=100))

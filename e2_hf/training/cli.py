@@ -15,10 +15,13 @@ HELP = {
     "output_dir": "checkpoints/, best-model/ and model/ are written here",
     "eval_data": "data spec evaluated (full-candidate retrieval) after every epoch; best SumR kept",
     "baseline": "e2, or clip-ft: plain CLIP fine-tuning on the same data and budget",
-    "entities": "entities when starting from CLIP (default brand,season,subcategory,composition)",
+    "entities": "entities when starting from CLIP (default brand,season,subcategory,composition); leave one "
+    "out to ablate its token group",
     "tokens_per_entity": "selection tokens per entity when starting from CLIP",
-    "fusion_layers": "0-based fusion layers when starting from CLIP (default 7,10)",
+    "fusion_layers": "0-based fusion layers when starting from CLIP (default 7,10); 'none': selection tokens "
+    "without fusion blocks (ablation)",
     "region_loss": "clip or multi_positive, when starting from CLIP",
+    "region_loss_weight": "weight of the region loss when starting from CLIP (default 0.5); 0 turns it off (ablation)",
     "selection_attention": "full (the paper) or isolated (selection tokens see patches only through their "
     "choice), when starting from CLIP",
     "gumbel_tau": "temperature of the straight-through Gumbel-softmax selection, when starting from CLIP",
@@ -47,6 +50,8 @@ HELP = {
 
 def _list_of(kind):
     def parse(text: str):
+        if text.strip().lower() == "none":  # an explicitly empty list, e.g. --fusion-layers none
+            return []
         return [kind(part.strip()) for part in text.split(",") if part.strip()]
 
     return parse

@@ -58,6 +58,7 @@ class TrainingArguments:
     tokens_per_entity: int = 2
     fusion_layers: list[int] | None = None
     region_loss: str | None = None
+    region_loss_weight: float | None = None
     selection_attention: str | None = None
     gumbel_tau: float | None = None
     warmup_epochs: int = 5
@@ -215,8 +216,8 @@ def build_model(args: TrainingArguments) -> E2CLIPModel:
     overrides: dict[str, Any] = {"entities": [] if args.baseline == "clip-ft" else args.entities}
     if args.baseline == "e2":
         overrides.update(tokens_per_entity=args.tokens_per_entity, fusion_layers=args.fusion_layers,
-                         region_loss=args.region_loss, selection_attention=args.selection_attention,
-                         gumbel_tau=args.gumbel_tau)  # fmt: skip
+                         region_loss=args.region_loss, region_loss_weight=args.region_loss_weight,
+                         selection_attention=args.selection_attention, gumbel_tau=args.gumbel_tau)  # fmt: skip
     overrides = {key: value for key, value in overrides.items() if value is not None}
     if model_type == E2CLIPConfig.model_type:
         model = E2CLIPModel.from_pretrained(args.model)
