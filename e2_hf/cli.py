@@ -148,6 +148,14 @@ COMMANDS: dict[str, Command] = {
         "zero-shot tags per entity from the regional embeddings; with --data, accuracy vs the global embedding",
         "tagging", "add_arguments", "run",
     ),
+    "train-captioner": Command(
+        "train a zero-shot captioner (CapDec or DeCap) on a frozen model's text embeddings of a catalog's texts",
+        "captioning.cli", "add_train_arguments", "run_train",
+    ),
+    "caption": Command(
+        "caption images, or a catalog's products with caption metrics and attribute accuracy",
+        "captioning.cli", "add_caption_arguments", "run_caption",
+    ),
     "export-onnx": Command(
         "export the image and text encoders to ONNX (onnx/ in a model folder), checked with ONNX Runtime",
         "onnx_export", "add_arguments", "run",
