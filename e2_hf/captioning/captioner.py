@@ -201,7 +201,9 @@ class E2Captioner(nn.Module):
         folder.mkdir(parents=True, exist_ok=True)
         self.decoder.save_pretrained(folder / DECODER_FOLDER)
         self.tokenizer.save_pretrained(folder / DECODER_FOLDER)
-        save_file({name: tensor.contiguous() for name, tensor in self.mapping.state_dict().items()}, folder / MAPPING_FILE)
+        save_file(
+            {name: tensor.contiguous() for name, tensor in self.mapping.state_dict().items()}, folder / MAPPING_FILE
+        )
         if self.config.recipe == "decap":
             save_file({"memory": self.memory.contiguous()}, folder / MEMORY_FILE)
         (folder / CONFIG_NAME).write_text(json.dumps(asdict(self.config), indent=2) + "\n")
@@ -224,7 +226,9 @@ class E2Captioner(nn.Module):
 def read_config(folder: Path) -> CaptionerConfig:
     path = folder / CONFIG_NAME
     if not path.is_file():
-        raise CaptionerError(f"{folder} is not a captioner folder: {CONFIG_NAME} is missing (see e2-hf train-captioner)")
+        raise CaptionerError(
+            f"{folder} is not a captioner folder: {CONFIG_NAME} is missing (see e2-hf train-captioner)"
+        )
     try:
         values = json.loads(path.read_text(encoding="utf-8"))
         config = CaptionerConfig(**values)

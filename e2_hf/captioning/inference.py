@@ -33,7 +33,8 @@ def checked_captioner(captioner: E2Captioner, model: E2CLIPModel) -> E2Captioner
 
 
 def caption_images(captioner: E2Captioner, model: E2CLIPModel, processor: E2CLIPProcessor, images: Sequence[Any],
-                   num_beams: int = 1, max_new_tokens: int | None = None, batch_size: int = 32) -> list[str]:  # fmt: skip
+                   num_beams: int = 1, max_new_tokens: int | None = None,
+                   batch_size: int = 32) -> list[str]:  # fmt: skip
     """One caption per image (paths, file bytes, PIL images or arrays), from its global embedding."""
     checked_captioner(captioner, model)
     embedder = E2CLIPEmbedder(model, processor, device=next(model.parameters()).device, batch_size=batch_size)

@@ -26,9 +26,7 @@ def _scorers():
         from pycocoevalcap.rouge.rouge import Rouge
         from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
     except ImportError:
-        raise CaptionerError(
-            'caption metrics need pycocoevalcap: pip install "e2-hf[captioning]"'
-        ) from None
+        raise CaptionerError('caption metrics need pycocoevalcap: pip install "e2-hf[captioning]"') from None
     if shutil.which("java") is None:
         raise CaptionerError(
             "caption metrics need a Java runtime (java on the PATH): pycocoevalcap's tokenizer and METEOR are Java "

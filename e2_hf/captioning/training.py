@@ -105,7 +105,9 @@ def build_decoder(args: CaptionerTrainingArguments, texts: Sequence[str]):
     if args.decoder is None:
         tokenizer = corpus_tokenizer(texts, args.decoder_vocab_size)
         positions = args.prefix_length + args.max_caption_tokens
-        return small_decoder(tokenizer, args.decoder_width, args.decoder_layers, args.decoder_heads, positions), tokenizer
+        return small_decoder(
+            tokenizer, args.decoder_width, args.decoder_layers, args.decoder_heads, positions
+        ), tokenizer
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(args.decoder)
