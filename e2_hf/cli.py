@@ -144,6 +144,10 @@ COMMANDS: dict[str, Command] = {
         "text search of an index by the global or one entity's regional embedding -> PNG grid or HTML",
         "search.cli", "add_search_arguments", "run_search",
     ),
+    "compose-search": Command(
+        "text-guided image retrieval: caption a reference photo, rewrite the caption with a change, search",
+        "search.cli", "add_compose_arguments", "run_compose",
+    ),
     "tag": Command(
         "zero-shot tags per entity from the regional embeddings; with --data, accuracy vs the global embedding",
         "tagging", "add_arguments", "run",

@@ -209,3 +209,21 @@ def e2_model_dir(small_clip, tmp_path_factory) -> Path:
     E2CLIPModel.from_clip(str(small_clip), fusion_layers=[1, 2]).save_pretrained(folder)
     E2CLIPProcessor.from_pretrained(str(small_clip), entities=TAG_ENTITIES).save_pretrained(folder)
     return folder
+
+
+def run_e2_hf(*arguments: str) -> subprocess.CompletedProcess:
+    """`e2-hf ARGUMENTS` in a fresh process."""
+    return subprocess.run([sys.executable, "-m", "e2_hf.cli", *arguments], capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="session")
+def decap_folder(e2_model_dir, catalog, tmp_path_factory):
+    """A DeCap captioner trained with the command on the 40 training texts until it writes most of them."""
+    folder = tmp_path_factory.mktemp("captioner") / "decap"
+    completed = run_e2_hf("train-captioner", "--model", str(e2_model_dir), "--train-data",
+                        f"jsonl:{catalog / 'catalog.jsonl'}:train", "--output-dir", str(folder), "--recipe", "decap",
+                        "--epochs", "80", "--batch-size", "8", "--decoder-layers", "2", "--decoder-width", "64",
+                        "--decoder-heads", "2", "--decoder-vocab-size", "400", "--lr", "3e-3",
+                        "--warmup-steps", "10")  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return folder

@@ -2,8 +2,6 @@
 
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -21,29 +19,14 @@ from e2_hf.captioning import (
 from e2_hf.captioning.training import catalog_texts, corpus_tokenizer, embed_corpus, small_decoder
 from e2_hf.search.index import model_fingerprint
 
+from .conftest import run_e2_hf
+
 needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="pycocoevalcap's tokenizer and METEOR need java")
-
-
-def run_cli(*arguments: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "e2_hf.cli", *arguments], capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
 def backbone(e2_model_dir):
     return E2CLIPModel.from_pretrained(e2_model_dir).eval(), E2CLIPProcessor.from_pretrained(e2_model_dir)
-
-
-@pytest.fixture(scope="module")
-def decap_folder(e2_model_dir, catalog, tmp_path_factory):
-    """A DeCap captioner trained with the command on the 40 training texts until it writes most of them."""
-    folder = tmp_path_factory.mktemp("captioner") / "decap"
-    completed = run_cli("train-captioner", "--model", str(e2_model_dir), "--train-data",
-                        f"jsonl:{catalog / 'catalog.jsonl'}:train", "--output-dir", str(folder), "--recipe", "decap",
-                        "--epochs", "80", "--batch-size", "8", "--decoder-layers", "2", "--decoder-width", "64",
-                        "--decoder-heads", "2", "--decoder-vocab-size", "400", "--lr", "3e-3",
-                        "--warmup-steps", "10")  # fmt: skip
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    return folder
 
 
 def test_the_folder_holds_decoder_mapping_and_memory(decap_folder, backbone):
@@ -70,7 +53,7 @@ def test_captions_of_training_text_embeddings_are_the_texts(decap_folder, backbo
 
 def test_captions_of_images_through_the_command_and_metrics(decap_folder, e2_model_dir, catalog, tmp_path):
     output = tmp_path / "captions.jsonl"
-    completed = run_cli("caption", "--model", str(e2_model_dir), "--captioner", str(decap_folder),
+    completed = run_e2_hf("caption", "--model", str(e2_model_dir), "--captioner", str(decap_folder),
                         "--image", str(catalog / "images" / "000000_0.png"), str(catalog / "images" / "000001_0.png"),
                         "--num-beams", "2", "--output", str(output))  # fmt: skip
     assert completed.returncode == 0, completed.stderr[-3000:]
@@ -82,7 +65,7 @@ def test_captions_of_images_through_the_command_and_metrics(decap_folder, e2_mod
 @needs_java
 def test_catalog_captions_are_scored(decap_folder, e2_model_dir, catalog, tmp_path):
     metrics = tmp_path / "metrics.json"
-    completed = run_cli("caption", "--model", str(e2_model_dir), "--captioner", str(decap_folder), "--data",
+    completed = run_e2_hf("caption", "--model", str(e2_model_dir), "--captioner", str(decap_folder), "--data",
                         f"jsonl:{catalog / 'catalog.jsonl'}:validation", "--metrics", str(metrics))  # fmt: skip
     assert completed.returncode == 0, completed.stderr[-3000:]
     scores = json.loads(metrics.read_text())

@@ -201,3 +201,47 @@ def _write_jsonl(path: str, records: list[dict[str, Any]]) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as handle:
         handle.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+
+
+def add_compose_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--model", required=True, help="the model the index and the captioner were built with")
+    parser.add_argument("--captioner", required=True, help="a captioner folder (e2-hf train-captioner) of --model")
+    parser.add_argument("--index", required=True, help="index folder from e2-hf index")
+    parser.add_argument("--image", required=True, help="the reference photo")
+    parser.add_argument("--modify", required=True, help='the change asked for, e.g. "in FW2016" or "by Aurel"')
+    parser.add_argument("--entity", help="search this entity's regional embeddings (default: the global one)")
+    parser.add_argument("--rewriter", metavar="MODULE:FUNCTION",
+                        help="a function (caption, modification) -> text, e.g. one that asks an LLM; imported and "
+                        "run (default: the built-in rule-based rewriter on the index's tags)")  # fmt: skip
+    parser.add_argument("--num-beams", type=int, default=1, help="beam search for the reference caption")
+    parser.add_argument("--top-k", type=int, default=10)
+    parser.add_argument("--output", required=True, help="FILE.png (image grid), FILE.html (page) or FILE.json")
+    parser.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
+    return parser
+
+
+def run_compose(args: argparse.Namespace) -> None:
+    from ..captioning.inference import load_captioner
+    from ..evaluation.embedding import load_for_inference
+    from .compose import compose_search, load_rewriter
+    from .index import EmbeddingIndex
+    from .render import results_format, write_results
+
+    if not args.output.endswith(".json"):
+        results_format(args.output)  # fail on a wrong file name before loading the model
+    index = EmbeddingIndex(args.index)
+    if args.entity is not None:
+        index.entity_index(args.entity)
+    rewriter = load_rewriter(args.rewriter) if args.rewriter else None
+    model, processor, _, _ = load_for_inference(args.model, args.device)
+    captioner = load_captioner(args.captioner, model)
+    (result,) = compose_search(model, processor, captioner, index, [args.image], [args.modify], args.entity,
+                               args.top_k, rewriter, args.num_beams, [f"--image {args.image}"])  # fmt: skip
+    print(f"caption: {result.caption}\nsearched: {result.rewritten}")
+    if args.output.endswith(".json"):
+        Path(args.output).write_text(json.dumps(result.to_json(), indent=2, ensure_ascii=False) + "\n")
+    else:
+        write_results(args.output, result.hits, index, result.rewritten, args.entity)
+    for hit in result.hits:
+        print(f"#{hit.rank}  {hit.score:.3f}  {hit.item.product_id}  {hit.item.description[:70]}")
+    print(f"wrote {args.output}")
