@@ -261,3 +261,29 @@ def test_an_unreadable_image_stops_indexing_with_its_file_and_row(model_and_proc
     assert str(raised.value).startswith("catalog.jsonl row 2, view 0: unreadable image")
     assert "Traceback" not in str(raised.value)  # raised in this process, also with loader workers
     assert len(EmbeddingIndex(index.folder)) == 0  # nothing of the catalog committed
+
+
+def test_a_model_without_entities_gets_a_global_only_index(small_clip, catalog, tmp_path):
+    """CLIP-FT (E2 without entities): its global embeddings are indexed, searched and exported; the
+    items keep their tags; a search by region is refused by name."""
+    from e2_hf.search.export import export_dataset
+
+    model = E2CLIPModel.from_clip(str(small_clip), entities=[]).eval()
+    processor = E2CLIPProcessor.from_pretrained(str(small_clip))
+    index = open_or_create_index(tmp_path / "index", model, "clip-ft", thumbnail_size=16)
+    add_catalog(index, model, processor, f"jsonl:{catalog / 'catalog.jsonl'}:validation", batch_size=8)
+    index = EmbeddingIndex(tmp_path / "index")
+    assert len(index) == 10 and index.entities == [] and index.targets == [None]
+    assert index.tag_entities == ["brand", "composition", "season", "subcategory"]
+    first = index.items[0]
+    hits = search_text(model, processor, index, first.description)
+    assert len(hits) == 10 and sorted(hit.item.product_id for hit in hits) == sorted(i.product_id for i in index.items)
+    with pytest.raises(
+        EmbeddingIndexError, match="unknown entity 'brand'; this index has regional embeddings for: none"
+    ):
+        search_text(model, processor, index, "Aurel", entity="brand")
+    export_dataset(index, tmp_path / "dataset")
+    from datasets import load_dataset
+
+    rows = load_dataset(str(tmp_path / "dataset"), split="train", cache_dir=str(tmp_path / "cache"))
+    assert "region_embeds_brand" not in rows.column_names and rows[0]["tags"]["brand"] == first.tags["brand"]

@@ -77,8 +77,6 @@ def open_or_create_index(folder: str | Path, model: E2CLIPModel, model_name: str
             index = EmbeddingIndex(folder)
             index.check_model(fingerprint, model_name)
             return index
-        if not model.config.entities:
-            raise EmbeddingIndexError(f"{model_name} has no entities, so no regional embeddings to index")
         return EmbeddingIndex.create(folder, portable_name(model_name), fingerprint, model.config.entities,
                                      model.config.projection_dim, thumbnail_size, storage_dtype,
                                      search_settings)  # fmt: skip
@@ -212,7 +210,10 @@ def _embed_and_add(index, positions, *, model, processor, catalog, spec, batch_s
             thumbnails = batch["thumbnail"]
             embeddings = embedder.embed_pixel_values(batch["pixel_values"])
             pending["image_embeds"].append(embeddings.image_embeds)
-            pending["region_embeds"].append(embeddings.region_embeds)
+            regions = embeddings.region_embeds  # [batch, entities, dim]; no entities: a global-only index
+            if regions is None:
+                regions = embeddings.image_embeds.new_zeros(len(embeddings.image_embeds), 0, index.dim)
+            pending["region_embeds"].append(regions)
             pending["thumbnails"].append(thumbnails.numpy())
             pending["items"] += [_item(catalog, position) for position in positions[done : done + len(thumbnails)]]
             done += len(thumbnails)

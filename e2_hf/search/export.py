@@ -27,7 +27,8 @@ def export_dataset(index: EmbeddingIndex, folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()):
         raise FileExistsError(f"{folder} is not empty: export a dataset into a new or empty folder")
-    schema = _schema(pa, index)
+    tag_entities = index.tag_entities
+    schema = _schema(pa, index, tag_entities)
     written, first_row, shards = [], 0, index.metadata["shards"]
     for number, (handle, shard) in enumerate(tqdm(list(zip(index.shards, shards)), desc="exporting", unit="shard")):
         items = index.items[first_row : first_row + shard["rows"]]
@@ -35,8 +36,8 @@ def export_dataset(index: EmbeddingIndex, folder: str | Path) -> list[Path]:
             "product_id": [item.product_id for item in items],
             "description": [item.description for item in items],
             "source": [item.source for item in items],
-            "tags": [{entity: item.tags.get(entity) for entity in index.entities} for item in items],
-            "multi_values": [{entity: list(item.values_of(entity)) for entity in index.entities} for item in items],
+            "tags": [{entity: item.tags.get(entity) for entity in tag_entities} for item in items],
+            "multi_values": [{entity: list(item.values_of(entity)) for entity in tag_entities} for item in items],
         }
         for target in index.targets:
             vectors = handle.get_slice(index.tensor_name(target))[:].float().numpy()  # [rows, dim]
@@ -55,20 +56,26 @@ def _column(target: str | None) -> str:
     return "image_embeds" if target is None else f"region_embeds_{target}"
 
 
-def _schema(pa, index: EmbeddingIndex):
+def _schema(pa, index: EmbeddingIndex, tag_entities: list[str]):
     vector = pa.list_(pa.float32(), index.dim)
     fields = [
         ("product_id", pa.string()),
         ("description", pa.string()),
         ("source", pa.string()),
-        ("tags", pa.struct([(entity, pa.string()) for entity in index.entities])),
-        ("multi_values", pa.struct([(entity, pa.list_(pa.string())) for entity in index.entities])),
+        ("tags", pa.struct([(entity, pa.string()) for entity in tag_entities])),
+        ("multi_values", pa.struct([(entity, pa.list_(pa.string())) for entity in tag_entities])),
     ]
     return pa.schema(fields + [(_column(target), vector) for target in index.targets])
 
 
 def _card(index: EmbeddingIndex) -> str:
-    regions = ", ".join(f"`{_column(entity)}`" for entity in index.entities)
+    tag_entities = ", ".join(index.tag_entities)
+    if index.entities:
+        regions = ", ".join(f"`{_column(entity)}`" for entity in index.entities)
+        vectors = f"`image_embeds` (global) and {regions} (regional)"
+        choice = f'# the global embedding, or a region column such as "{_column(index.entities[0])}"\n'
+    else:
+        vectors, choice = "`image_embeds` (global; the model has no entities, so no regional columns)", ""
     return f"""---
 configs:
 - config_name: default
@@ -83,16 +90,14 @@ tags:
 # Product embeddings of an E2 index
 
 {len(index)} products embedded by `{index.metadata["model"]}` (fingerprint `{index.metadata["model_fingerprint"]}`).
-Columns: `product_id`, `description`, `source`, `tags` and `multi_values` (per entity: {", ".join(index.entities)}),
-`image_embeds` (global) and {regions} (regional): {index.dim} float32 values each, L2-normalised, so the
-inner product is the cosine similarity.
+Columns: `product_id`, `description`, `source`, `tags` and `multi_values` (per entity: {tag_entities}),
+{vectors}: {index.dim} float32 values each, L2-normalised, so the inner product is the cosine similarity.
 
 ```python
 import faiss
 from datasets import load_dataset
 
 products = load_dataset("PATH_OR_REPO", split="train")
-# the global embedding, or a region column such as "{_column(index.entities[0])}"
-products.add_faiss_index(column="image_embeds", metric_type=faiss.METRIC_INNER_PRODUCT)
+{choice}products.add_faiss_index(column="image_embeds", metric_type=faiss.METRIC_INNER_PRODUCT)
 ```
 """

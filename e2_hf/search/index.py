@@ -290,6 +290,14 @@ class EmbeddingIndex:
                 )
         return self._items
 
+    @property
+    def tag_entities(self) -> list[str]:
+        """The entities whose tags the items carry: the model's, or for a model without entities
+        (a global-only index) every tag name found in the items."""
+        if self.entities:
+            return list(self.entities)
+        return sorted({entity for item in self.items for entity in item.tags})
+
     def tag_values(self, entity: str) -> list[str | None]:
         """Each row's tag of `entity` (as `Catalog.tag_values`)."""
         return [item.tags.get(entity) for item in self.items]
