@@ -24,6 +24,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
         "framing",
         "serving",
         "search_scale",
+        "downstream",
     ],
 )
 def test_benchmark_runs_at_toy_size(script, tmp_path):
