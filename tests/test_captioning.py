@@ -155,6 +155,12 @@ def test_bad_training_input_is_refused(e2_model_dir, catalog, tmp_path):
     with pytest.raises(ValueError, match="no products"):
         train_captioner(CaptionerTrainingArguments(model=str(e2_model_dir), train_data=f"jsonl:{empty}",
                                                    output_dir=str(tmp_path / "out")))  # fmt: skip
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "keep.txt").write_text("mine")
+    with pytest.raises(CaptionerError, match="exists and is not a captioner folder"):
+        train_captioner(CaptionerTrainingArguments(model=str(e2_model_dir), train_data="jsonl:unused.jsonl",
+                                                   output_dir=str(tmp_path / "notes")))  # fmt: skip
+    assert (tmp_path / "notes" / "keep.txt").read_text() == "mine"
     with pytest.raises(CaptionerError, match="recipe must be one of"):
         CaptionerTrainingArguments(model="m", train_data="d", output_dir="o", recipe="clipcap")
     with pytest.raises(CaptionerError, match="captioner_config.json is missing"):

@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..data import open_catalog
+from tqdm.auto import tqdm
+
+from ..data import Catalog, open_catalog
 from ..modeling import E2CLIPEmbedder, E2CLIPModel, E2CLIPProcessor
 from ..search.index import model_fingerprint
 from .captioner import E2Captioner
@@ -37,12 +39,29 @@ def caption_images(captioner: E2Captioner, model: E2CLIPModel, processor: E2CLIP
                    batch_size: int = 32) -> list[str]:  # fmt: skip
     """One caption per image (paths, file bytes, PIL images or arrays), from its global embedding."""
     checked_captioner(captioner, model)
-    embedder = E2CLIPEmbedder(model, processor, device=next(model.parameters()).device, batch_size=batch_size)
+    embedder = E2CLIPEmbedder(model, processor, device=next(model.parameters()).device, batch_size=batch_size,
+                              progress=False)  # fmt: skip
     captions = []
-    for start in range(0, len(images), batch_size):
+    starts = range(0, len(images), batch_size)
+    for start in tqdm(starts, desc="captioning", unit="batch", disable=len(starts) < 2, leave=False):
         embeds = embedder.embed_images(list(images[start : start + batch_size])).image_embeds
         captions.extend(captioner.generate(embeds, num_beams=num_beams, max_new_tokens=max_new_tokens))
     return captions
+
+
+class FirstViews(Sequence):
+    """A catalog's first product images, read when a slice of them is asked for (not all at once)."""
+
+    def __init__(self, catalog: Catalog, count: int):
+        self.catalog, self.count = catalog, count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self.catalog.load_image(position) for position in range(*index.indices(self.count))]
+        return self.catalog.load_image(range(self.count)[index])
 
 
 def caption_catalog(captioner: E2Captioner, model: E2CLIPModel, processor: E2CLIPProcessor, data_spec: str,
@@ -51,8 +70,8 @@ def caption_catalog(captioner: E2Captioner, model: E2CLIPModel, processor: E2CLI
     """Each product's first view captioned, beside its product text and tags."""
     catalog = open_catalog(data_spec, **catalog_options)
     count = len(catalog) if limit is None else min(limit, len(catalog))
-    images = [catalog.load_image(index) for index in range(count)]
-    captions = caption_images(captioner, model, processor, images, num_beams, max_new_tokens, batch_size)
+    captions = caption_images(captioner, model, processor, FirstViews(catalog, count), num_beams, max_new_tokens,
+                              batch_size)  # fmt: skip
     products = [catalog[index] for index in range(count)]
     return [
         CaptionedProduct(str(product.product_id), caption,

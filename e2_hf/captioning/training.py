@@ -22,7 +22,7 @@ from ..data import open_catalog
 from ..evaluation.embedding import load_for_inference
 from ..modeling import E2CLIPEmbedder, E2CLIPModel, E2CLIPProcessor
 from ..search.index import model_fingerprint
-from .captioner import END_TOKEN, RECIPES, CaptionerConfig, CaptionerError, E2Captioner
+from .captioner import CONFIG_NAME, END_TOKEN, RECIPES, CaptionerConfig, CaptionerError, E2Captioner
 
 
 @dataclass
@@ -132,6 +132,10 @@ def unique_rows(texts: Sequence[str], embeddings: torch.Tensor) -> torch.Tensor:
 
 def train_captioner(args: CaptionerTrainingArguments, log=print) -> dict:
     """Trains and saves a captioner to `args.output_dir`; returns a summary (losses per epoch)."""
+    output = Path(args.output_dir)
+    if output.is_file() or (output.is_dir() and any(output.iterdir()) and not (output / CONFIG_NAME).is_file()):
+        raise CaptionerError(f"{output} exists and is not a captioner folder: choose a new --output-dir "
+                             "(a captioner folder there would be replaced)")  # fmt: skip
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     model, processor, device, _ = load_for_inference(args.model, args.device)
@@ -147,7 +151,6 @@ def train_captioner(args: CaptionerTrainingArguments, log=print) -> dict:
     memory = unique_rows(texts, embeddings) if args.recipe == "decap" else None
     captioner = E2Captioner(config, decoder, tokenizer, memory).to(device).train()
     history = fit(captioner, texts, embeddings, args, device)
-    output = Path(args.output_dir)
     temporary = output.with_name(f".{output.name}.tmp")
     shutil.rmtree(temporary, ignore_errors=True)
     captioner.save_pretrained(temporary)
