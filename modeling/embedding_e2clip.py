@@ -138,11 +138,11 @@ class E2CLIPEmbedder:
     def embed_pixel_values(self, pixel_values: torch.Tensor) -> E2CLIPImageEmbeddings:
         """One preprocessed batch `[batch, 3, size, size]` (the processor's `pixel_values`)."""
         outputs = self.model(pixel_values=pixel_values.to(self.device, self.dtype))
-        has_regions = outputs.region_embeds is not None
+        regions, chosen = outputs.region_embeds, outputs.selection_indices  # None without entities / fusion blocks
         return E2CLIPImageEmbeddings(
             outputs.image_embeds.float().cpu(),
-            outputs.region_embeds.float().cpu() if has_regions else None,
-            outputs.selection_indices.cpu() if has_regions else None,
+            regions.float().cpu() if regions is not None else None,
+            chosen.cpu() if chosen is not None else None,
             self.entities,
             self.model.config.entity_token_slices,
         )

@@ -11,9 +11,9 @@ itself: a base64 string, raw bytes or a PIL image (what the runtime hands over f
 
 Response: `image_embeds` (the global embedding), `region_embeds` (`{entity: embedding}`),
 `selected_patches` (`{entity: [[patch per selection token] per fusion block]}`, row-major patch
-indices), `text_embeds` (one per text) and, with candidates, `tags` (`{entity: [{"tag", "score"}]}`,
-best first). Embeddings are L2-normalised lists of floats. Bad input gives `{"error": "..."}` and
-the handler keeps serving.
+indices; absent for a model without fusion blocks), `text_embeds` (one per text) and, with
+candidates, `tags` (`{entity: [{"tag", "score"}]}`, best first). Embeddings are L2-normalised
+lists of floats. Bad input gives `{"error": "..."}` and the handler keeps serving.
 
 This file is copied into every saved model folder; it needs only torch, transformers and the
 folder's own code, which it loads through transformers' dynamic-module mechanism.
@@ -88,6 +88,7 @@ class EndpointHandler:
                 response["region_embeds"] = {
                     entity: embeddings.region(entity)[0].tolist() for entity in embeddings.entities
                 }
+            if embeddings.selection_indices is not None:  # none without fusion blocks
                 response["selected_patches"] = {
                     entity: embeddings.selected_patches(entity)[0].tolist() for entity in embeddings.entities
                 }

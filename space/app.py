@@ -73,7 +73,9 @@ class E2Space:
     def look(self, upload: str | None) -> tuple:
         """An uploaded file -> (selection-map figure, {tag: probability} per entity)."""
         image = open_upload(upload)
-        figure = render_selection_figure(selection_maps(self.model, self.processor, [image])).image
+        figure = None  # a model without fusion blocks chooses no patches: nothing to draw
+        if self.model.config.active_fusion_layers:
+            figure = render_selection_figure(selection_maps(self.model, self.processor, [image])).image
         tags = zero_shot_tags(self.model, self.processor, [image], self.candidates, TAGS_SHOWN,
                               tag_embeds=self.tag_embeds)[0]  # fmt: skip
         labels = [{score.tag: score.probability for score in tags.get(entity, [])} for entity in self.entities]

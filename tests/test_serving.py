@@ -12,7 +12,7 @@ from PIL import Image
 
 from e2_hf import E2CLIPEmbedder, E2CLIPModel
 
-from .conftest import make_images, run_without_the_project
+from .conftest import TAG_ENTITIES, make_images, run_without_the_project
 
 TEXTS = ["a red silk shirt by gucci", "blue denim jeans"]
 
@@ -123,3 +123,19 @@ def test_the_saved_handler_serves_requests_in_a_process_without_the_project(embe
     assert "unknown entity 'colour'" in unknown_entity["error"]
     assert "send an 'image'" in empty["error"]
     torch.testing.assert_close(torch.tensor(text_only["text_embeds"]), torch.tensor(full["text_embeds"][:1]))
+
+
+def test_a_model_without_fusion_blocks_serves_regions_without_patch_choices(tokenized_tester, tiny_processor, tmp_path):
+    from e2_hf.modeling.handler import EndpointHandler
+
+    tokenized_tester.config_kwargs["fusion_layers"] = []
+    folder = tmp_path / "no-fusion"
+    E2CLIPModel(tokenized_tester.get_config()).save_pretrained(folder)
+    tiny_processor.save_pretrained(folder)
+    embedder = E2CLIPEmbedder.from_pretrained(folder, device="cpu")
+    embeddings = embedder.embed_images(make_images(2))
+    assert embeddings.region("brand").shape == (2, 16) and embeddings.selection_indices is None
+    with pytest.raises(KeyError, match="no patches were chosen"):
+        embeddings.selected_patches("brand")
+    response = EndpointHandler(path=str(folder))({"inputs": _base64_png(make_images(1)[0])})
+    assert set(response) == {"image_embeds", "region_embeds"} and set(response["region_embeds"]) == set(TAG_ENTITIES)
