@@ -20,7 +20,13 @@ TRAIN_HELP = {
     "decoder": "a causal LM (Hub id or folder, e.g. gpt2) to start from, with its tokenizer; default: a small "
     "GPT-2 from scratch (--decoder-layers, --decoder-width, --decoder-heads) with a byte-level BPE of "
     "--decoder-vocab-size tokens learnt from the training texts",
+    "decoder_layers": "from-scratch decoder: transformer layers",
+    "decoder_width": "from-scratch decoder: hidden size",
+    "decoder_heads": "from-scratch decoder: attention heads",
+    "decoder_vocab_size": "from-scratch decoder: tokens of the byte-level BPE learnt from the texts",
     "prefix_length": "prefix tokens the mapping network gives the decoder",
+    "epochs": "passes over the texts",
+    "lr": "peak AdamW learning rate (linear warm-up, cosine decay)",
     "noise_variance": "capdec: variance of the Gaussian noise on the text embeddings (CapDec's default)",
     "memory_temperature": "decap: softmax temperature of the memory weights",
     "max_caption_tokens": "longest caption in tokens (training texts are cut there)",
