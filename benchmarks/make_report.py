@@ -682,13 +682,16 @@ def mean_spread(value: dict, scale: float = 1.0, digits: int = 1) -> str:
     return f"{scale * value['mean']:.{digits}f} ± {scale * value['std']:.{digits}f}"
 
 
-def e2_versus_clip_ft(e2: dict, clip_ft: dict, name: str) -> str:
+def e2_versus_clip_ft(e2: dict, clip_ft: dict, name: str, scale: float = 1.0) -> str:
+    """E2's mean against CLIP-FT's, and whether the gap exceeds the larger standard deviation."""
     if e2["mean"] is None or clip_ft["mean"] is None:
         return f"{name}: not measured"
-    difference = e2["mean"] - clip_ft["mean"]
+    difference = scale * (e2["mean"] - clip_ft["mean"])
     if difference == 0:
         return f"{name}: E2 level with CLIP-FT"
-    return f"{name}: E2 {'ahead of' if difference > 0 else 'behind'} CLIP-FT by {abs(difference):.3g}"
+    within = abs(difference) <= scale * max(e2["std"], clip_ft["std"])
+    return (f"{name}: E2 {'ahead of' if difference > 0 else 'behind'} CLIP-FT by {abs(difference):.3g}"
+            + (" (within one std)" if within else ""))  # fmt: skip
 
 
 def downstream_section(result: dict) -> list[str]:
@@ -707,7 +710,7 @@ def downstream_section(result: dict) -> list[str]:
         comparisons.append(f"{recipe}: " + "; ".join(
             [e2_versus_clip_ft(e2[metric], clip_ft[metric], name) for metric, name in DOWNSTREAM_METRICS.items()]
             + [e2_versus_clip_ft(e2["attribute_accuracy"][entity], clip_ft["attribute_accuracy"][entity],
-                                 f"{entity} named") for entity in DOWNSTREAM_ENTITIES]))  # fmt: skip
+                                 f"{entity} named (points)", 100) for entity in DOWNSTREAM_ENTITIES]))  # fmt: skip
     composed = summary["composed_retrieval"]
     first = result["per_seed"][0]["result"]
     composed_rows = [[backbone.replace("_", "-").upper(), mean_spread(row["R@1"]), mean_spread(row["R@10"]),
