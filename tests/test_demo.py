@@ -31,6 +31,12 @@ def test_quick_demo_writes_models_and_a_real_report(tmp_path):
     assert E2CLIPModel.from_pretrained(tmp_path / "e2-model").config.entities
     assert E2CLIPModel.from_pretrained(tmp_path / "clip-ft-model").config.entities == []
     assert "| E2 | full |" in (tmp_path / "report.md").read_text()
+    captioning = report["captioning"]
+    assert captioning["captions"] == 32 and len(captioning["examples"]) == 3
+    assert set(captioning["attribute_accuracy"]) == {"brand", "season", "subcategory", "composition"}
+    assert all(0 <= value <= 1 for value in captioning["attribute_accuracy"].values())
+    assert (tmp_path / "e2-captioner" / "captioner_config.json").is_file()
+    assert f"- caption: {captioning['examples'][0]['caption']}" in (tmp_path / "report.md").read_text()
     assert Image.open(tmp_path / "selection.png").size[0] > 0
 
 
