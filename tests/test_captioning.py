@@ -165,3 +165,11 @@ def test_bad_training_input_is_refused(e2_model_dir, catalog, tmp_path):
         CaptionerTrainingArguments(model="m", train_data="d", output_dir="o", recipe="clipcap")
     with pytest.raises(CaptionerError, match="captioner_config.json is missing"):
         E2Captioner.from_pretrained(tmp_path)
+
+
+def test_scoring_without_java_is_refused_before_captioning(monkeypatch):
+    from e2_hf.captioning import metrics
+
+    monkeypatch.setattr(metrics.shutil, "which", lambda name: None)
+    with pytest.raises(CaptionerError, match="need a Java runtime"):
+        metrics.check_metrics_available()

@@ -78,11 +78,14 @@ def add_caption_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
 def run_caption(args: argparse.Namespace) -> None:
     from ..evaluation.embedding import load_for_inference
     from .inference import caption_catalog, caption_images, load_captioner, score_captions
+    from .metrics import check_metrics_available
 
     if args.num_beams < 1:
         raise ValueError(f"--num-beams must be at least 1, got {args.num_beams}")
     if args.metrics and not args.data:
         raise ValueError("--metrics scores captions against product texts: it needs --data")
+    if args.data:
+        check_metrics_available()  # before any captioning: pycocoevalcap and java
     model, processor, _, _ = load_for_inference(args.model, args.device)
     captioner = load_captioner(args.captioner, model)
     if args.image:

@@ -18,7 +18,17 @@ from .captioner import CaptionerError
 CAPTION_METRICS = ("bleu4", "meteor", "rouge_l", "cider")
 
 
+def check_metrics_available() -> None:
+    """Raises `CaptionerError` saying what to install when the caption metrics cannot run."""
+    _scorer_classes()
+
+
 def _scorers():
+    tokenizer_class, (bleu, meteor, rouge, cider) = _scorer_classes()
+    return tokenizer_class, {"bleu4": bleu(4), "meteor": meteor(), "rouge_l": rouge(), "cider": cider()}
+
+
+def _scorer_classes():
     try:
         from pycocoevalcap.bleu.bleu import Bleu
         from pycocoevalcap.cider.cider import Cider
@@ -32,7 +42,7 @@ def _scorers():
             "caption metrics need a Java runtime (java on the PATH): pycocoevalcap's tokenizer and METEOR are Java "
             "programs; e.g. apt-get install default-jre-headless"
         )
-    return PTBTokenizer, {"bleu4": Bleu(4), "meteor": Meteor(), "rouge_l": Rouge(), "cider": Cider()}
+    return PTBTokenizer, (Bleu, Meteor, Rouge, Cider)
 
 
 def caption_metrics(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, float]:
