@@ -83,13 +83,13 @@ def ablation_scores(model_dir: Path, catalog_dir: Path) -> dict:
 def captioning_scores(model_dir: Path, catalog_dir: Path, folder: Path, toy: bool, seed: int) -> dict:
     """Both recipes (--toy: DeCap) on one backbone: trained on the training texts, scored on validation images."""
     scores = {}
+    model, processor, _, _ = load_for_inference(model_dir, "cpu")
     for recipe in TOY_RECIPES if toy else RECIPES:
         output = folder / recipe
         settings = {**(TOY_CAPTIONER if toy else CAPTIONER), "recipe": recipe, "seed": seed}
         train_captioner(CaptionerTrainingArguments(model=str(model_dir), output_dir=str(output),
                                                    train_data=f"jsonl:{catalog_dir / 'catalog.jsonl'}:train",
                                                    **settings), log=print)  # fmt: skip
-        model, processor, _, _ = load_for_inference(model_dir, "cpu")
         captioned = caption_catalog(load_captioner(output, model), model, processor,
                                     f"jsonl:{catalog_dir / 'catalog.jsonl'}:validation")  # fmt: skip
         scores[recipe] = score_captions(captioned, ENTITIES)

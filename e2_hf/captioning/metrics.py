@@ -76,9 +76,10 @@ def named_values(caption: str, known: Sequence[str]) -> set[str]:
     """The values of `known` that `caption` names as whole words (case and punctuation ignored),
     leaving out one that is only part of a longer value named (Aurel in "Aurel Studio")."""
     words = f" {_words(caption)} "
-    named = {value for value in known if _words(value) and f" {_words(value)} " in words}
+    padded = {value: f" {_words(value)} " for value in known}  # each value's words, once
+    named = {value for value, phrase in padded.items() if phrase.strip() and phrase in words}
     return {value for value in named
-            if not any(other != value and f" {_words(value)} " in f" {_words(other)} " for other in named)}  # fmt: skip
+            if not any(other != value and padded[value] in padded[other] for other in named)}  # fmt: skip
 
 
 def attribute_accuracy(captions: Sequence[str], values: Sequence[Mapping[str, Sequence[str]]],
