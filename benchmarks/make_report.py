@@ -98,30 +98,34 @@ RANKING_COST_GOAL = 1.1  # the counting on top of the N x N x d product
 
 
 def profile_lines(result: dict) -> list[str]:
-    """Where our time goes: the product itself, and counting ranks on top of it."""
+    """Where our time goes: the product itself, and counting ranks on top of it, eager and compiled."""
+    names = {"eager_counting": "eager", "compiled_counting": "compiled"}
     lines = []
     for size, row in result["sizes"].items():
-        counting = row["ours_s"] - row["bare_matmul_s"]
+        seconds = {side: timing["median_s"] for side, timing in row["timings"].items()}
         lines.append(
-            f"- N = {int(size):,}: the product takes {row['bare_matmul_s']:.1f} s of our "
-            f"{row['ours_s']:.1f} s; counting the ranks adds {counting:.1f} s."
+            f"- N = {int(size):,}: the bare product takes {row['bare_matmul_s']:.1f} s (row blocks "
+            f"{seconds['bare_matmul_rows']:.1f} s, our tiles {seconds['bare_matmul_tiles']:.1f} s); "
+            f"ranking with eager counting {seconds['eager_counting']:.1f} s "
+            f"({row['eager_counting_over_bare_matmul']:.2f}x), with compiled counting "
+            f"{seconds['compiled_counting']:.1f} s ({row['compiled_counting_over_bare_matmul']:.2f}x); "
+            f"the default at this N counts {names[row['default_counting']]}."
         )
+    compiling = result["compile_first_call"]
+    lines += [
+        f"- Compiling the fused counting, once per process: {compiling['empty_cache_s']:.1f} s with an empty "
+        f"torch.compile cache (the first run on a machine), {compiling['warm_cache_s']:.1f} s with a warm one; "
+        f"not in the timings above. The default compiles from N = {result['compile_counting_from']:,}.",
+    ]
     ratios = ", ".join(
         f"{row['ours_over_bare_matmul']:.2f}x at N = {int(size):,}" for size, row in result["sizes"].items()
     )
     met = all(row["ours_over_bare_matmul"] <= RANKING_COST_GOAL for row in result["sizes"].values())
     lines += [
         "",
-        f"Goal: ranking costs at most {RANKING_COST_GOAL}x the bare product: {ratios}: "
+        f"Goal: ranking (the default counting) costs at most {RANKING_COST_GOAL}x the bare product: {ratios}: "
         f"**{'met' if met else 'missed'}**.",
     ]
-    if not result["target_met"]:
-        lines += [
-            "",
-            "Plan: fuse the comparison and the count into the product (a small kernel, or `torch.compile` "
-            "of the tile loop) so counting costs nothing beyond the product, and use a bf16 product where the "
-            "CPU has AMX; the product itself is the floor.",
-        ]
     return lines + [""]
 
 

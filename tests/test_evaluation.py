@@ -14,9 +14,45 @@ from e2_hf.evaluation import (
     retrieval_metrics,
     tag_value_matrix,
 )
+from e2_hf.evaluation.retrieval import TIE_TOLERANCE, FusedCounter, ranks_both_ways
 from e2_hf.metrics import metric_path
 
 from .conftest import catalog_with_a_broken_image
+
+
+def ranks_from_the_whole_matrix(queries: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """Other candidates scoring at least the positive (ties against it), from the untiled score matrix."""
+    scores = queries @ candidates.t()
+    positives = scores.diagonal().clone()
+    scores.fill_diagonal_(float("-inf"))
+    return (scores >= positives[:, None] - TIE_TOLERANCE).sum(dim=1)
+
+
+@pytest.mark.parametrize("compile_counting", [False, True], ids=["eager", "compiled"])
+def test_tiled_ranks_equal_the_whole_matrix_in_both_directions(compile_counting):
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(150, 16, generator=generator)
+    texts = images + 2 * torch.randn(150, 16, generator=generator)
+    texts[7] = texts[3]  # exact ties across tiles
+    image_ranks, text_ranks = ranks_both_ways(
+        images, texts, chunk_size=32, column_chunk=64, compile_counting=compile_counting
+    )  # 150 is no multiple of either: full tiles and edge tiles
+    assert torch.equal(image_ranks, ranks_from_the_whole_matrix(images, texts))
+    assert torch.equal(text_ranks, ranks_from_the_whole_matrix(texts, images))
+    assert 0 < int((image_ranks > 0).sum()) < 150  # some positives win, some lose
+
+
+def test_fused_counting_falls_back_to_eager_when_it_cannot_compile(monkeypatch, caplog):
+    def no_compiler(*args):
+        raise RuntimeError("no C++ compiler")
+
+    counter = FusedCounter()
+    monkeypatch.setattr(counter, "compiled", no_compiler)
+    scores, thresholds = torch.tensor([[0.5, 0.1], [0.9, 0.3]]), torch.tensor([0.2, 0.4])
+    with caplog.at_level("WARNING"):
+        row_counts, column_counts = counter(scores, thresholds, thresholds)
+    assert row_counts.tolist() == [1, 1] and column_counts.tolist() == [2, 0]
+    assert counter.failed and "no C++ compiler" in caplog.text
 
 
 def test_region_retrieval_on_planted_embeddings():
