@@ -1,5 +1,6 @@
 """Search at scale: FAISS index types and their switch, float16 / bfloat16 storage, batch and image
-queries, the multi-process add (2 gloo processes equal one) and the export as a datasets dataset."""
+queries, the multi-process add (2 gloo processes equal one), the export as a datasets dataset, and
+searching on GPUs (`--faiss-gpu`)."""
 
 import json
 import os
@@ -24,7 +25,7 @@ from e2_hf.search import (
     search_texts,
 )
 from e2_hf.search.export import export_dataset
-from e2_hf.search.index import writer_lock
+from e2_hf.search.index import EmbeddingIndexError, IndexItem, writer_lock
 
 from .test_distributed import free_port
 from .test_search import by_product_id, planted_index, run_cli
@@ -171,3 +172,83 @@ def test_export_dataset_loads_with_datasets_and_its_faiss_index(e2_model_dir, mo
     assert nearest["product_id"] == [index.items[3].product_id]
     with pytest.raises(FileExistsError, match="dataset is not empty"):
         export_dataset(index, tmp_path / "dataset")
+
+
+def committed_planted_index(folder, settings: SearchSettings | None = None) -> EmbeddingIndex:
+    index, shards = planted_index(folder, ["brand", "season"], dim=16)
+    if settings is not None:
+        index.metadata["search"]["settings"] = settings.to_json()
+    for image, region, thumbnails, items in shards:
+        index.add(image, region, thumbnails, items, source="planted")
+    with writer_lock(index.folder):
+        index.commit_search_indices()
+    return index
+
+
+def test_faiss_gpu_is_refused_clearly_where_faiss_sees_no_gpu(e2_model_dir, tmp_path):
+    import faiss
+
+    if faiss.get_num_gpus() > 0:
+        pytest.skip("this FAISS sees a GPU: the refusal cannot happen here")
+    index = committed_planted_index(tmp_path / "index")
+    with pytest.raises(EmbeddingIndexError, match="FAISS sees no GPU here.*GPU build of FAISS"):
+        search_embeddings(EmbeddingIndex(index.folder, faiss_gpu=True), torch.randn(1, 16), "brand")
+    completed = run_cli("search", "--model", str(e2_model_dir), "--index", str(index.folder), "--query", "x",
+                        "--faiss-gpu", "--output", str(tmp_path / "r.html"))  # fmt: skip
+    assert completed.returncode != 0 and "FAISS sees no GPU here" in completed.stderr
+    assert "Traceback" not in completed.stderr
+
+
+class FakeGpuFaiss:
+    """Stands in for a GPU build's cloner (no GPU here): the 'GPU copy' is a CPU clone, so the test checks
+    which index is searched, moved and committed, not FAISS's GPU kernels."""
+
+    def __init__(self, faiss, refuse: type | None = None):
+        self.faiss, self.refuse, self.moved = faiss, refuse, []
+
+    def options(self):
+        return type("GpuMultipleClonerOptions", (), {"shard": False})()
+
+    def to_all_gpus(self, index, co):
+        concrete = self.faiss.downcast_index(index)
+        if self.refuse is not None and isinstance(concrete, self.refuse):
+            raise RuntimeError("Error in index_cpu_to_gpu: this index type is not implemented on GPU")
+        self.moved.append((concrete, co.shard))
+        return self.faiss.clone_index(index)
+
+
+@pytest.fixture
+def fake_gpu_faiss(monkeypatch):
+    import faiss
+
+    fake = FakeGpuFaiss(faiss)
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 2)
+    monkeypatch.setattr(faiss, "GpuMultipleClonerOptions", fake.options, raising=False)
+    monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", fake.to_all_gpus)
+    return fake
+
+
+def test_faiss_gpu_searches_a_sharded_copy_and_commits_the_cpu_index(fake_gpu_faiss, tmp_path):
+    index = committed_planted_index(tmp_path / "index")
+    queries = torch.randn(4, 16, generator=torch.Generator().manual_seed(3))
+    on_gpus = EmbeddingIndex(index.folder, faiss_gpu=True)
+    for entity in (None, "brand"):
+        found = [[hit.row for hit in hits] for hits in search_embeddings(on_gpus, queries, entity, top_k=5)]
+        assert found == [[hit.row for hit in hits] for hits in search_embeddings(index, queries, entity, top_k=5)]
+        search_embeddings(on_gpus, queries, entity)  # the copy is made once per target
+        assert on_gpus.searcher(entity) is not on_gpus.search_index(entity)
+    assert [shard for _, shard in fake_gpu_faiss.moved] == [True, True]  # rows split between the GPUs
+    index.add(*planted_index(tmp_path / "more", ["brand", "season"], dim=16)[1][0][:3],
+              [IndexItem(-1, f"new-{row}", "new", {}, "planted") for row in range(30)], source="planted")  # fmt: skip
+    with writer_lock(index.folder):
+        assert index.commit_search_indices()[0] == "global: flat, extended"  # the CPU index is written
+
+
+def test_faiss_gpu_names_an_index_type_faiss_cannot_move(fake_gpu_faiss, tmp_path):
+    import faiss
+
+    fake_gpu_faiss.refuse = faiss.IndexHNSW
+    index = committed_planted_index(tmp_path / "index", SearchSettings(index_type="hnsw"))
+    with pytest.raises(EmbeddingIndexError, match=r"season index of .* \(IndexHNSWFlat\) cannot run on a GPU.*"
+                                                  r"not implemented on GPU.*--index-type flat"):  # fmt: skip
+        search_embeddings(EmbeddingIndex(index.folder, faiss_gpu=True), torch.randn(1, 16), "season")

@@ -148,6 +148,8 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     parser.add_argument("--top-k", type=int, default=10)
     parser.add_argument("--output", required=True, help="FILE.png (image grid), FILE.html (page) or FILE.jsonl")
     parser.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
+    parser.add_argument("--faiss-gpu", action="store_true",
+                        help="search on every GPU a GPU build of FAISS sees (exact float32 indices)")  # fmt: skip
     return parser
 
 
@@ -177,12 +179,15 @@ def run_search(args: argparse.Namespace) -> None:
     else:
         results_format(args.output)  # fail on a wrong file name before loading the model
         queries = [SearchQuery(text=args.query, image=args.image, entity=args.entity)]
-    index = EmbeddingIndex(args.index)
+    index = EmbeddingIndex(args.index, faiss_gpu=args.faiss_gpu)
     for entity in sorted({query.entity for query in queries if query.entity is not None}):
         index.entity_index(entity)  # fail on a wrong name before loading the model
         warning = untrained_entity_warning(args.model, index, entity)
         if warning:
             print(f"warning: {warning}", file=sys.stderr)
+    if args.faiss_gpu:  # fail on a missing GPU or a type FAISS cannot move before loading the model
+        for entity in {query.entity for query in queries}:
+            index.searcher(entity)
     model, processor, _, _ = load_for_inference(args.model, args.device)
     results = run_queries(model, processor, index, queries, args.top_k)
     if args.queries_file:
@@ -217,6 +222,8 @@ def add_compose_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     parser.add_argument("--top-k", type=int, default=10)
     parser.add_argument("--output", required=True, help="FILE.png (image grid), FILE.html (page) or FILE.json")
     parser.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
+    parser.add_argument("--faiss-gpu", action="store_true",
+                        help="search on every GPU a GPU build of FAISS sees (exact float32 indices)")  # fmt: skip
     return parser
 
 
@@ -229,9 +236,11 @@ def run_compose(args: argparse.Namespace) -> None:
 
     if not args.output.endswith(".json"):
         results_format(args.output)  # fail on a wrong file name before loading the model
-    index = EmbeddingIndex(args.index)
+    index = EmbeddingIndex(args.index, faiss_gpu=args.faiss_gpu)
     if args.entity is not None:
         index.entity_index(args.entity)
+    if args.faiss_gpu:
+        index.searcher(args.entity)
     rewriter = load_rewriter(args.rewriter) if args.rewriter else None
     model, processor, _, _ = load_for_inference(args.model, args.device)
     captioner = load_captioner(args.captioner, model)

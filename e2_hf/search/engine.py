@@ -143,6 +143,29 @@ def search_index(index, queries: np.ndarray, top_k: int) -> tuple[np.ndarray, np
     return index.search(np.ascontiguousarray(queries, dtype=np.float32), top_k)
 
 
+def to_gpus(index, name: str):
+    """`index` copied onto every GPU FAISS sees, its rows split between them (a GPU build of FAISS).
+    Searches of the copy give the hits of `index`; `index` itself stays on the CPU, where it is
+    extended and written. FAISS runs exact float32 indices (`flat`, storage float32) on GPUs."""
+    faiss = import_faiss()
+    if faiss.get_num_gpus() == 0:
+        raise EmbeddingIndexError(
+            "--faiss-gpu: FAISS sees no GPU here (faiss-cpu has no GPU support: install a GPU build of FAISS, "
+            "e.g. faiss-gpu-cu12, on a machine with a CUDA GPU)"
+        )
+    options = faiss.GpuMultipleClonerOptions()
+    options.shard = True  # each GPU holds a share of the rows: memory scales with the GPUs
+    try:
+        return faiss.index_cpu_to_all_gpus(index, co=options)
+    except RuntimeError as error:
+        reason = str(error).strip().splitlines()[-1]
+        raise EmbeddingIndexError(
+            f"the {name} ({type(faiss.downcast_index(index)).__name__}) cannot run on a GPU: {reason}. FAISS searches "
+            "exact float32 indices on GPUs: rebuild with --rebuild --index-type flat (storage float32), "
+            "or search without --faiss-gpu"
+        ) from None
+
+
 def write_index(index, path: Path) -> None:
     import_faiss().write_index(index, str(path))
 

@@ -112,10 +112,12 @@ def letterbox(image: Image.Image, size: int) -> np.ndarray:
 
 
 class EmbeddingIndex:
-    """Read and extend an index folder. Create one with `EmbeddingIndex.create`, open with `EmbeddingIndex(folder)`."""
+    """Read and extend an index folder. Create one with `EmbeddingIndex.create`, open with `EmbeddingIndex(folder)`.
+    `faiss_gpu`: searches run on copies of the FAISS indices on every GPU FAISS sees (see `searcher`)."""
 
-    def __init__(self, folder: str | Path):
+    def __init__(self, folder: str | Path, faiss_gpu: bool = False):
         self.folder = Path(folder)
+        self.faiss_gpu = faiss_gpu
         metadata_path = self.folder / METADATA_FILE
         if not metadata_path.is_file():
             raise EmbeddingIndexError(
@@ -128,6 +130,7 @@ class EmbeddingIndex:
         self._shards: list[Any] | None = None  # safetensors handles, one per shard
         self._items: list[IndexItem] | None = None
         self._search_indices: dict[str | None, Any] = {}  # loaded FAISS indices by target
+        self._gpu_searchers: dict[str | None, Any] = {}  # their GPU copies, with faiss_gpu
 
     # ------------------------------------------------------------------ creating
     @classmethod
@@ -331,6 +334,16 @@ class EmbeddingIndex:
             engine.configure_for_search(index, self.search_settings)
             self._search_indices[target] = index
         return self._search_indices[target]
+
+    def searcher(self, target: str | None):
+        """The FAISS index that answers `target`'s queries: `search_index`, or with `faiss_gpu` its copy on
+        the GPUs (made once; the CPU index stays the one extended and committed)."""
+        index = self.search_index(target)
+        if not self.faiss_gpu:
+            return index
+        if target not in self._gpu_searchers:
+            self._gpu_searchers[target] = engine.to_gpus(index, f"{target or 'global'} index of {self.folder}")
+        return self._gpu_searchers[target]
 
     def _build_search_index(self, target: str | None, settings: SearchSettings | None = None):
         """A new FAISS index of every row of `target`, of the type `settings` choose at this size."""

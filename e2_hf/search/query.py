@@ -34,14 +34,14 @@ def search_embeddings(index: EmbeddingIndex, queries: torch.Tensor, entity: str 
                       top_k: int = 10) -> list[list[SearchHit]]:  # fmt: skip
     """For each query vector (`[q, dim]`, any norm), the `top_k` rows most similar to it: by the
     global image embedding, or by the regional embedding of `entity`. One FAISS search serves the
-    batch; the index type (exact or approximate) is the index's."""
+    batch; the index type (exact or approximate) is the index's, on the GPUs with `index.faiss_gpu`."""
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}")
     if queries.ndim != 2 or queries.shape[1] != index.dim:
         raise EmbeddingIndexError(f"the query embeddings have shape {tuple(queries.shape)}, need [q, {index.dim}]")
     if not torch.isfinite(queries).all():
         raise ValueError("a query embedding holds non-finite values")
-    faiss_index = index.search_index(entity)
+    faiss_index = index.searcher(entity)
     if len(index) == 0:
         return [[] for _ in range(len(queries))]
     queries = F.normalize(queries.float(), dim=-1).cpu().numpy()
