@@ -287,12 +287,12 @@ PUSH_AND_LOAD_DATASET = textwrap.dedent(
     """
     import json, sys
     from datasets import load_dataset
-    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub import HfApi
 
     folder, repo_id = sys.argv[1], "tester/shop-embeddings"
     HfApi().create_repo(repo_id, repo_type="dataset")
     HfApi().upload_folder(folder_path=folder, repo_id=repo_id, repo_type="dataset")
-    products = load_dataset(snapshot_download(repo_id, repo_type="dataset"), split="train")
+    products = load_dataset(repo_id, split="train")  # straight from the Hub, as a user would
     print(json.dumps({"ids": list(products["product_id"]), "first": products[0]["region_embeds_brand"]}))
     """
 )
