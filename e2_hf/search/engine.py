@@ -146,7 +146,8 @@ def search_index(index, queries: np.ndarray, top_k: int) -> tuple[np.ndarray, np
 def to_gpus(index, name: str):
     """`index` copied onto every GPU FAISS sees, its rows split between them (a GPU build of FAISS).
     Searches of the copy give the hits of `index`; `index` itself stays on the CPU, where it is
-    extended and written. FAISS runs exact float32 indices (`flat`, storage float32) on GPUs."""
+    extended and written. Every GPU build moves exact float32 indices (`flat`, storage float32);
+    a type it cannot move is an `EmbeddingIndexError` naming it."""
     faiss = import_faiss()
     if faiss.get_num_gpus() == 0:
         raise EmbeddingIndexError(
@@ -160,8 +161,8 @@ def to_gpus(index, name: str):
     except RuntimeError as error:
         reason = str(error).strip().splitlines()[-1]
         raise EmbeddingIndexError(
-            f"the {name} ({type(faiss.downcast_index(index)).__name__}) cannot run on a GPU: {reason}. FAISS searches "
-            "exact float32 indices on GPUs: rebuild with --rebuild --index-type flat (storage float32), "
+            f"the {name} ({type(faiss.downcast_index(index)).__name__}) cannot run on a GPU: {reason}. Exact "
+            "float32 indices move: --rebuild --index-type flat on an index stored as float32, "
             "or search without --faiss-gpu"
         ) from None
 
