@@ -114,10 +114,15 @@ def profile_lines(result: dict) -> list[str]:
             f"reading the tiles back from memory is {row['floor_over_bare_matmul']:.2f}x."
         )
     compiling = result["compile_first_call"]
+    compile_time = (
+        f"{compiling['empty_cache_s']:.1f} s with an empty torch.compile cache (the first run on a machine), "
+        f"{compiling['warm_cache_s']:.1f} s with a warm one"
+        if compiling
+        else "not measured in a --toy run"
+    )
     lines += [
-        f"- Compiling the fused counting, once per process: {compiling['empty_cache_s']:.1f} s with an empty "
-        f"torch.compile cache (the first run on a machine), {compiling['warm_cache_s']:.1f} s with a warm one; "
-        f"not in the timings above. The default compiles from N = {result['compile_counting_from']:,}.",
+        f"- Compiling the fused counting, once per process: {compile_time}; not in the timings above. "
+        f"The default compiles from N = {result['compile_counting_from']:,}.",
     ]
     ratios = ", ".join(
         f"{row['ours_over_bare_matmul']:.2f}x at N = {int(size):,}" for size, row in result["sizes"].items()
