@@ -203,8 +203,9 @@ class FakeGpuFaiss:
     """Stands in for a GPU build's cloner (no GPU here): the 'GPU copy' is a CPU clone, so the test checks
     which index is searched, moved and committed, not FAISS's GPU kernels."""
 
-    def __init__(self, faiss, refuse: type | None = None):
-        self.faiss, self.refuse, self.moved = faiss, refuse, []
+    def __init__(self, faiss):
+        self.faiss, self.moved = faiss, []
+        self.refuse: type | None = None  # a FAISS class this cloner refuses, as a GPU build refuses HNSW
 
     def options(self):
         return type("GpuMultipleClonerOptions", (), {"shard": False})()

@@ -135,6 +135,11 @@ def _maintain_index(args: argparse.Namespace, index) -> None:
         print(f"dataset of {len(index)} rows in {args.export_dataset} (load it with datasets.load_dataset)")
 
 
+def add_faiss_gpu_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--faiss-gpu", action="store_true",
+                        help="search on every GPU a GPU build of FAISS sees (exact float32 indices)")  # fmt: skip
+
+
 def add_search_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, help="the E2 model the index was built with")
     parser.add_argument("--index", required=True, help="index folder from e2-hf index")
@@ -148,8 +153,7 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     parser.add_argument("--top-k", type=int, default=10)
     parser.add_argument("--output", required=True, help="FILE.png (image grid), FILE.html (page) or FILE.jsonl")
     parser.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
-    parser.add_argument("--faiss-gpu", action="store_true",
-                        help="search on every GPU a GPU build of FAISS sees (exact float32 indices)")  # fmt: skip
+    add_faiss_gpu_argument(parser)
     return parser
 
 
@@ -222,8 +226,7 @@ def add_compose_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     parser.add_argument("--top-k", type=int, default=10)
     parser.add_argument("--output", required=True, help="FILE.png (image grid), FILE.html (page) or FILE.json")
     parser.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
-    parser.add_argument("--faiss-gpu", action="store_true",
-                        help="search on every GPU a GPU build of FAISS sees (exact float32 indices)")  # fmt: skip
+    add_faiss_gpu_argument(parser)
     return parser
 
 
