@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from transformers.utils.logging import tqdm
 
-from .image_processing_e2clip import open_image
+from .image_processing_e2clip import ImageLimits, open_image, to_rgb_image
 from .modeling_e2clip import E2CLIPModel
 from .processing_e2clip import E2CLIPProcessor
 
@@ -78,14 +78,18 @@ class E2CLIPImageEmbeddings:
         return self.selection_indices[:, :, start:end]
 
 
-def decoded(image: Any) -> Any:
+def decoded(image: Any, limits: ImageLimits | None = None) -> Any:
     """A path or the bytes of an image file -> the decoded, upright RGB image (an unreadable one is
     a ValueError naming it); PIL images and arrays are returned as they are (the processor converts
-    them)."""
+    them). With `limits`, an image outside them is an `ImageSizeError` (a file's size is read from
+    its header, before its pixels are decoded)."""
     if isinstance(image, (str, os.PathLike)):
-        return open_image(image)
+        return open_image(image, limits)
     if isinstance(image, (bytes, bytearray)):
-        return open_image(io.BytesIO(image))
+        return open_image(io.BytesIO(image), limits)
+    if limits is not None:
+        image = image if isinstance(image, Image.Image) else to_rgb_image(image)
+        limits.check(*image.size)
     return image
 
 
@@ -99,10 +103,13 @@ class E2CLIPEmbedder:
             default: the dtype the model has.
         batch_size: images or texts per forward pass.
         progress: show a progress bar for inputs longer than one batch.
+        image_limits: the largest image decoded (pixels, aspect ratio); larger ones, and empty
+            ones, are an `ImageSizeError`. Default: `ImageLimits()`; None: no limit.
     """
 
     def __init__(self, model: E2CLIPModel, processor: E2CLIPProcessor, device: str | torch.device | None = None,
-                 dtype: str | torch.dtype | None = None, batch_size: int = 32, progress: bool = True):  # fmt: skip
+                 dtype: str | torch.dtype | None = None, batch_size: int = 32, progress: bool = True,
+                 image_limits: ImageLimits | None = ImageLimits()):  # fmt: skip
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -111,6 +118,7 @@ class E2CLIPEmbedder:
         self.processor = processor
         self.batch_size = batch_size
         self.progress = progress
+        self.image_limits = image_limits
 
     @classmethod
     def from_pretrained(cls, model_name_or_path: str | os.PathLike, device: str | torch.device | None = None,
@@ -156,7 +164,7 @@ class E2CLIPEmbedder:
         if not images:
             raise ValueError("embed_images needs at least one image")
         parts = [
-            self.embed_pixel_values(self.processor(images=[decoded(image) for image in batch])["pixel_values"])
+            self.embed_pixel_values(self.processor(images=[decoded(image, self.image_limits) for image in batch])["pixel_values"])
             for batch in self._batches(images, batch_size, "images")
         ]
         return E2CLIPImageEmbeddings.concatenate(parts)

@@ -21,7 +21,8 @@ numpy/PIL (transformers' own image dependencies) and transformers.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -142,16 +143,77 @@ def upright(image: Image.Image) -> Image.Image:
     return ImageOps.exif_transpose(image)
 
 
-def open_image(source: str | os.PathLike | BinaryIO) -> Image.Image:
+class ImageSizeError(ValueError):
+    """An image outside the size limits of the path that received it (`ImageLimits`)."""
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """The largest images a serving path decodes: what one request may cost in memory.
+
+    The pixel count is checked from the file's header, before its pixels are decoded; the aspect
+    ratio bounds the resize to the model's square input (a 1 x 1,000,000 strip would become
+    224 x 224,000,000 pixels). Pillow's own decompression-bomb limit (about 89 megapixels) only
+    warns below twice its value, so it is no limit on its own.
+
+    Args:
+        max_pixels: width x height at most (default 50 megapixels, more than a 48 MP phone photo).
+        max_aspect_ratio: long side / short side at most.
+    """
+
+    max_pixels: int = 50_000_000
+    max_aspect_ratio: float = 20.0
+
+    ENVIRONMENT = {"max_pixels": "E2_MAX_IMAGE_PIXELS", "max_aspect_ratio": "E2_MAX_IMAGE_ASPECT_RATIO"}
+
+    def __post_init__(self) -> None:
+        if self.max_pixels < 1 or self.max_aspect_ratio < 1:
+            raise ValueError(f"image limits must be at least 1, got {self}")
+
+    @classmethod
+    def from_environment(cls, environment: Mapping[str, str] = os.environ) -> ImageLimits:
+        """The defaults, with `E2_MAX_IMAGE_PIXELS` / `E2_MAX_IMAGE_ASPECT_RATIO` where they are set."""
+        values = {}
+        for name, variable in cls.ENVIRONMENT.items():
+            if environment.get(variable):
+                kind = int if name == "max_pixels" else float
+                try:
+                    values[name] = kind(environment[variable])
+                except ValueError:
+                    raise ValueError(f"{variable} must be a number, got {environment[variable]!r}") from None
+        return cls(**values)
+
+    def check(self, width: int, height: int, name: str = "the image") -> None:
+        """Raises `ImageSizeError` naming `name` for an empty, too large or too elongated image."""
+        if width < 1 or height < 1:
+            raise ImageSizeError(f"{name} is {width}x{height} pixels: an image needs at least one pixel each way")
+        if width * height > self.max_pixels:
+            raise ImageSizeError(
+                f"{name} is {width}x{height} pixels ({width * height / 1e6:.1f} MP); the limit is "
+                f"{self.max_pixels / 1e6:g} MP (the model sees it at a few hundred pixels anyway)"
+            )
+        if max(width, height) / min(width, height) > self.max_aspect_ratio:
+            raise ImageSizeError(
+                f"{name} is {width}x{height} pixels, an aspect ratio over {self.max_aspect_ratio:g}:1; "
+                "crop it to the product first"
+            )
+
+
+def open_image(source: str | os.PathLike | BinaryIO, limits: ImageLimits | None = None) -> Image.Image:
     """An image file (a path, or an open binary file such as `io.BytesIO`), decoded, upright and
-    RGB; a missing or unreadable file is an error naming it."""
+    RGB; a missing or unreadable file is an error naming it. With `limits`, an image outside them
+    is an `ImageSizeError`, raised from the header before any pixel is decoded."""
     name = getattr(source, "name", None) or (os.fspath(source) if isinstance(source, (str, os.PathLike)) else "data")
     try:
         with Image.open(source) as image:
+            if limits is not None:
+                limits.check(*image.size, name=f"image {name}")
             image.load()
             return to_rgb_image(upright(image))
     except FileNotFoundError:
         raise FileNotFoundError(f"image {name} does not exist") from None
+    except ImageSizeError:
+        raise
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise ValueError(f"image {name} cannot be read as an image: {error}") from None
 
@@ -202,8 +264,11 @@ def _checked_color(color: Sequence[int]) -> tuple[int, int, int]:
 __all__ = [
     "IMAGE_FITS",
     "E2CLIPImageProcessor",
+    "ImageLimits",
+    "ImageSizeError",
     "checked_image_fit",
     "clip_image_processor",
     "letterbox",
+    "open_image",
     "to_rgb_image",
 ]

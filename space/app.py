@@ -22,7 +22,7 @@ import gradio as gr
 from PIL import Image, UnidentifiedImageError
 
 from e2_hf.evaluation.embedding import load_for_inference
-from e2_hf.images import open_image
+from e2_hf.images import ImageLimits, ImageSizeError, open_image
 from e2_hf.search import EmbeddingIndex, search_text
 from e2_hf.tagging import candidate_embeddings, catalog_candidates, zero_shot_tags
 from e2_hf.visualization import render_selection_figure, selection_maps
@@ -31,13 +31,13 @@ HERE = Path(__file__).resolve().parent
 WHOLE_IMAGE = "whole image"
 TAGS_SHOWN = 5
 IMAGE_HEIGHT = 420
-# Pillow's own decompression-bomb threshold (about 89 megapixels): larger uploads are refused.
-MAX_UPLOAD_PIXELS = Image.MAX_IMAGE_PIXELS
+# the largest upload decoded: the embedding endpoint's limits (E2_MAX_IMAGE_PIXELS, E2_MAX_IMAGE_ASPECT_RATIO)
+UPLOAD_LIMITS = ImageLimits.from_environment()
 
 
 def open_upload(path: str | Path | None, name: str | None = None) -> Image.Image:
     """The uploaded file as an RGB image, or a `gr.Error` the visitor can act on: no file, not an
-    image, or more pixels than allowed (checked from the header, before decoding)."""
+    image, an empty one, or one beyond `UPLOAD_LIMITS` (checked from the header, before decoding)."""
     if path is None:
         raise gr.Error("Upload an image first.")
     path = Path(path)
@@ -45,15 +45,13 @@ def open_upload(path: str | Path | None, name: str | None = None) -> Image.Image
     try:
         with Image.open(path) as image:  # reads the header only
             width, height = image.size
-    except (UnidentifiedImageError, OSError):
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
         raise gr.Error(f"{name} is not an image this app can read: upload a JPEG, PNG or WebP photo.") from None
-    if width * height > MAX_UPLOAD_PIXELS:
-        raise gr.Error(
-            f"{name} is {width}x{height} pixels ({width * height / 1e6:.0f} MP); upload an image of at most "
-            f"{MAX_UPLOAD_PIXELS / 1e6:.0f} MP (the model sees it at a few hundred pixels anyway)."
-        )
     try:
-        return open_image(path)  # decoded, upright, RGB as everywhere else in E2
+        UPLOAD_LIMITS.check(width, height, name)
+        return open_image(path, UPLOAD_LIMITS)  # decoded, upright, RGB as everywhere else in E2
+    except ImageSizeError as error:
+        raise gr.Error(f"{error}.") from None
     except ValueError:
         raise gr.Error(f"{name} is damaged: its pixels cannot be read. Upload another photo.") from None
 

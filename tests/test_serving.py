@@ -139,3 +139,72 @@ def test_a_model_without_fusion_blocks_serves_regions_without_patch_choices(toke
         embeddings.selected_patches("brand")
     response = EndpointHandler(path=str(folder))({"inputs": _base64_png(make_images(1)[0])})
     assert set(response) == {"image_embeds", "region_embeds"} and set(response["region_embeds"]) == set(TAG_ENTITIES)
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _hostile_images() -> dict[str, Image.Image]:
+    """Small files that decode to huge or empty images (1-bit PNGs compress a blank strip to a few KB)."""
+    side = int((1.5 * Image.MAX_IMAGE_PIXELS) ** 0.5)  # Pillow only warns between 1x and 2x its limit
+    return {"strip": Image.new("1", (1_000_000, 1)), "bomb": Image.new("1", (side, side))}
+
+
+def test_the_embedder_refuses_empty_huge_and_elongated_images_before_decoding(embedder, tmp_path):
+    from e2_hf.images import ImageLimits, ImageSizeError
+
+    hostile = _hostile_images()
+    hostile["bomb"].save(tmp_path / "bomb.png")
+    with pytest.raises(ImageSizeError, match=r"bomb.png is \d+x\d+ pixels \(134.2 MP\); the limit is 50 MP"):
+        embedder.embed_images([str(tmp_path / "bomb.png")])
+    with pytest.raises(ImageSizeError, match="1000000x1 pixels, an aspect ratio over 20:1"):
+        embedder.embed_images([_png_bytes(hostile["strip"])])
+    with pytest.raises(ImageSizeError, match="0x0 pixels"):
+        embedder.embed_images([Image.new("RGB", (0, 0))])
+    with pytest.raises(ImageSizeError, match="1x30 pixels"):
+        embedder.embed_images([np.zeros((30, 1, 3), dtype=np.uint8)])
+    sixteen_bit = Image.fromarray(np.full((48, 64), 40000, dtype=np.uint16))
+    assert embedder.embed_images([_png_bytes(sixteen_bit)]).image_embeds.shape[0] == 1
+    relaxed = E2CLIPEmbedder(embedder.model, embedder.processor, device="cpu", image_limits=ImageLimits(200, 40))
+    assert relaxed.embed_images([Image.new("RGB", (30, 1))]).image_embeds.shape[0] == 1
+    assert ImageLimits.from_environment({"E2_MAX_IMAGE_PIXELS": "1000"}) == ImageLimits(max_pixels=1000)
+    with pytest.raises(ValueError, match="E2_MAX_IMAGE_ASPECT_RATIO must be a number"):
+        ImageLimits.from_environment({"E2_MAX_IMAGE_ASPECT_RATIO": "wide"})
+
+
+def test_the_handler_refuses_requests_beyond_its_limits_and_keeps_serving(embedder, tmp_path):
+    from e2_hf.modeling.handler import EndpointHandler, RequestLimits
+
+    folder = tmp_path / "e2-tiny"
+    embedder.model.save_pretrained(folder)
+    embedder.processor.save_pretrained(folder)
+    handler = EndpointHandler(path=str(folder), limits=RequestLimits(max_texts=3, max_candidates=4))
+    hostile = _hostile_images()
+    image = _base64_png(make_images(1)[0])
+
+    def error_of(inputs) -> str:
+        response = handler({"inputs": inputs})
+        assert set(response) == {"error"}, response
+        return response["error"]
+
+    assert "aspect ratio over 20:1" in error_of({"image": base64.b64encode(_png_bytes(hostile["strip"])).decode()})
+    assert "134.2 MP); the limit is 50 MP" in error_of({"image": _base64_png(hostile["bomb"])})
+    assert "0x0 pixels" in error_of(Image.new("RGB", (0, 0)))  # the runtime hands over PIL images
+    assert "'texts' has too many texts: 4, more than this endpoint's limit of 3 (E2_MAX_TEXTS)" == error_of(
+        {"texts": ["a"] * 4}
+    )
+    assert "(E2_MAX_CANDIDATES)" in error_of({"image": image, "candidates": {"brand": ["a", "b", "c"],
+                                                                             "season": ["d", "e"]}})  # fmt: skip
+    assert "(E2_MAX_TEXT_CHARACTERS)" in error_of({"texts": ["x" * 100_000]})
+
+    def broken(texts):
+        raise RuntimeError("CUDA out of memory")
+
+    handler.embedder.embed_texts, working = broken, handler.embedder.embed_texts
+    assert error_of({"texts": ["a"]}) == "the request could not be served (RuntimeError: CUDA out of memory)"
+    handler.embedder.embed_texts = working
+    assert len(handler({"inputs": {"texts": ["a", "b", "c"]}})["text_embeds"]) == 3  # still serving
+    assert RequestLimits.from_environment({"E2_MAX_TEXTS": "7"}) == RequestLimits(max_texts=7)

@@ -139,12 +139,20 @@ def test_uploads_the_app_cannot_use_get_a_message_the_visitor_can_act_on(space_u
 
 def test_oversized_and_unreadable_uploads_are_refused_by_their_header(tmp_path):
     gradio = pytest.importorskip("gradio", reason="gradio is not installed (pip install '.[test]')")
-    from e2_hf.space.app import MAX_UPLOAD_PIXELS, open_upload
+    from e2_hf.space.app import UPLOAD_LIMITS, open_upload
 
-    side = int(MAX_UPLOAD_PIXELS**0.5) + 100
+    side = int(UPLOAD_LIMITS.max_pixels**0.5) + 100
     Image.new("1", (side, side)).save(tmp_path / "huge.png")  # 1-bit: a small file with a huge size
-    with pytest.raises(gradio.Error, match=rf"huge.png is {side}x{side} pixels .*upload an image of at most"):
+    with pytest.raises(gradio.Error, match=rf"huge.png is {side}x{side} pixels .*the limit is"):
         open_upload(tmp_path / "huge.png")
+    # between 1x and 2x Pillow's own limit, where Pillow only warns
+    side = int((1.5 * Image.MAX_IMAGE_PIXELS) ** 0.5)
+    Image.new("1", (side, side)).save(tmp_path / "bomb.png")
+    with pytest.raises(gradio.Error, match=rf"bomb.png is {side}x{side} pixels"):
+        open_upload(tmp_path / "bomb.png")
+    Image.new("1", (1_000_000, 1)).save(tmp_path / "strip.png")
+    with pytest.raises(gradio.Error, match="strip.png is 1000000x1 pixels, an aspect ratio over"):
+        open_upload(tmp_path / "strip.png")
     (tmp_path / "notes.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     with pytest.raises(gradio.Error, match="notes.jpg is not an image this app can read"):
         open_upload(tmp_path / "notes.jpg")

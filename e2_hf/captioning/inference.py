@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from ..data import Catalog, open_catalog
 from ..modeling import E2CLIPEmbedder, E2CLIPModel, E2CLIPProcessor
+from ..modeling.image_processing_e2clip import ImageLimits
 from ..search.index import model_fingerprint
 from .captioner import E2Captioner
 from .metrics import attribute_accuracy, caption_metrics
@@ -35,12 +36,13 @@ def checked_captioner(captioner: E2Captioner, model: E2CLIPModel) -> E2Captioner
 
 
 def caption_images(captioner: E2Captioner, model: E2CLIPModel, processor: E2CLIPProcessor, images: Sequence[Any],
-                   num_beams: int = 1, max_new_tokens: int | None = None,
-                   batch_size: int = 32) -> list[str]:  # fmt: skip
-    """One caption per image (paths, file bytes, PIL images or arrays), from its global embedding."""
+                   num_beams: int = 1, max_new_tokens: int | None = None, batch_size: int = 32,
+                   image_limits: ImageLimits | None = ImageLimits()) -> list[str]:  # fmt: skip
+    """One caption per image (paths, file bytes, PIL images or arrays), from its global embedding;
+    images beyond `image_limits` are refused (None: a catalog's own images, read without a limit)."""
     checked_captioner(captioner, model)
     embedder = E2CLIPEmbedder(model, processor, device=next(model.parameters()).device, batch_size=batch_size,
-                              progress=False)  # fmt: skip
+                              progress=False, image_limits=image_limits)  # fmt: skip
     captions = []
     starts = range(0, len(images), batch_size)
     for start in tqdm(starts, desc="captioning", unit="batch", disable=len(starts) < 2, leave=False):
@@ -71,7 +73,7 @@ def caption_catalog(captioner: E2Captioner, model: E2CLIPModel, processor: E2CLI
     catalog = open_catalog(data_spec, **catalog_options)
     count = len(catalog) if limit is None else min(limit, len(catalog))
     captions = caption_images(captioner, model, processor, FirstViews(catalog, count), num_beams, max_new_tokens,
-                              batch_size)  # fmt: skip
+                              batch_size, image_limits=None)  # fmt: skip
     products = [catalog[index] for index in range(count)]
     return [
         CaptionedProduct(str(product.product_id), caption,
