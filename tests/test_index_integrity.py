@@ -1,6 +1,7 @@
 """The index under concurrent writers, damaged files and repeated product ids: nothing is lost or
 mislabelled silently, and every damaged file is named."""
 
+import hashlib
 import json
 import shutil
 import struct
@@ -145,8 +146,15 @@ def test_a_shard_with_overwritten_bytes_is_found_and_never_indexed(index_copy):
 def test_a_corrupt_faiss_file_is_named_and_rebuild_recreates_it(index_copy):
     recorded = EmbeddingIndex(index_copy).metadata["search"]["files"][2]
     overwrite(index_copy / recorded["file"], 0, b"\xff" * 8)
+    entity = EmbeddingIndex(index_copy).entities[1]
+    with pytest.raises(EmbeddingIndexError, match=rf"{recorded['file']}: its bytes differ from the SHA-256.*--rebuild"):
+        EmbeddingIndex(index_copy).search_index(entity)
+    # with a checksum that matches the damaged bytes, FAISS's own refusal is named
+    sha256 = hashlib.sha256((index_copy / recorded["file"]).read_bytes()).hexdigest()
+    rewrite_metadata(index_copy, lambda m: {**m, "search": {**m["search"], "files": [
+        dict(f, sha256=sha256) if f["file"] == recorded["file"] else f for f in m["search"]["files"]]}})  # fmt: skip
     with pytest.raises(EmbeddingIndexError, match=rf"{recorded['file']} is not a readable FAISS index.*--rebuild"):
-        EmbeddingIndex(index_copy).search_index(EmbeddingIndex(index_copy).entities[1])
+        EmbeddingIndex(index_copy).search_index(entity)
     assert any(recorded["file"] in problem for problem in EmbeddingIndex(index_copy).verify())
     completed = subprocess.run([sys.executable, "-m", "e2_hf.cli", "index", "--rebuild", "--index-type", "hnsw",
                                 "--output", str(index_copy)], capture_output=True, text=True, timeout=300)  # fmt: skip

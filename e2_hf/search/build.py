@@ -22,7 +22,8 @@ from ..evaluation.embedding import evaluating
 from ..local_paths import portable_name, portable_spec
 from ..modeling import E2CLIPEmbedder, E2CLIPModel, E2CLIPProcessor
 from .engine import SearchSettings
-from .index import EmbeddingIndex, EmbeddingIndexError, IndexItem, letterbox, model_fingerprint, writer_lock
+from .index import (EmbeddingIndex, EmbeddingIndexError, IndexItem, check_new_index_folder, letterbox, model_fingerprint,
+                    writer_lock)
 
 DEFAULT_THUMBNAIL_SIZE = 128
 DEFAULT_SHARD_ROWS = 20_000
@@ -72,6 +73,7 @@ def open_or_create_index(folder: str | Path, model: E2CLIPModel, model_name: str
     """The index in `folder`, checked to come from `model`; a new one where there is none
     (`storage_dtype` and `search_settings` apply to a new index)."""
     fingerprint = model_fingerprint(model)
+    check_new_index_folder(folder)  # before the lock file is written into someone else's folder
     with writer_lock(folder):
         if (Path(folder) / "index.json").exists():
             index = EmbeddingIndex(folder)

@@ -38,6 +38,13 @@ def import_faiss():
     return faiss
 
 
+# the largest value of each setting: beyond them an index.json is damaged or crafted (a refine factor
+# of 10^9 would make one query allocate terabytes)
+SETTING_MAXIMA = {"exact_up_to": 2**40, "hnsw_neighbours": 1024, "hnsw_ef_construction": 65_536,
+                  "hnsw_ef_search": 65_536, "ivf_lists": 65_536, "ivf_probes": 65_536, "pq_subvectors": 65_536,
+                  "refine_factor": 4_096}  # fmt: skip
+
+
 @dataclass
 class SearchSettings:
     """How the FAISS indices of an index are built and searched; stored in its `index.json`."""
@@ -57,8 +64,12 @@ class SearchSettings:
             raise EmbeddingIndexError(f"unknown index type {self.index_type!r}; choose one of {', '.join(INDEX_TYPES)}")
         for item in fields(self):
             value = getattr(self, item.name)
-            if item.name != "index_type" and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-                raise EmbeddingIndexError(f"search setting {item.name} must be a non-negative integer, got {value!r}")
+            if item.name == "index_type":
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= SETTING_MAXIMA[item.name]:
+                raise EmbeddingIndexError(
+                    f"search setting {item.name} must be an integer from 0 to {SETTING_MAXIMA[item.name]}, got {value!r}"
+                )
 
     @classmethod
     def from_json(cls, record: dict[str, Any], where: str) -> SearchSettings:

@@ -18,10 +18,18 @@ or FAISS files no commit lists, are ignored and cleaned up by the next add; comm
 the committed FAISS files do not hold yet (an add interrupted between the two commits) are added
 to the FAISS index in memory when it is loaded, so every committed row is searchable. A writer
 holds an exclusive lock on the folder (`.lock`) for a whole add, FAISS files included, so
-concurrent adds queue up instead of overwriting each other. Each file's size and SHA-256 are
-recorded in `index.json`: sizes are checked whenever a file is opened, checksums by `verify()`
-(`e2-hf index --verify`). Shards are read through safetensors' memory map, a block or a row at a
-time; the item texts are read into memory.
+concurrent adds queue up instead of overwriting each other. Every file a reader opens is
+replaced atomically or never rewritten (shards and FAISS files get new names; `items.jsonl` is
+only appended to past the committed rows, or replaced whole), so a reader sees one commit or the
+next, never a mix; a reader whose FAISS files were cleaned up by two later commits re-reads
+`index.json` and loads the newest one.
+
+Each file's size and SHA-256 are recorded in `index.json`, and every file it names must be a
+plain name that resolves inside the folder. Sizes are checked whenever a file is opened; a FAISS
+file's SHA-256 is checked before FAISS parses it (FAISS trusts its input: a crafted file can make
+it allocate without bound or abort), every shard's by `verify()` (`e2-hf index --verify`). Shards
+are read through safetensors' memory map, a block or a row at a time, after their header is checked
+against `index.json`; the item texts are read into memory.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+from tqdm.auto import tqdm
 
 from ..data.catalogs import json_object, values_of
 from ..errors import EmbeddingIndexError
@@ -65,6 +74,8 @@ METADATA_FIELDS = {"format": str, "version": int, "model": str, "model_fingerpri
 SHARD_FIELDS = {"file": str, "rows": int, "source": str}
 SEARCH_FIELDS = {"settings": dict, "commit": int, "files": list}
 FAISS_FILE_FIELDS = {"file": str, "rows": int, "type": str}
+# bounds of index.json's sizes: beyond them a file is damaged or crafted, not a real index
+METADATA_BOUNDS = {"dim": (1, 65_536), "thumbnail_size": (1, 4_096), "rows": (0, 2**40)}
 ITEM_FIELDS = ("product_id", "description", "tags", "source")
 OPTIONAL_ITEM_FIELDS = ("multi_values",)
 
@@ -141,6 +152,7 @@ class EmbeddingIndex:
         folder = Path(folder)
         if (folder / METADATA_FILE).exists():
             raise EmbeddingIndexError(f"{folder} already holds an index")
+        check_new_index_folder(folder)
         if storage_dtype not in STORAGE_DTYPES:
             raise EmbeddingIndexError(f"unknown storage dtype {storage_dtype!r}; choose one of {STORAGE_DTYPES}")
         folder.mkdir(parents=True, exist_ok=True)
@@ -149,8 +161,8 @@ class EmbeddingIndex:
                     "model_fingerprint": fingerprint, "entities": list(entities), "dim": dim,
                     "thumbnail_size": thumbnail_size, "storage_dtype": storage_dtype, "rows": 0, "shards": [],
                     "search": search}  # fmt: skip
-        _write_json_atomically(folder / METADATA_FILE, metadata)
         (folder / ITEMS_FILE).write_text("", encoding="utf-8")
+        _write_json_atomically(folder / METADATA_FILE, metadata)  # last: the commit point
         return cls(folder)
 
     # ------------------------------------------------------------------ properties
@@ -220,7 +232,7 @@ class EmbeddingIndex:
 
     def _open_shard(self, shard: dict[str, Any]) -> Any:
         """Opens one shard after checking its size, and its tensors against `index.json`."""
-        path = self.folder / shard["file"]
+        path = self.file_path(shard)
         _check_recorded_size(path, shard)
         try:
             handle = safe_open(str(path), framework="pt")
@@ -284,14 +296,28 @@ class EmbeddingIndex:
         if self._items is None:
             self._items = []
             path = self.folder / ITEMS_FILE
-            with open(path, encoding="utf-8") as handle:
-                for row, line in zip(range(len(self)), handle):
-                    self._items.append(IndexItem(row=row, **parse_item(line, path, row + 1)))
+            for row, line in enumerate(self._committed_item_lines()):
+                self._items.append(IndexItem(row=row, **parse_item(line, path, row + 1)))
             if len(self._items) != len(self):
                 raise EmbeddingIndexError(
                     f"{self.folder / ITEMS_FILE} has {len(self._items)} rows, index.json says {len(self)}"
                 )
         return self._items
+
+    def _committed_item_lines(self) -> list[str]:
+        """The first `len(self)` lines of `items.jsonl` (what lies past them is uncommitted, unread)."""
+        path = self.folder / ITEMS_FILE
+        lines = []
+        with open(path, "rb") as handle:
+            for number, raw in zip(range(1, len(self) + 1), handle):
+                try:
+                    lines.append(raw.decode("utf-8"))
+                except UnicodeDecodeError as error:
+                    raise EmbeddingIndexError(
+                        f"{path} line {number} is not UTF-8 (byte 0x{raw[error.start]:02x} at column "
+                        f"{error.start + 1}): the file is damaged; rebuild the index from the catalog"
+                    ) from None
+        return lines
 
     @property
     def tag_entities(self) -> list[str]:
@@ -327,13 +353,36 @@ class EmbeddingIndex:
             if recorded is None:  # no FAISS commit yet: build it in memory
                 index = self._build_search_index(target)
             else:
-                path = self.folder / recorded["file"]
+                path = self.file_path(recorded)
+                if not path.is_file():
+                    if self._committed_since():  # cleaned up by two later commits: load the newest
+                        self.reload()
+                        return self.search_index(target)
+                    raise EmbeddingIndexError(f"FAISS index {path} is missing; recreate it with e2-hf index --rebuild")
                 _check_recorded_size(path, recorded)
+                _check_recorded_checksum(path, recorded)
                 index = engine.read_index(path, recorded["rows"], self.dim)
                 index = engine.extend_index(index, (block for _, block in self.iter_vectors(target, recorded["rows"])))
             engine.configure_for_search(index, self.search_settings)
             self._search_indices[target] = index
         return self._search_indices[target]
+
+    def _committed_since(self) -> bool:
+        """Whether a writer committed FAISS files since this object read `index.json`."""
+        on_disk = read_metadata(self.folder / METADATA_FILE)
+        return on_disk["search"]["commit"] != self.metadata["search"]["commit"]
+
+    def file_path(self, recorded: dict[str, Any]) -> Path:
+        """The path of a file `index.json` records, refused unless it resolves inside the folder
+        (a link pointing elsewhere included)."""
+        path = self.folder / recorded["file"]
+        inside = self.folder.resolve()
+        if not path.resolve().is_relative_to(inside):
+            raise EmbeddingIndexError(
+                f"{path} resolves to {path.resolve()}, outside the index folder {inside}: an index reads only "
+                "its own files; rebuild it from the catalog"
+            )
+        return path
 
     def searcher(self, target: str | None):
         """The FAISS index that answers `target`'s queries: `search_index`, or with `faiss_gpu` its copy on
@@ -380,7 +429,9 @@ class EmbeddingIndex:
             fresh = rebuild or recorded is None or recorded["type"] != kind
             index = self._build_search_index(target, settings) if fresh else self.search_index(target)
             path = self.folder / FAISS_PATTERN.format(commit, position)
-            engine.write_index(index, path)
+            with _writing(path, f"the rows are committed ({len(self)}); the next add or --rebuild writes the "
+                          "FAISS files, and searches add the missing rows in memory until then"):  # fmt: skip
+                engine.write_index(index, path)
             files.append({"file": path.name, "rows": len(self), "type": kind, "bytes": path.stat().st_size,
                           "sha256": file_sha256(path)})  # fmt: skip
             done.append(f"{target or 'global'}: {kind}, {'built' if fresh else 'extended'}")
@@ -394,8 +445,14 @@ class EmbeddingIndex:
     def verify(self) -> list[str]:
         """Problems found by re-reading every shard and FAISS file against its recorded SHA-256 (empty when sound)."""
         problems = []
-        for recorded in [*self.metadata["shards"], *self.metadata["search"]["files"]]:
-            path = self.folder / recorded["file"]
+        recorded_files = [*self.metadata["shards"], *self.metadata["search"]["files"]]
+        for recorded in tqdm(recorded_files, desc="verifying checksums", unit="file", leave=False,
+                             disable=len(recorded_files) < 4):  # fmt: skip
+            try:
+                path = self.file_path(recorded)
+            except EmbeddingIndexError as error:
+                problems.append(str(error))
+                continue
             if not path.is_file():
                 problems.append(f"{path} is missing")
             elif "sha256" not in recorded:
@@ -435,16 +492,20 @@ class EmbeddingIndex:
         self._discard_uncommitted()
         shard_file = SHARD_PATTERN.format(len(self.metadata["shards"]))
         shard_path = self.folder / shard_file
-        save_file(self._shard_tensors(image_embeds, region_embeds, thumbnails), str(shard_path),
-                  metadata={"source": source})  # fmt: skip
-        with open(self.folder / ITEMS_FILE, "a", encoding="utf-8") as handle:
+        kept = f"the index keeps its last commit ({len(self)} rows)"
+        with _writing(shard_path, kept):
+            save_file(self._shard_tensors(image_embeds, region_embeds, thumbnails), str(shard_path),
+                      metadata={"source": source})  # fmt: skip
+        with _writing(self.folder / ITEMS_FILE, kept, remove=False), \
+                open(self.folder / ITEMS_FILE, "a", encoding="utf-8") as handle:  # fmt: skip
             handle.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
             handle.flush()
             os.fsync(handle.fileno())
         shard = {"file": shard_file, "rows": rows, "source": source, "bytes": shard_path.stat().st_size,
                  "sha256": file_sha256(shard_path)}  # fmt: skip
         metadata = dict(self.metadata, shards=[*self.metadata["shards"], shard], rows=len(self) + rows)
-        _write_json_atomically(self.folder / METADATA_FILE, metadata)
+        with _writing(self.folder / METADATA_FILE, kept, remove=False):
+            _write_json_atomically(self.folder / METADATA_FILE, metadata)
         self.metadata = metadata
         self._forget_loaded()
 
@@ -478,9 +539,12 @@ class EmbeddingIndex:
 
     def _discard_uncommitted(self) -> None:
         """Drops what an interrupted add left: item lines past the committed rows, unlisted shards and FAISS files."""
-        with open(self.folder / ITEMS_FILE, encoding="utf-8") as handle:
-            lines = [line for _, line in zip(range(len(self)), handle)]
-        (self.folder / ITEMS_FILE).write_text("".join(lines), encoding="utf-8")
+        path = self.folder / ITEMS_FILE
+        lines = self._committed_item_lines()
+        if path.stat().st_size > sum(len(line.encode("utf-8")) for line in lines):
+            temporary = path.with_suffix(".jsonl.tmp")  # replaced whole, never rewritten in place: readers read it
+            temporary.write_text("".join(lines), encoding="utf-8")
+            os.replace(temporary, path)
         committed = self.metadata["search"]["commit"]
         listed = {shard["file"] for shard in self.metadata["shards"]}
         self._remove_files("shard-*.safetensors", lambda path: path.name not in listed)
@@ -496,6 +560,46 @@ def _faiss_commit(path: Path) -> int:
     """The commit number in a FAISS file's name (`faiss-00003-1.index`: 3)."""
     parts = path.name.split("-")
     return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else -1
+
+
+def check_new_index_folder(folder: Path) -> None:
+    """Refuses to create an index in a folder that holds anything but an index (a model folder,
+    say): the index's files would be mixed with others, and its clean-ups could remove them."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise EmbeddingIndexError(f"{folder} is a file; give a folder for the index")
+    others = sorted(path.name for path in folder.iterdir() if path.name != LOCK_FILE) if folder.is_dir() else []
+    if others and not (folder / METADATA_FILE).exists():
+        raise EmbeddingIndexError(
+            f"{folder} is not empty and holds no index ({', '.join(others[:5])}{', ...' if len(others) > 5 else ''}): "
+            "give a new or empty folder for the index"
+        )
+
+
+@contextmanager
+def _writing(path: Path, kept: str, remove: bool = True) -> Iterator[None]:
+    """Turns a failed write of `path` (a full disk, a read-only folder) into an `EmbeddingIndexError`
+    that names it and says what was kept; the partly written file is removed (`remove`)."""
+    try:
+        yield
+    except (OSError, SafetensorError, RuntimeError) as error:
+        if remove:
+            path.unlink(missing_ok=True)
+        reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+        raise EmbeddingIndexError(f"writing {path} failed ({reason}): {kept}") from None
+
+
+def _check_recorded_checksum(path: Path, recorded: dict[str, Any]) -> None:
+    """A FAISS file's bytes against the SHA-256 recorded when it was written, before FAISS parses them."""
+    if "sha256" not in recorded:
+        raise EmbeddingIndexError(
+            f"index.json records no checksum for {path}; recreate the FAISS files with e2-hf index --rebuild"
+        )
+    if file_sha256(path) != recorded["sha256"]:
+        raise EmbeddingIndexError(
+            f"{path}: its bytes differ from the SHA-256 recorded when it was written (changed or damaged); "
+            "recreate it with e2-hf index --rebuild"
+        )
 
 
 def _check_recorded_size(path: Path, recorded: dict[str, Any]) -> None:
@@ -572,6 +676,11 @@ def read_metadata(path: Path) -> dict[str, Any]:
     if metadata.get("format") != INDEX_FORMAT or metadata.get("version") != INDEX_VERSION:
         raise EmbeddingIndexError(f"{path}: not an {INDEX_FORMAT} version {INDEX_VERSION} file")
     _check_fields(metadata, METADATA_FIELDS, f"{path}")
+    for name, (low, high) in METADATA_BOUNDS.items():
+        if not low <= metadata[name] <= high:
+            raise EmbeddingIndexError(f"{path}: {name} is {metadata[name]}, outside {low}..{high}")
+    if not all(isinstance(entity, str) and entity for entity in metadata["entities"]):
+        raise EmbeddingIndexError(f"{path}: entities must be names (non-empty strings)")
     if metadata["storage_dtype"] not in STORAGE_DTYPES:
         raise EmbeddingIndexError(f"{path}: unknown storage_dtype {metadata['storage_dtype']!r}")
     _check_records(metadata["shards"], SHARD_FIELDS, f"{path}: shards")
@@ -592,6 +701,20 @@ def _check_records(records: list, fields: dict[str, type], where: str) -> None:
         if not isinstance(record, dict):
             raise EmbeddingIndexError(f"{where}[{position}] is not an object")
         _check_fields(record, fields, f"{where}[{position}]")
+        if record["rows"] < 0:
+            raise EmbeddingIndexError(f"{where}[{position}]: rows is negative ({record['rows']})")
+        _check_file_name(record["file"], f"{where}[{position}]")
+        for name, kind in (("bytes", int), ("sha256", str)):
+            if name in record and (not isinstance(record[name], kind) or isinstance(record[name], bool)):
+                raise EmbeddingIndexError(f"{where}[{position}]: field {name!r} is not a {kind.__name__}")
+
+
+def _check_file_name(name: str, where: str) -> None:
+    """A file an index names is a plain name in its folder: no folder part, not absolute, not `..`."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or Path(name).is_absolute() or "\0" in name:
+        raise EmbeddingIndexError(
+            f"{where}: file {name!r} is not a plain file name in the index folder; an index reads only its own files"
+        )
 
 
 def _check_fields(record: dict[str, Any], fields: dict[str, type], where: str) -> None:
