@@ -14,6 +14,10 @@ contrastive training put both in one space. Two recipes close the gap between th
 
 A captioner folder holds `captioner_config.json`, `decoder/` (the causal LM and its tokenizer, as
 `save_pretrained` writes them), `mapping.safetensors` and, for DeCap, `memory.safetensors`.
+Loading one reads JSON, tokenizer files and safetensors only: the decoder must be one of
+transformers' own classes (a folder whose config asks for its own code, `auto_map`, is refused,
+and no prompt to run it can appear), and every file is checked (names, shapes, dtypes, finite
+values, token ids inside the vocabulary) with errors naming it.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -39,6 +44,13 @@ END_TOKEN = "<|endoftext|>"  # of the tokenizer a from-scratch decoder learns (G
 
 class CaptionerError(ValueError):
     """A captioner that cannot be used as asked; the message says why."""
+
+
+# the sizes a captioner config may hold: beyond them it is damaged or crafted (an embedding size of
+# 10^12 would allocate the mapping network before any weight is read)
+CONFIG_RANGES = (("embedding_dim", int, (1, 65_536)), ("prefix_length", int, (1, 1_024)),
+                 ("max_caption_tokens", int, (1, 65_536)), ("noise_variance", (int, float), (0, 1e6)),
+                 ("memory_temperature", (int, float), (0, 1e6)), ("format_version", int, (0, 1_000)))  # fmt: skip
 
 
 @dataclass
@@ -62,10 +74,13 @@ class CaptionerConfig:
     def __post_init__(self) -> None:
         if self.recipe not in RECIPES:
             raise CaptionerError(f"recipe must be one of {RECIPES}, got {self.recipe!r}")
-        if self.prefix_length < 1:
-            raise CaptionerError(f"prefix_length must be at least 1, got {self.prefix_length}")
-        if self.noise_variance < 0:
-            raise CaptionerError(f"noise_variance must be non-negative, got {self.noise_variance}")
+        for name, kind, (low, high) in CONFIG_RANGES:
+            value = getattr(self, name)
+            if not isinstance(value, kind) or isinstance(value, bool) or not low <= value <= high:
+                raise CaptionerError(f"{name} must be a number from {low} to {high}, got {value!r}")
+        for name in ("backbone_name", "backbone_fingerprint"):
+            if not isinstance(getattr(self, name), str):
+                raise CaptionerError(f"{name} must be a string, got {getattr(self, name)!r}")
         if self.memory_temperature <= 0:
             raise CaptionerError(f"memory_temperature must be positive, got {self.memory_temperature}")
 
@@ -210,17 +225,112 @@ class E2Captioner(nn.Module):
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu") -> E2Captioner:
-        """A folder written by `save_pretrained`. Only weights and JSON are read: no code runs."""
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
+        """A folder written by `save_pretrained`. Only JSON, tokenizer files and safetensors are read,
+        each checked: no code runs, and a damaged or crafted file is a `CaptionerError` naming it."""
         folder = Path(folder)
         config = read_config(folder)
-        decoder = AutoModelForCausalLM.from_pretrained(folder / DECODER_FOLDER)
-        tokenizer = AutoTokenizer.from_pretrained(folder / DECODER_FOLDER)
-        memory = load_file(folder / MEMORY_FILE)["memory"] if config.recipe == "decap" else None
+        decoder, tokenizer = load_decoder(str(folder / DECODER_FOLDER), safetensors_only=True)
+        memory = read_memory(folder / MEMORY_FILE, config) if config.recipe == "decap" else None
         captioner = cls(config, decoder, tokenizer, memory)
-        captioner.mapping.load_state_dict(load_file(folder / MAPPING_FILE))
+        load_weights(captioner.mapping, folder / MAPPING_FILE)
+        _check_finite(decoder.parameters(), folder / DECODER_FOLDER)
         return captioner.to(device).eval()
+
+
+def _refuse_own_code(source: str) -> None:
+    """A local decoder folder whose config or tokenizer config asks to run its own code is refused
+    before transformers sees it (transformers would prompt for it at a terminal)."""
+    for name in ("config.json", "tokenizer_config.json"):
+        path = Path(source) / name
+        if not path.is_file():
+            continue
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise CaptionerError(f"{path} is not valid JSON ({error})") from None
+        if isinstance(record, dict) and "auto_map" in record:
+            raise CaptionerError(
+                f"{path} asks to run the folder's own code (auto_map); a captioner's decoder must be a model class "
+                "transformers ships (e.g. GPT-2), and no code from a model folder is run"
+            )
+
+
+def load_decoder(source: str, safetensors_only: bool = False) -> tuple[nn.Module, Any]:
+    """`(causal LM, tokenizer)` from a folder or Hub id, with `trust_remote_code=False`: a model
+    that needs its own code is refused, never run. `safetensors_only` refuses pickled weights
+    (a captioner folder holds safetensors; a Hub decoder may fall back to `torch.load(weights_only)`).
+    The tokenizer's end and padding tokens, and its whole vocabulary, must fit the decoder's embeddings."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _refuse_own_code(source)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+    except Exception as error:  # noqa: BLE001 (a damaged tokenizer file fails in many libraries' ways)
+        raise CaptionerError(f"the tokenizer in {source} cannot be read ({_reason(error)})") from None
+    try:
+        decoder = AutoModelForCausalLM.from_pretrained(source, trust_remote_code=False,
+                                                       use_safetensors=True if safetensors_only else None)  # fmt: skip
+    except Exception as error:  # noqa: BLE001 (as above: config, weights and transformers' own checks)
+        raise CaptionerError(f"the decoder in {source} cannot be loaded ({_reason(error)})") from None
+    if tokenizer.eos_token_id is None:
+        raise CaptionerError(f"the tokenizer in {source} has no end token (eos_token) to end a caption with")
+    vocabulary = decoder.get_input_embeddings().num_embeddings
+    ids = {"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
+           "largest token id": max(tokenizer.get_vocab().values(), default=0)}  # fmt: skip
+    for name, value in ids.items():
+        if value is not None and not 0 <= value < vocabulary:
+            raise CaptionerError(
+                f"the tokenizer in {source}: {name} is {value}, outside the decoder's {vocabulary} embeddings"
+            )
+    return decoder, tokenizer
+
+
+def read_memory(path: Path, config: CaptionerConfig) -> torch.Tensor:
+    """DeCap's memory: one float tensor `memory [texts, embedding_dim]` of finite values."""
+    tensors = _read_safetensors(path)
+    if set(tensors) != {"memory"}:
+        raise CaptionerError(f"{path} holds {sorted(tensors)}; a captioner memory holds one tensor, 'memory'")
+    memory = tensors["memory"]
+    if not memory.is_floating_point() or memory.ndim != 2 or len(memory) == 0 or memory.shape[1] != config.embedding_dim:
+        raise CaptionerError(
+            f"{path}: memory is {memory.dtype} {list(memory.shape)}, the captioner needs float [texts, "
+            f"{config.embedding_dim}]"
+        )
+    _check_finite([memory], path)
+    return memory.float()
+
+
+def load_weights(module: nn.Module, path: Path) -> None:
+    """`module`'s weights from a safetensors file: the same names, shapes and float dtypes, finite."""
+    tensors = _read_safetensors(path)
+    expected = module.state_dict()
+    for name, tensor in tensors.items():
+        if name not in expected or tensor.shape != expected[name].shape or not tensor.is_floating_point():
+            needs = f"{list(expected[name].shape)}" if name in expected else "nothing of that name"
+            raise CaptionerError(f"{path}: {name} is {tensor.dtype} {list(tensor.shape)}, the captioner needs {needs}")
+    missing = sorted(set(expected) - set(tensors))
+    if missing:
+        raise CaptionerError(f"{path} lacks {missing}; the captioner folder is incomplete")
+    _check_finite(tensors.values(), path)
+    module.load_state_dict(tensors)
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError) as error:
+        raise CaptionerError(f"{path} is not a readable safetensors file ({_reason(error)}); train the captioner "
+                             "again") from None  # fmt: skip
+
+
+def _check_finite(tensors, where: Path) -> None:
+    if not all(torch.isfinite(tensor).all() for tensor in tensors):
+        raise CaptionerError(f"{where} holds NaN or infinite weights: it would write empty captions; train it again")
+
+
+def _reason(error: Exception) -> str:
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"[:300]
 
 
 def read_config(folder: Path) -> CaptionerConfig:
@@ -232,8 +342,10 @@ def read_config(folder: Path) -> CaptionerConfig:
     try:
         values = json.loads(path.read_text(encoding="utf-8"))
         config = CaptionerConfig(**values)
-    except (json.JSONDecodeError, TypeError) as error:
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as error:
         raise CaptionerError(f"{path} is not a valid captioner config: {error}") from None
+    except CaptionerError as error:
+        raise CaptionerError(f"{path}: {error}") from None
     if config.format_version != FORMAT_VERSION:
         raise CaptionerError(f"{path}: format_version {config.format_version}, this version reads {FORMAT_VERSION}")
     for name in (MAPPING_FILE, *([MEMORY_FILE] if config.recipe == "decap" else [])):

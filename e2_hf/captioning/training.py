@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 import random
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +23,9 @@ from ..data import open_catalog
 from ..evaluation.embedding import load_for_inference
 from ..modeling import E2CLIPEmbedder, E2CLIPModel, E2CLIPProcessor
 from ..search.index import model_fingerprint
-from .captioner import CONFIG_NAME, END_TOKEN, RECIPES, CaptionerConfig, CaptionerError, E2Captioner
+from ..local_paths import portable_name
+from ..locking import LockHeldError, exclusive_lock
+from .captioner import CONFIG_NAME, END_TOKEN, RECIPES, CaptionerConfig, CaptionerError, E2Captioner, load_decoder
 
 
 @dataclass
@@ -108,12 +111,7 @@ def build_decoder(args: CaptionerTrainingArguments, texts: Sequence[str]):
         return small_decoder(
             tokenizer, args.decoder_width, args.decoder_layers, args.decoder_heads, positions
         ), tokenizer
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(args.decoder)
-    if tokenizer.eos_token_id is None:
-        raise CaptionerError(f"the tokenizer of {args.decoder} has no end token (eos_token) to end a caption with")
-    return AutoModelForCausalLM.from_pretrained(args.decoder), tokenizer
+    return load_decoder(args.decoder)
 
 
 def embed_corpus(model: E2CLIPModel, processor: E2CLIPProcessor, texts: Sequence[str], device) -> torch.Tensor:
@@ -131,11 +129,38 @@ def unique_rows(texts: Sequence[str], embeddings: torch.Tensor) -> torch.Tensor:
 
 
 def train_captioner(args: CaptionerTrainingArguments, log=print) -> dict:
-    """Trains and saves a captioner to `args.output_dir`; returns a summary (losses per epoch)."""
+    """Trains and saves a captioner to `args.output_dir`; returns a summary (losses per epoch).
+    The output is checked first (not another kind of folder, writable, no other run writing it);
+    a second run into the same folder while one trains is refused."""
     output = Path(args.output_dir)
     if output.is_file() or (output.is_dir() and any(output.iterdir()) and not (output / CONFIG_NAME).is_file()):
         raise CaptionerError(f"{output} exists and is not a captioner folder: choose a new --output-dir "
                              "(a captioner folder there would be replaced)")  # fmt: skip
+    with _output_lock(output):
+        return _train(args, output, log)
+
+
+@contextmanager
+def _output_lock(output: Path) -> Iterator[None]:
+    """Holds `.<name>.lock` beside `output` for the whole run: creating it checks, before any
+    training, that the folder can be written; a run that finds it held is refused."""
+    lock = output.with_name(f".{output.name}.lock")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        lock.touch()
+    except OSError as error:
+        raise CaptionerError(f"{output} cannot be written ({error.strerror or error}): choose a writable "
+                             "--output-dir") from None  # fmt: skip
+    with ExitStack() as held:
+        try:
+            held.enter_context(exclusive_lock(lock, wait=False))
+        except LockHeldError:
+            raise CaptionerError(f"another e2-hf train-captioner is writing {output}; wait for it to finish or "
+                                 "choose another --output-dir") from None  # fmt: skip
+        yield
+
+
+def _train(args: CaptionerTrainingArguments, output: Path, log) -> dict:
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     model, processor, device, _ = load_for_inference(args.model, args.device)
@@ -144,7 +169,7 @@ def train_captioner(args: CaptionerTrainingArguments, log=print) -> dict:
     decoder, tokenizer = build_decoder(args, texts)
     config = CaptionerConfig(
         recipe=args.recipe, embedding_dim=embeddings.shape[1], prefix_length=args.prefix_length,
-        backbone_name=str(args.model), backbone_fingerprint=model_fingerprint(model),
+        backbone_name=portable_name(str(args.model)), backbone_fingerprint=model_fingerprint(model),
         noise_variance=args.noise_variance, memory_temperature=args.memory_temperature,
         max_caption_tokens=args.max_caption_tokens,
     )  # fmt: skip

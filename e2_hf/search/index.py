@@ -37,7 +37,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -54,6 +53,7 @@ from tqdm.auto import tqdm
 
 from ..data.catalogs import json_object, values_of
 from ..errors import EmbeddingIndexError
+from ..locking import exclusive_lock
 from . import engine
 from .engine import STORAGE_DTYPES, SearchSettings
 
@@ -616,48 +616,9 @@ def writer_lock(folder: str | Path) -> Iterator[None]:
     The lock is the operating system's (`flock`), so a killed writer never leaves it held."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / LOCK_FILE, "a+b") as handle:
-        if not _try_lock(handle):
-            print(f"{folder} is being written by another process; waiting for it to finish", file=sys.stderr)
-            _lock(handle)
-        try:
-            yield
-        finally:
-            _unlock(handle)
-
-
-if os.name == "nt":
-    import msvcrt
-
-    def _try_lock(handle) -> bool:
-        try:
-            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
-        except OSError:
-            return False
-        return True
-
-    def _lock(handle) -> None:
-        while not _try_lock(handle):  # LK_LOCK gives up after 10 s; keep waiting
-            msvcrt.locking(handle.fileno(), msvcrt.LK_LOCK, 1)
-
-    def _unlock(handle) -> None:
-        msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
-
-else:
-    import fcntl
-
-    def _try_lock(handle) -> bool:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        return True
-
-    def _lock(handle) -> None:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-
-    def _unlock(handle) -> None:
-        fcntl.flock(handle, fcntl.LOCK_UN)
+    waiting = f"{folder} is being written by another process; waiting for it to finish"
+    with exclusive_lock(folder / LOCK_FILE, waiting_message=waiting):
+        yield
 
 
 def read_metadata(path: Path) -> dict[str, Any]:
