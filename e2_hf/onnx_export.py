@@ -175,6 +175,21 @@ def _check_installed() -> None:
         raise ExportError(f"exporting needs {', '.join(missing)}: pip install 'e2-hf[onnx]'")
 
 
+def _check_not_the_source(output_dir: Path, source: str) -> None:
+    """Refuses an output folder that is, contains or lies inside the model's own folder: `--overwrite`
+    would rewrite or delete the source weights (an fp16 export would replace them with fp16 ones)."""
+    if not source or not Path(source).is_dir():
+        return  # a Hub id: the source is in the cache, not a folder of the user's
+    source_path, output_path = Path(source).resolve(), output_dir.resolve()
+    if output_path.is_relative_to(source_path) or source_path.is_relative_to(output_path):
+        relation = "is" if output_path == source_path else "contains" if source_path.is_relative_to(output_path) \
+            else "is inside"  # fmt: skip
+        raise ExportError(
+            f"--output-dir {output_dir} {relation} the model's own folder {source}: the export would overwrite "
+            "the source model; give a separate folder"
+        )
+
+
 def _prepare_output(output_dir: Path, overwrite: bool) -> None:
     if output_dir.exists() and any(output_dir.iterdir()):
         if not overwrite:
@@ -211,6 +226,7 @@ def export_onnx(model: E2CLIPModel, processor: E2CLIPProcessor, output_dir: str 
     if quantize and dtype != "fp32":
         raise ExportError("--quantize int8 starts from the fp32 graphs; leave --dtype at fp32")
     output_dir = Path(output_dir)
+    _check_not_the_source(output_dir, str(model.name_or_path))
     _prepare_output(output_dir, overwrite)
     model = model.to("cpu", resolve_dtype(dtype)).eval()
     model.save_pretrained(output_dir)

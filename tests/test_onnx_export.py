@@ -90,3 +90,34 @@ def test_the_command_refuses_a_folder_that_is_not_empty(tiny_e2, tiny_processor,
     assert "is not empty; give a new folder or --overwrite" in completed.stderr
     assert "Traceback" not in completed.stderr
     assert (tmp_path / "taken" / "notes.txt").read_text() == "mine"
+
+
+def test_an_output_that_is_contains_or_lies_inside_the_source_is_refused(tiny_e2, tiny_processor, tmp_path):
+    source = tmp_path / "models" / "e2"
+    tiny_e2.save_pretrained(source)
+    tiny_processor.save_pretrained(source)
+    weights = (source / "model.safetensors").read_bytes()
+    completed = subprocess.run(
+        [sys.executable, "-m", "e2_hf.cli", "export-onnx", "--model", str(source), "--output-dir", str(source),
+         "--dtype", "fp16", "--overwrite"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert completed.returncode != 0 and "Traceback" not in completed.stderr
+    assert f"--output-dir {source} is the model's own folder" in completed.stderr
+    assert (source / "model.safetensors").read_bytes() == weights  # not rewritten as float16
+    loaded = E2CLIPModel.from_pretrained(source)
+    for output, relation in ((source / "onnx-export", "is inside"), (tmp_path / "models", "contains")):
+        with pytest.raises(ExportError, match=f"{relation} the model's own folder"):
+            export_onnx(loaded, tiny_processor, output, overwrite=True)
+    assert not (source / "onnx").exists() and not (source / "onnx-export").exists()
+
+
+def test_a_model_path_that_does_not_exist_is_named(tmp_path):
+    completed = subprocess.run(
+        [sys.executable, "-m", "e2_hf.cli", "export-onnx", "--model", "/nonexistent/e2", "--output-dir",
+         str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert completed.returncode != 0 and "Traceback" not in completed.stderr
+    assert "/nonexistent/e2 does not exist: give a model folder, or a Hub repo id" in completed.stderr
+    assert "Repo id must" not in completed.stderr and not (tmp_path / "out").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -45,7 +46,9 @@ def check_model_folder(model_name_or_path: str | Path) -> None:
 
     path = Path(model_name_or_path)
     if not path.exists():
-        return
+        if _names_a_path(str(model_name_or_path)):
+            raise ValueError(f"{path} does not exist: give a model folder, or a Hub repo id such as owner/name")
+        return  # a Hub id
     if not path.is_dir():
         raise ValueError(f"{path} is a file; give the model's folder (with config.json and model.safetensors)")
     if not (path / "config.json").is_file():
@@ -56,6 +59,11 @@ def check_model_folder(model_name_or_path: str | Path) -> None:
                 pass
         except SafetensorError as error:
             raise ValueError(f"{weights} is damaged or truncated ({error}); save or download the model again") from None
+
+
+def _names_a_path(name: str) -> bool:
+    """Whether `name` can only be a local path, never a Hub repo id (`owner/name` or `name`)."""
+    return os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name
 
 
 def load_for_inference(
