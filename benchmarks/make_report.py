@@ -798,6 +798,47 @@ def downstream_section(result: dict) -> list[str]:
     ]
 
 
+TARGETS_OF_AN_INDEX = 5  # the global embedding and four entities: one FAISS file each, all of one size
+
+
+def hostile_input_section(result: dict) -> list[str]:
+    checksum = result["checksum"]
+    checks = [[kind, f"{values['bytes'] / 1e6:,.0f}", f"{values['read_index_s']:.2f}", f"{values['sha256_s']:.2f}",
+               f"{values['checksum_over_read']:.2f}x", f"{values['sha256_mb_per_s']:,.0f}",
+               f"{TARGETS_OF_AN_INDEX * values['sha256_s']:.1f}"]
+              for kind, values in checksum["types"].items()]  # fmt: skip
+    requests = [[name, f"{values['png_bytes'] / 1e3:,.0f}", f"{values['peak_mib']:,.0f}", f"{values['extra_mib']:,.0f}",
+                 "refused" if values["refused"] else "served"]
+                for name, values in result["requests"].items()]  # fmt: skip
+    return [
+        "## 10. Hostile input: what the defences cost",
+        "",
+        f"Setting: {result['setting']}.",
+        "",
+        f"Checking each FAISS file's SHA-256 before FAISS parses it, at {checksum['rows']:,} rows of "
+        f"{checksum['dimension']} (baseline: `faiss.read_index` of the same file, which an open pays anyway):",
+        "",
+        *table(
+            [
+                "type",
+                "file MB",
+                "read_index s",
+                "SHA-256 s",
+                "checksum / read",
+                "SHA-256 MB/s",
+                f"added to an index's first search, {TARGETS_OF_AN_INDEX} targets, s",
+            ],
+            checks,
+        ),
+        "",
+        "Peak memory of one endpoint request with the default limits (a fresh process per request; "
+        "'extra' is above the peak of loading the model):",
+        "",
+        *table(["request", "PNG KB", "peak MiB", "extra MiB", "outcome"], requests),
+        "",
+    ]
+
+
 def logo_summary(selection: dict) -> str:
     """The brand tokens' logo hit rate over chance in the last fusion block, when measured."""
     blocks = selection.get("entities", {}).get("brand", {}).get("blocks") or []
@@ -820,6 +861,7 @@ SECTIONS = {
     "serving": serving_section,
     "search_scale": search_scale_section,
     "downstream": downstream_section,
+    "hostile_input": hostile_input_section,
 }
 COMMANDS = {
     "inference": "bench_inference.py",
@@ -834,6 +876,7 @@ COMMANDS = {
     "serving": "serving.py --demo-dir DIR",
     "search_scale": "search_scale.py",
     "downstream": "downstream.py --seeds 3",
+    "hostile_input": "hostile_input.py",
 }
 
 

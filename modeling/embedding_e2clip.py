@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from transformers.utils.logging import tqdm
 
-from .image_processing_e2clip import ImageLimits, open_image, to_rgb_image
+from .image_processing_e2clip import DEFAULT_IMAGE_LIMITS, ImageLimits, ImageSizeError, open_image, to_rgb_image
 from .modeling_e2clip import E2CLIPModel
 from .processing_e2clip import E2CLIPProcessor
 
@@ -109,7 +109,7 @@ class E2CLIPEmbedder:
 
     def __init__(self, model: E2CLIPModel, processor: E2CLIPProcessor, device: str | torch.device | None = None,
                  dtype: str | torch.dtype | None = None, batch_size: int = 32, progress: bool = True,
-                 image_limits: ImageLimits | None = ImageLimits()):  # fmt: skip
+                 image_limits: ImageLimits | None = DEFAULT_IMAGE_LIMITS):  # fmt: skip
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -163,10 +163,10 @@ class E2CLIPEmbedder:
         images = list(images)
         if not images:
             raise ValueError("embed_images needs at least one image")
-        parts = [
-            self.embed_pixel_values(self.processor(images=[decoded(image, self.image_limits) for image in batch])["pixel_values"])
-            for batch in self._batches(images, batch_size, "images")
-        ]
+        parts = []
+        for batch in self._batches(images, batch_size, "images"):
+            decoded_batch = [decoded(image, self.image_limits) for image in batch]
+            parts.append(self.embed_pixel_values(self.processor(images=decoded_batch)["pixel_values"]))
         return E2CLIPImageEmbeddings.concatenate(parts)
 
     @torch.no_grad()
@@ -198,4 +198,12 @@ class E2CLIPEmbedder:
         return probabilities
 
 
-__all__ = ["DTYPES", "E2CLIPEmbedder", "E2CLIPImageEmbeddings", "decoded", "resolve_dtype"]
+__all__ = [
+    "DTYPES",
+    "E2CLIPEmbedder",
+    "E2CLIPImageEmbeddings",
+    "ImageLimits",
+    "ImageSizeError",
+    "decoded",
+    "resolve_dtype",
+]

@@ -31,11 +31,11 @@ import base64
 import binascii
 import logging
 import os
+import sys
 from typing import Any, NamedTuple
 
 from PIL import Image
 from transformers.dynamic_module_utils import get_class_from_dynamic_module
-
 
 logger = logging.getLogger(__name__)
 
@@ -82,9 +82,10 @@ class EndpointHandler:
         self.limits = limits or RequestLimits.from_environment()
         # the folder's own code (this file ships with it, so deploying the folder trusts it)
         embedder_class = get_class_from_dynamic_module("embedding_e2clip.E2CLIPEmbedder", path)
-        limits_class = get_class_from_dynamic_module("image_processing_e2clip.ImageLimits", path)
-        self.image_size_error = get_class_from_dynamic_module("image_processing_e2clip.ImageSizeError", path)
-        self.image_limits = image_limits or limits_class.from_environment()
+        # the limits and their error from the embedder's own module (loading a class again may load a new copy)
+        embedding_module = sys.modules[embedder_class.__module__]
+        self.image_size_error = embedding_module.ImageSizeError
+        self.image_limits = image_limits or embedding_module.ImageLimits.from_environment()
         self.embedder = embedder_class.from_pretrained(path, trust_remote_code=True, progress=False,
                                                        image_limits=self.image_limits)  # fmt: skip
 

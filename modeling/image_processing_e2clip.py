@@ -199,6 +199,9 @@ class ImageLimits:
             )
 
 
+DEFAULT_IMAGE_LIMITS = ImageLimits()
+
+
 def open_image(source: str | os.PathLike | BinaryIO, limits: ImageLimits | None = None) -> Image.Image:
     """An image file (a path, or an open binary file such as `io.BytesIO`), decoded, upright and
     RGB; a missing or unreadable file is an error naming it. With `limits`, an image outside them
@@ -264,6 +267,7 @@ def _checked_color(color: Sequence[int]) -> tuple[int, int, int]:
 __all__ = [
     "IMAGE_FITS",
     "E2CLIPImageProcessor",
+    "DEFAULT_IMAGE_LIMITS",
     "ImageLimits",
     "ImageSizeError",
     "checked_image_fit",

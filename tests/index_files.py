@@ -24,9 +24,9 @@ def add_random_rows(index: EmbeddingIndex, rows: int, seed: int) -> None:
               "source": "random"} for row in range(rows)]  # fmt: skip
     with writer_lock(index.folder):
         index.reload()
+        thumbnails = np.full((rows, THUMBNAIL_SIZE, THUMBNAIL_SIZE, 3), seed % 256, dtype=np.uint8)
         index.add(torch.randn(rows, DIM, generator=generator),
-                  torch.randn(rows, len(ENTITIES), DIM, generator=generator),
-                  np.full((rows, THUMBNAIL_SIZE, THUMBNAIL_SIZE, 3), seed % 256, dtype=np.uint8), items, "random")  # fmt: skip
+                  torch.randn(rows, len(ENTITIES), DIM, generator=generator), thumbnails, items, "random")  # fmt: skip
         index.commit_search_indices()
 
 

@@ -25,6 +25,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
         "serving",
         "search_scale",
         "downstream",
+        "hostile_input",
     ],
 )
 def test_benchmark_runs_at_toy_size(script, tmp_path):

@@ -17,7 +17,8 @@ def test_mutated_index_files_give_a_result_or_an_index_error(tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     last_case = [line for line in completed.stderr.splitlines() if line.startswith("case ")][-1:]
-    assert completed.returncode == 0, f"the worker died ({completed.returncode}) at {last_case}: {completed.stderr[-3000:]}"
+    died = f"the worker died ({completed.returncode}) at {last_case}: {completed.stderr[-3000:]}"
+    assert completed.returncode == 0, died
     outcomes = json.loads((tmp_path / "outcomes.json").read_text())
     assert outcomes["other"] == []
     assert outcomes["result"] + outcomes["EmbeddingIndexError"] == CASES

@@ -291,7 +291,8 @@ def read_memory(path: Path, config: CaptionerConfig) -> torch.Tensor:
     if set(tensors) != {"memory"}:
         raise CaptionerError(f"{path} holds {sorted(tensors)}; a captioner memory holds one tensor, 'memory'")
     memory = tensors["memory"]
-    if not memory.is_floating_point() or memory.ndim != 2 or len(memory) == 0 or memory.shape[1] != config.embedding_dim:
+    shape_ok = memory.ndim == 2 and len(memory) > 0 and memory.shape[1] == config.embedding_dim
+    if not memory.is_floating_point() or not shape_ok:
         raise CaptionerError(
             f"{path}: memory is {memory.dtype} {list(memory.shape)}, the captioner needs float [texts, "
             f"{config.embedding_dim}]"

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from ..data import Catalog, open_catalog
 from ..modeling import E2CLIPEmbedder, E2CLIPModel, E2CLIPProcessor
-from ..modeling.image_processing_e2clip import ImageLimits
+from ..modeling.image_processing_e2clip import DEFAULT_IMAGE_LIMITS, ImageLimits
 from ..search.index import model_fingerprint
 from .captioner import E2Captioner
 from .metrics import attribute_accuracy, caption_metrics
@@ -37,7 +37,7 @@ def checked_captioner(captioner: E2Captioner, model: E2CLIPModel) -> E2Captioner
 
 def caption_images(captioner: E2Captioner, model: E2CLIPModel, processor: E2CLIPProcessor, images: Sequence[Any],
                    num_beams: int = 1, max_new_tokens: int | None = None, batch_size: int = 32,
-                   image_limits: ImageLimits | None = ImageLimits()) -> list[str]:  # fmt: skip
+                   image_limits: ImageLimits | None = DEFAULT_IMAGE_LIMITS) -> list[str]:  # fmt: skip
     """One caption per image (paths, file bytes, PIL images or arrays), from its global embedding;
     images beyond `image_limits` are refused (None: a catalog's own images, read without a limit)."""
     checked_captioner(captioner, model)

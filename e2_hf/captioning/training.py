@@ -21,10 +21,10 @@ from tqdm.auto import tqdm
 
 from ..data import open_catalog
 from ..evaluation.embedding import load_for_inference
-from ..modeling import E2CLIPEmbedder, E2CLIPModel, E2CLIPProcessor
-from ..search.index import model_fingerprint
 from ..local_paths import portable_name
 from ..locking import LockHeldError, exclusive_lock
+from ..modeling import E2CLIPEmbedder, E2CLIPModel, E2CLIPProcessor
+from ..search.index import model_fingerprint
 from .captioner import CONFIG_NAME, END_TOKEN, RECIPES, CaptionerConfig, CaptionerError, E2Captioner, load_decoder
 
 

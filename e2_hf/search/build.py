@@ -22,8 +22,15 @@ from ..evaluation.embedding import evaluating
 from ..local_paths import portable_name, portable_spec
 from ..modeling import E2CLIPEmbedder, E2CLIPModel, E2CLIPProcessor
 from .engine import SearchSettings
-from .index import (EmbeddingIndex, EmbeddingIndexError, IndexItem, check_new_index_folder, letterbox, model_fingerprint,
-                    writer_lock)
+from .index import (
+    EmbeddingIndex,
+    EmbeddingIndexError,
+    IndexItem,
+    check_new_index_folder,
+    letterbox,
+    model_fingerprint,
+    writer_lock,
+)
 
 DEFAULT_THUMBNAIL_SIZE = 128
 DEFAULT_SHARD_ROWS = 20_000

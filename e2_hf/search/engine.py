@@ -67,9 +67,9 @@ class SearchSettings:
             if item.name == "index_type":
                 continue
             if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= SETTING_MAXIMA[item.name]:
-                raise EmbeddingIndexError(
-                    f"search setting {item.name} must be an integer from 0 to {SETTING_MAXIMA[item.name]}, got {value!r}"
-                )
+                maximum = SETTING_MAXIMA[item.name]
+                raise EmbeddingIndexError(f"search setting {item.name} must be an integer from 0 to {maximum}, "
+                                          f"got {value!r}")  # fmt: skip
 
     @classmethod
     def from_json(cls, record: dict[str, Any], where: str) -> SearchSettings:
