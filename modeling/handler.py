@@ -80,12 +80,12 @@ class EndpointHandler:
 
     def __init__(self, path: str = "", limits: RequestLimits | None = None, image_limits: Any = None):
         self.limits = limits or RequestLimits.from_environment()
-        # the folder's own code (this file ships with it, so deploying the folder trusts it)
+        # the folder's own code (this file ships with it, so deploying the folder trusts it). The
+        # configuration first: transformers 4.x copies only a module's direct relative imports,
+        # and the embedder reaches it through the model's module.
+        get_class_from_dynamic_module("configuration_e2clip.E2CLIPConfig", path)
         embedder_class = get_class_from_dynamic_module("embedding_e2clip.E2CLIPEmbedder", path)
-        # the limits and their error from the embedder's own module (loading a class again may load a new copy)
-        embedding_module = sys.modules[embedder_class.__module__]
-        self.image_size_error = embedding_module.ImageSizeError
-        self.image_limits = image_limits or embedding_module.ImageLimits.from_environment()
+        self.image_limits = image_limits or sys.modules[embedder_class.__module__].ImageLimits.from_environment()
         self.embedder = embedder_class.from_pretrained(path, trust_remote_code=True, progress=False,
                                                        image_limits=self.image_limits)  # fmt: skip
 
@@ -146,10 +146,12 @@ class EndpointHandler:
         if image is not None:
             try:
                 embeddings = self.embedder.embed_images([image])
-            except self.image_size_error as error:
-                raise RequestError(f"'image' is refused: {error} (limits: E2_MAX_IMAGE_PIXELS, "
-                                   "E2_MAX_IMAGE_ASPECT_RATIO)") from None  # fmt: skip
-            except ValueError as error:  # the bytes are no image
+            except ValueError as error:  # the bytes are no image, or one beyond the limits
+                # by name: transformers 4.x re-executes the folder's modules as it loads the
+                # processor, so the class this file could hold is not the one raised
+                if type(error).__name__ == "ImageSizeError":
+                    raise RequestError(f"'image' is refused: {error} (limits: E2_MAX_IMAGE_PIXELS, "
+                                       "E2_MAX_IMAGE_ASPECT_RATIO)") from None  # fmt: skip
                 raise RequestError(f"'image' is not a readable image ({error})") from None
             response["image_embeds"] = embeddings.image_embeds[0].tolist()
             if embeddings.region_embeds is not None:
