@@ -18,6 +18,7 @@ from importlib import import_module
 from pathlib import Path
 
 from .errors import TrainingError
+from .extras import MissingExtraError
 
 
 @dataclass(frozen=True)
@@ -192,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     spec = COMMANDS[args.command]
     try:
         spec.load(spec.run)(args)
-    except (ValueError, FileNotFoundError, OSError, TrainingError) as error:
+    except (ValueError, FileNotFoundError, OSError, TrainingError, MissingExtraError) as error:
         sys.exit(f"e2-hf {args.command}: error: {error}")
 
 

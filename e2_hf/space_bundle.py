@@ -41,13 +41,21 @@ Model: `{model}`. Built with `e2-hf build-space`.
 """
 
 
+SPACE_EXTRAS = ("search",)  # the Space searches its bundled index with FAISS
+
+
 def runtime_requirements() -> list[str]:
-    """e2-hf's own install requirements (no extras); gradio comes with the Space SDK."""
+    """e2-hf's own install requirements with the `search` extra's; gradio comes with the Space SDK."""
     try:
         requirements = importlib.metadata.requires("e2-hf") or []
     except importlib.metadata.PackageNotFoundError:
         raise RuntimeError("e2-hf is not installed (pip install .), so its requirements are unknown") from None
-    return [requirement for requirement in requirements if "extra ==" not in requirement]
+    needed = []
+    for requirement in requirements:
+        name, _, marker = requirement.partition(";")
+        if not marker or any(f'extra == "{extra}"' in marker for extra in SPACE_EXTRAS):
+            needed.append(name.strip())
+    return needed
 
 
 def vendor_package(destination: Path) -> None:

@@ -39,6 +39,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
+from .extras import require
+
 ENTITIES = ("brand", "season", "subcategory", "composition")
 SEASONS = tuple(f"{half}{year}" for year in range(2014, 2019) for half in ("SS", "FW"))
 SEASON_TRIMS = ((230, 57, 70), (29, 53, 87), (42, 157, 143), (233, 196, 106), (244, 162, 97),
@@ -330,7 +332,7 @@ def write_fashiongen_h5(path: Path, rows: list[RenderedView]) -> None:
     """Rendered views -> the FashionGen HDF5 layout (a product's rows contiguous), plus the
     detail boxes as `input_logo_box`, `input_trim_box`, `input_garment_box`: `[N, 4]` int32
     (left, top, right, bottom), -1 where a view has no such detail."""
-    import h5py
+    h5py = require("h5py", "writing the synthetic catalog's FashionGen HDF5 file")
 
     def text(values):
         return _fixed_bytes(values)

@@ -44,6 +44,7 @@ def test_build_space_lays_out_a_self_contained_space(space_dir, e2_model_dir, ca
     assert any(line.startswith("transformers") for line in requirements) and not any(
         "pytest" in r for r in requirements
     )
+    assert any(line.startswith("faiss-cpu") for line in requirements)  # the search extra: the Space searches
     assert len(EmbeddingIndex(space_dir / "index")) == 10  # the catalog's validation products
     assert local_path_leaks(space_dir) == [] and f"Model: `{e2_model_dir.name}`" in card
     assert EmbeddingIndex(space_dir / "index").metadata["shards"][0]["source"] == "jsonl:catalog.jsonl:validation"

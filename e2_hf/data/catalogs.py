@@ -32,6 +32,7 @@ from typing import Any
 
 from PIL import Image
 
+from ..extras import require
 from ..images import upright
 
 FASHIONGEN_TAG_FIELDS = {
@@ -243,8 +244,7 @@ class FashionGenCatalog(Catalog):
     """The FashionGen HDF5 layout: rows of one product are contiguous (grouped by `input_productID`)."""
 
     def __init__(self, path: str | Path, keep_html: bool = False, tag_separators: Mapping[str, str] | None = None):
-        import h5py
-
+        h5py = require("h5py", "reading a FashionGen HDF5 catalog")
         self.path, self.keep_html, self.tag_separators = Path(path), keep_html, dict(tag_separators or {})
         if not self.path.is_file():
             raise FileNotFoundError(f"FashionGen file not found: {self.path}")
@@ -283,8 +283,7 @@ class FashionGenCatalog(Catalog):
 
     def _file(self):
         """One h5py handle per process (dataloader workers are forked)."""
-        import h5py
-
+        h5py = require("h5py", "reading a FashionGen HDF5 catalog")
         if self._handle is None or self._handle_pid != os.getpid():
             self._handle = h5py.File(self.path, "r")
             self._handle_pid = os.getpid()

@@ -8,11 +8,10 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from accelerate import PartialState
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -31,6 +30,9 @@ from .index import (
     model_fingerprint,
     writer_lock,
 )
+
+if TYPE_CHECKING:  # accelerate (the train extra) only where a multi-process launch passes its state
+    from accelerate import PartialState
 
 DEFAULT_THUMBNAIL_SIZE = 128
 DEFAULT_SHARD_ROWS = 20_000

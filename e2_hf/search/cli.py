@@ -65,9 +65,11 @@ def launched_processes():
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
     import torch
-    from accelerate import PartialState
 
-    return PartialState(cpu=not torch.cuda.is_available())
+    from ..extras import require
+
+    accelerate = require("accelerate", "indexing with several processes")
+    return accelerate.PartialState(cpu=not torch.cuda.is_available())
 
 
 def run_index(args: argparse.Namespace) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import EmbeddingIndexError
+from ..extras import require
 
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivfpq")
 STORAGE_DTYPES = ("float32", "float16", "bfloat16")
@@ -31,11 +32,8 @@ FAISS_VECTOR_CODES = {"float32": "Flat", "float16": "SQfp16", "bfloat16": "SQbf1
 
 
 def import_faiss():
-    try:
-        import faiss
-    except ImportError:
-        raise ImportError("searching an index needs FAISS: pip install faiss-cpu (or a GPU build of faiss)") from None
-    return faiss
+    """FAISS (the `search` extra's faiss-cpu, or a GPU build of faiss installed in its place)."""
+    return require("faiss", "searching an index")
 
 
 # the largest value of each setting: beyond them an index.json is damaged or crafted (a refine factor

@@ -34,6 +34,7 @@ from ..data import E2Collator, ProductDataset, dataset_truncation, open_catalog,
 from ..errors import TrainingError
 from ..evaluation import retrieval_metrics
 from ..evaluation.embedding import check_model_folder
+from ..extras import require
 from ..local_paths import portable_name, portable_spec
 from ..modeling import E2CLIPConfig, E2CLIPModel, E2CLIPProcessor
 from ..modeling.image_processing_e2clip import checked_image_fit
@@ -109,7 +110,7 @@ class TrainingArguments:
         """Settings from a JSON or YAML file; `overrides` (e.g. command-line flags) win."""
         text = Path(path).read_text(encoding="utf-8")
         if str(path).endswith((".yaml", ".yml")):
-            import yaml
+            import yaml  # a requirement of huggingface_hub
 
             values = yaml.safe_load(text)
         else:
@@ -344,6 +345,7 @@ class Run:
 
 def prepare_run(args: TrainingArguments) -> Run:
     """Accelerator -> seed -> data -> model -> optimizer -> schedule -> prepare -> resume."""
+    require("accelerate", "e2-hf train")
     from accelerate import Accelerator, DistributedDataParallelKwargs
     from accelerate.utils import set_seed
 
