@@ -28,10 +28,9 @@ def add_catalog_reading_arguments(parser: argparse.ArgumentParser) -> None:
     add_tag_separator_argument(parser)
 
 
-# measured by benchmarks/serving.py on the demo model (BENCHMARKS.md section 7)
 DTYPE_HELP = (
-    "the model's dtype; bfloat16 changes about 2%% of the chosen patches against float32 (and with them "
-    "some regional embeddings), float16 under 0.4%% (README: Serving)"
+    "the model's dtype; bfloat16 and float16 change some of the chosen patches against float32 (and with "
+    "them some regional embeddings): how many is measured in BENCHMARKS.md, section 7"
 )
 
 

@@ -48,7 +48,7 @@ class DemoSize:
 
 # The demo's catalog: `make_synthetic(..., hard=True, **TESTBED)`. 8 px logos in 12 well-separated
 # colours and a garment whose size and place vary (so the trim moves across patch rows); 8 px
-# patches make the logo one patch wide on an 8x8 grid (BENCHMARKS.md, "Making the regions real").
+# patches make the logo one patch wide on an 8x8 grid (why: BENCHMARKS.md, "Making the regions real").
 TESTBED = {"brands": 12, "logo_colours": "palette", "framing": "varied"}
 # A small CLIP pretrained on a generic synthetic catalog (benchmarks/pretrain_small_clip.py): the
 # demo's stand-in for pretrained CLIP, shipped with the package.

@@ -139,6 +139,28 @@ def test_evaluate_metric_module_loads_offline_by_path():
     assert result["sumr"] == pytest.approx(expected["sumr"])
 
 
+def test_the_metric_module_and_evaluate_agree_on_data_with_ties():
+    """Exact ties (repeated products) and near-ties (the same vector scaled: equal after normalising,
+    up to float rounding) rank ahead of the positive in both, as the whole-matrix count says."""
+    evaluate = pytest.importorskip("evaluate")
+    generator = torch.Generator().manual_seed(1)
+    texts = torch.randn(12, 8, generator=generator)
+    texts = torch.cat([texts, texts[:4], 3.7 * texts[4:8]])  # rows 12-19 repeat rows 0-7
+    images = texts + 0.05 * torch.randn(texts.shape, generator=generator)
+    images[12:16] = images[:4]  # repeated images too
+    normalised = [torch.nn.functional.normalize(side, dim=-1) for side in (images, texts)]
+    image_ranks = ranks_from_the_whole_matrix(*normalised)
+    assert (image_ranks > 0).sum() >= 8  # the ties are there, and each costs its positive a rank
+    expected = retrieval_metrics(images, texts, ks=(1, 2, 5))
+    assert expected["image_to_text"]["R@1"] == pytest.approx(100.0 * float((image_ranks < 1).float().mean()))
+    result = evaluate.load(metric_path("retrieval_recall")).compute(
+        predictions=images.tolist(), references=texts.tolist(), ks=[1, 2, 5]
+    )
+    for k in (1, 2, 5):
+        assert result[f"query_to_candidate_R@{k}"] == pytest.approx(expected["image_to_text"][f"R@{k}"])
+        assert result[f"candidate_to_query_R@{k}"] == pytest.approx(expected["text_to_image"][f"R@{k}"])
+
+
 @pytest.mark.parametrize("num_workers", [0, 1])
 def test_embedding_stops_at_an_unreadable_image_with_its_file_and_row(e2_model_dir, tmp_path, num_workers):
     from e2_hf import E2CLIPModel, E2CLIPProcessor

@@ -19,10 +19,9 @@ import torch.nn.functional as F
 
 DIRECTIONS = ("image_to_text", "text_to_image")
 TIE_TOLERANCE = 1e-6  # scores this close to the positive's count as ties (float rounding)
-# From this many products, ranking compiles its counting (`FusedCounter`). On a 2-core CPU the fused
-# count saves 1.3 to 1.7 ns per score pair, and compiling takes about 3.4 s with torch.compile's disk
-# cache warm (about 16 s the first time on a machine): at 40,000 products the saving (about 2.4 s) is
-# about the warm compile, which a process pays once however often it evaluates (BENCHMARKS.md, section 3).
+# From this many products, ranking compiles its counting (`FusedCounter`): about where the time the
+# fused count saves equals the warm compile, which a process pays once however often it evaluates
+# (both measured in BENCHMARKS.md, section 3).
 COMPILED_COUNTING_FROM = 40_000
 TILE_SIZE = 1024  # rows and columns of one score tile: 4 MiB of float32
 
@@ -39,11 +38,12 @@ def count_at_least(
 class FusedCounter:
     """`count_at_least` as one compiled kernel that reads each score once for both directions.
 
-    Eager PyTorch writes a boolean tile per comparison and reads it back to sum it: ranking costs about
-    1.25 to 1.5x the bare product on a 2-core CPU, and about 1.1 to 1.25x with the fused kernel. The
-    kernel itself costs 3% of the product on a tile in cache; the rest is handing each fresh tile from
-    the matrix product to it, which only a product with the count fused into it would avoid. Building
-    it needs torch.compile's toolchain (a C++ compiler on CPU); where that fails the same count runs eagerly.
+    Eager PyTorch writes a boolean tile per comparison and reads it back to sum it; the fused kernel
+    reads each score once. What ranking costs against the bare product, eager and fused, and what the
+    kernel itself costs, are measured in BENCHMARKS.md, section 3: most of what remains is handing
+    each fresh tile from the matrix product to the kernel, which only a product with the count fused
+    into it would avoid. Building it needs torch.compile's toolchain (a C++ compiler on CPU); where
+    that fails the same count runs eagerly.
     """
 
     def __init__(self) -> None:

@@ -6,7 +6,7 @@ Index types (inner product on L2-normalised vectors, i.e. cosine similarity):
     flat    exact (`IndexFlatIP`, or scalar-quantised to float16 / bfloat16 with that storage)
     hnsw    approximate graph search (`IndexHNSW*`): fast queries, vectors kept in full
     ivfpq   approximate, compressed: inverted lists of 4-bit product-quantised codes, the best
-            candidates re-scored from 8-bit scalar-quantised vectors (about 3x less memory)
+            candidates re-scored from 8-bit scalar-quantised vectors (less memory than flat)
     auto    flat up to `exact_up_to` rows, ivfpq beyond
 
 The defaults below are the choices benchmark 8 measured (BENCHMARKS.md, "Search at scale").
@@ -48,7 +48,7 @@ class SearchSettings:
     """How the FAISS indices of an index are built and searched; stored in its `index.json`."""
 
     index_type: str = "auto"
-    exact_up_to: int = 100_000  # auto: exact search up to this many rows (flat: ~50 ms a query at 100k, 2 cores)
+    exact_up_to: int = 100_000  # auto: exact search up to this many rows (flat's latency there: BENCHMARKS.md 8)
     hnsw_neighbours: int = 32  # HNSW's M: graph degree
     hnsw_ef_construction: int = 40
     hnsw_ef_search: int = 256  # candidates kept while searching: recall against speed
