@@ -21,7 +21,7 @@ import torch
 # Helpers the TorchScript pickler emits around lists and typed containers; all return their input.
 TYPE_TAG_HELPERS = ("restore_type_tag", "build_intlist", "build_doublelist", "build_boollist", "build_tensorlist")
 # The pickler names a storage by its legacy class (`torch.FloatStorage`); only its dtype is used.
-STORAGE_DTYPES = {
+LEGACY_STORAGE_CLASSES = {
     "DoubleStorage": torch.float64,
     "FloatStorage": torch.float32,
     "HalfStorage": torch.float16,
@@ -81,8 +81,8 @@ class _ArchiveUnpickler(pickle.Unpickler):
             return _rebuild_tensor
         if (module, name) == ("collections", "OrderedDict"):
             return OrderedDict
-        if module == "torch" and name in STORAGE_DTYPES:
-            return STORAGE_DTYPES[name]
+        if module == "torch" and name in LEGACY_STORAGE_CLASSES:
+            return LEGACY_STORAGE_CLASSES[name]
         if module == "torch.jit._pickle" and name in TYPE_TAG_HELPERS:
             return _first_argument
         raise pickle.UnpicklingError(

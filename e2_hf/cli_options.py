@@ -35,4 +35,6 @@ DTYPE_HELP = (
 
 
 def add_dtype_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help=DTYPE_HELP)
+    from .modeling.embedding_e2clip import DTYPE_NAMES
+
+    parser.add_argument("--dtype", choices=DTYPE_NAMES, default="float32", help=DTYPE_HELP)

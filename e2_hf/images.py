@@ -9,6 +9,13 @@ reads a file: catalogs (training, evaluation, indexing), `visualize`, `tag`, the
 
 from __future__ import annotations
 
-from .modeling.image_processing_e2clip import EXIF_ORIENTATION, ImageLimits, ImageSizeError, open_image, upright
+from .modeling.image_processing_e2clip import (
+    EXIF_ORIENTATION,
+    ImageLimits,
+    ImageSizeError,
+    letterbox,
+    open_image,
+    upright,
+)
 
-__all__ = ["EXIF_ORIENTATION", "ImageLimits", "ImageSizeError", "open_image", "upright"]
+__all__ = ["EXIF_ORIENTATION", "ImageLimits", "ImageSizeError", "letterbox", "open_image", "upright"]

@@ -25,6 +25,8 @@ from .image_processing_e2clip import DEFAULT_IMAGE_LIMITS, ImageLimits, ImageSiz
 from .modeling_e2clip import E2CLIPModel
 from .processing_e2clip import E2CLIPProcessor
 
+# the floating-point types E2 runs and stores in: the one table of their names (and short aliases)
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}  # fmt: skip
 
@@ -200,6 +202,7 @@ class E2CLIPEmbedder:
 
 __all__ = [
     "DTYPES",
+    "DTYPE_NAMES",
     "E2CLIPEmbedder",
     "E2CLIPImageEmbeddings",
     "ImageLimits",

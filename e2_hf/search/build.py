@@ -26,8 +26,8 @@ from .index import (
     EmbeddingIndexError,
     IndexItem,
     check_new_index_folder,
-    letterbox,
     model_fingerprint,
+    thumbnail_image,
     writer_lock,
 )
 
@@ -58,7 +58,7 @@ class _CatalogImages(Dataset):
             return {"error": str(error)}
         return {
             "pixel_values": self.processor(images=image)["pixel_values"][0],
-            "thumbnail": torch.from_numpy(letterbox(image, self.thumbnail_size)),
+            "thumbnail": torch.from_numpy(thumbnail_image(image, self.thumbnail_size)),
         }
 
 

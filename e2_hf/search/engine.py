@@ -24,9 +24,10 @@ import numpy as np
 
 from ..errors import EmbeddingIndexError
 from ..extras import require
+from ..modeling.embedding_e2clip import DTYPE_NAMES
 
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivfpq")
-STORAGE_DTYPES = ("float32", "float16", "bfloat16")
+STORAGE_DTYPES = DTYPE_NAMES  # how an index stores its vectors
 # how a storage dtype is kept inside a FAISS index (index_factory's spelling)
 FAISS_VECTOR_CODES = {"float32": "Flat", "float16": "SQfp16", "bfloat16": "SQbf16"}
 

@@ -53,7 +53,9 @@ from tqdm.auto import tqdm
 
 from ..data.catalogs import json_object, values_of
 from ..errors import EmbeddingIndexError
+from ..images import letterbox
 from ..locking import exclusive_lock
+from ..modeling.embedding_e2clip import resolve_dtype
 from . import engine
 from .engine import STORAGE_DTYPES, SearchSettings
 
@@ -65,8 +67,7 @@ SHARD_PATTERN = "shard-{:05d}.safetensors"
 FAISS_PATTERN = "faiss-{:05d}-{}.index"  # commit number, target position (0: global, 1...: the entities)
 LOCK_FILE = ".lock"
 GLOBAL = None  # the target of the global image embedding (an entity name targets its region)
-TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-SAFETENSORS_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
+SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}  # its header's spelling
 # index.json's fields and their JSON types
 METADATA_FIELDS = {"format": str, "version": int, "model": str, "model_fingerprint": str, "entities": list,
                    "dim": int, "thumbnail_size": int, "storage_dtype": str, "rows": int, "shards": list,
@@ -112,14 +113,12 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-def letterbox(image: Image.Image, size: int) -> np.ndarray:
-    """`[size, size, 3]` uint8: the image scaled to fit, centred on white."""
+def thumbnail_image(image: Image.Image, size: int) -> np.ndarray:
+    """`[size, size, 3]` uint8: the image scaled to fit `size`, then letterboxed on white."""
     image = image.convert("RGB")
     scale = size / max(image.size)
     resized = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BICUBIC)
-    canvas = Image.new("RGB", (size, size), "white")
-    canvas.paste(resized, ((size - resized.width) // 2, (size - resized.height) // 2))
-    return np.array(canvas)  # writable: torch.from_numpy takes it as is
+    return np.array(letterbox(resized))  # writable: torch.from_numpy takes it as is
 
 
 class EmbeddingIndex:
@@ -225,7 +224,7 @@ class EmbeddingIndex:
 
     def _expected_tensors(self, rows: int) -> dict[str, tuple[tuple[int, ...], str]]:
         """`{name: (shape, safetensors dtype)}` of one shard of `rows` rows."""
-        vectors = ((rows, self.dim), SAFETENSORS_DTYPES[self.storage_dtype])
+        vectors = ((rows, self.dim), SAFETENSORS_DTYPES[resolve_dtype(self.storage_dtype)])
         expected = {self.tensor_name(target): vectors for target in self.targets}
         expected["thumbnails"] = ((rows, self.thumbnail_size, self.thumbnail_size, 3), "U8")
         return expected
@@ -525,7 +524,7 @@ class EmbeddingIndex:
     def _shard_tensors(self, image_embeds: torch.Tensor, region_embeds: torch.Tensor,
                        thumbnails: np.ndarray) -> dict[str, torch.Tensor]:  # fmt: skip
         """Each target's vectors as its own contiguous tensor, normalised, in the storage dtype."""
-        dtype = TORCH_DTYPES[self.storage_dtype]
+        dtype = resolve_dtype(self.storage_dtype)
         vectors = [image_embeds, *region_embeds.unbind(dim=1)]  # [n, dim] each
         tensors = {self.tensor_name(target): F.normalize(values.float(), dim=-1).to(dtype).contiguous()
                    for target, values in zip(self.targets, vectors)}  # fmt: skip
