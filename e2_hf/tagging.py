@@ -26,7 +26,7 @@ import torch
 from .cli_options import add_catalog_reading_arguments
 from .evaluation.embedding import CatalogEmbeddings, embed_texts, evaluating
 from .evaluation.entities import carried_matrix, values_carried
-from .modeling import E2CLIPModel, E2CLIPProcessor
+from .modeling import E2CLIPEmbedder, E2CLIPModel, E2CLIPProcessor
 
 SOURCES = ("region", "global")
 SEARCH_TOP_K = 10
@@ -97,16 +97,17 @@ def zero_shot_tags(
     `tag_embeds`: `candidate_embeddings(model, processor, candidates)` computed once, for callers
     that tag many images against the same candidates (the Space does)."""
     candidates = check_candidates(candidates, model.config.entities)
-    parameter = next(model.parameters())
-    pixel_values = processor(images=list(images))["pixel_values"].to(parameter.device, parameter.dtype)
-    with evaluating(model):
-        outputs = model(pixel_values=pixel_values)
+    device = next(model.parameters()).device
+    with evaluating(model):  # the embedder puts the model in eval mode; the caller's mode comes back after
+        # the caller's own images, as it gives them (no size limit: a served path limits its uploads)
+        embedder = E2CLIPEmbedder(model, processor, device=device, progress=False, image_limits=None)
+        embeddings = embedder.embed_images(list(images))
     if tag_embeds is None:
-        tag_embeds = candidate_embeddings(model, processor, candidates, device=str(parameter.device))
-    similarities = tag_similarities(outputs.image_embeds.cpu(), outputs.region_embeds.cpu(), model.config.entities,
+        tag_embeds = candidate_embeddings(model, processor, candidates, device=str(device))
+    similarities = tag_similarities(embeddings.image_embeds, embeddings.region_embeds, model.config.entities,
                                     tag_embeds, source)  # fmt: skip
     scale = model.logit_scale.exp().float().cpu()
-    predictions = [{} for _ in range(pixel_values.shape[0])]
+    predictions = [{} for _ in range(len(embeddings.image_embeds))]
     for entity, scores in similarities.items():
         probabilities = (scale * scores).softmax(dim=-1)
         order = scores.argsort(dim=-1, descending=True)[:, :top_k]
