@@ -180,11 +180,15 @@ class E2CLIPEmbedder:
         rows = []
         for batch in self._batches(texts, batch_size, "texts"):
             encoded = self.processor(text=batch)
-            outputs = self.model(
-                input_ids=encoded["input_ids"].to(self.device), attention_mask=encoded["attention_mask"].to(self.device)
-            )
-            rows.append(outputs.text_embeds.float().cpu())
+            rows.append(self.embed_token_ids(encoded["input_ids"], encoded["attention_mask"]))
         return torch.cat(rows)
+
+    @torch.no_grad()
+    def embed_token_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """One tokenized batch `[batch, tokens]` (the processor's `input_ids`, `attention_mask`) ->
+        L2-normalised text embeddings `[batch, dim]` (float32, CPU)."""
+        outputs = self.model(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device))
+        return outputs.text_embeds.float().cpu()
 
     def tag_probabilities(
         self, embeddings: E2CLIPImageEmbeddings, candidates: Mapping[str, Sequence[str]]

@@ -92,18 +92,16 @@ def embed_catalog(
     dataset = ProductDataset(catalog, model.config.entities, training=False)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=E2Collator(processor))
     images, texts, regions = [], [], []
-    for batch in tqdm(loader, desc=f"embedding {catalog.name}", leave=False):
-        if batch["skipped_images"]:
-            raise ImageLoadError(batch["skipped_images"][0])
-        outputs = model(
-            input_ids=batch["input_ids"].to(device),
-            attention_mask=batch["attention_mask"].to(device),
-            pixel_values=batch["pixel_values"].to(device, dtype),
-        )
-        images.append(outputs.image_embeds.float().cpu())
-        texts.append(outputs.text_embeds.float().cpu())
-        if outputs.region_embeds is not None:
-            regions.append(outputs.region_embeds.float().cpu())
+    with evaluating(model):  # the embedder puts the model in eval mode; the caller's mode comes back after
+        embedder = E2CLIPEmbedder(model, processor, device, dtype, progress=False)
+        for batch in tqdm(loader, desc=f"embedding {catalog.name}", leave=False):
+            if batch["skipped_images"]:
+                raise ImageLoadError(batch["skipped_images"][0])
+            embedded = embedder.embed_pixel_values(batch["pixel_values"])
+            images.append(embedded.image_embeds)
+            texts.append(embedder.embed_token_ids(batch["input_ids"], batch["attention_mask"]))
+            if embedded.region_embeds is not None:
+                regions.append(embedded.region_embeds)
     return CatalogEmbeddings(
         torch.cat(images), torch.cat(texts), torch.cat(regions) if regions else None, catalog, model.config.entities
     )

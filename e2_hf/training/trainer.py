@@ -302,8 +302,12 @@ def last_good_checkpoint(output_dir: Path, global_step: int) -> Path | None:
 
 
 @torch.no_grad()
-def embed_catalog(model, dataset: ProductDataset, collator: E2Collator, accelerator, batch_size: int):
-    """Global image and text embeddings of every product (first view), gathered over processes."""
+def embed_eval_set(model, dataset: ProductDataset, collator: E2Collator, accelerator, batch_size: int):
+    """Global image and text embeddings of every product (first view), gathered over processes.
+
+    Unlike `E2CLIPEmbedder`, this runs the model as Accelerate wrapped it (DDP, or FSDP whose
+    shards only the wrapper can run) under the run's mixed precision, each process on its share of
+    the products, and gathers the rows."""
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collator, generator=torch.Generator())
     loader = accelerator.prepare(loader)
     model.eval()
@@ -545,7 +549,7 @@ def evaluate_and_keep_best(run: Run) -> dict[str, Any]:
     """Full-candidate retrieval on the eval data; a better SumR replaces `best-model/`."""
     accelerator = run.accelerator
     collator = E2Collator(run.processor, strict=run.args.strict)
-    images, texts, _ = embed_catalog(run.model, run.eval_set, collator, accelerator, run.args.eval_batch_size)
+    images, texts, _ = embed_eval_set(run.model, run.eval_set, collator, accelerator, run.args.eval_batch_size)
     metrics = retrieval_metrics(images, texts)
     accelerator.print(
         f"epoch eval: SumR {metrics['sumr']:.1f} | i2t R@1 {metrics['image_to_text']['R@1']:.1f} "
