@@ -839,6 +839,22 @@ def hostile_input_section(result: dict) -> list[str]:
     ]
 
 
+def startup_section(result: dict) -> list[str]:
+    goal = result["goal_s"]
+    rows = [[name, f"{values['median_s']:.2f}", f"{values['over_baseline_s']:+.2f}",
+             "yes" if values["imports_torch"] else "no",
+             "" if name.endswith("(baseline)") else ("met" if values["median_s"] < goal else "missed")]
+            for name, values in result["commands"].items()]  # fmt: skip
+    return [
+        "## 11. Start-up of the command line",
+        "",
+        f"Setting: {result['setting']}.",
+        "",
+        *table(["command", "wall s", "over the bare interpreter, s", "imports torch", f"under {goal} s"], rows),
+        "",
+    ]
+
+
 def logo_summary(selection: dict) -> str:
     """The brand tokens' logo hit rate over chance in the last fusion block, when measured."""
     blocks = selection.get("entities", {}).get("brand", {}).get("blocks") or []
@@ -862,6 +878,7 @@ SECTIONS = {
     "search_scale": search_scale_section,
     "downstream": downstream_section,
     "hostile_input": hostile_input_section,
+    "startup": startup_section,
 }
 COMMANDS = {
     "inference": "bench_inference.py",
@@ -877,6 +894,7 @@ COMMANDS = {
     "search_scale": "search_scale.py",
     "downstream": "downstream.py --seeds 3",
     "hostile_input": "hostile_input.py",
+    "startup": "startup.py",
 }
 
 

@@ -1,10 +1,33 @@
-"""The Hub code of E2, copied into every checkpoint. Installed as `e2_hf.modeling`."""
+"""The Hub code of E2, copied into every checkpoint (its modules; not this file). Installed as
+`e2_hf.modeling`: importing it registers E2 with the transformers Auto classes."""
+
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForZeroShotImageClassification,
+    AutoProcessor,
+)
 
 from .configuration_e2clip import E2CLIPConfig, E2CLIPTextConfig, E2CLIPVisionConfig
 from .embedding_e2clip import E2CLIPEmbedder, E2CLIPImageEmbeddings
 from .image_processing_e2clip import E2CLIPImageProcessor, clip_image_processor
 from .modeling_e2clip import E2CLIPModel, E2CLIPOutput, E2CLIPPreTrainedModel, E2CLIPVisionOutput
 from .processing_e2clip import E2CLIPProcessor, build_product_text
+
+
+def _register_auto_classes() -> None:
+    AutoConfig.register(E2CLIPConfig.model_type, E2CLIPConfig, exist_ok=True)
+    AutoModel.register(E2CLIPConfig, E2CLIPModel, exist_ok=True)
+    AutoModelForZeroShotImageClassification.register(E2CLIPConfig, E2CLIPModel, exist_ok=True)
+    AutoImageProcessor.register(E2CLIPConfig, slow_image_processor_class=E2CLIPImageProcessor, exist_ok=True)
+    AutoProcessor.register(E2CLIPConfig, E2CLIPProcessor, exist_ok=True)
+    # Saving copies the code files and writes an auto_map, so checkpoints load with remote code.
+    E2CLIPConfig.register_for_auto_class()
+    E2CLIPModel.register_for_auto_class("AutoModel")
+
+
+_register_auto_classes()
 
 __all__ = [
     "E2CLIPConfig",

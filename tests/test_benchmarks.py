@@ -26,6 +26,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
         "search_scale",
         "downstream",
         "hostile_input",
+        "startup",
     ],
 )
 def test_benchmark_runs_at_toy_size(script, tmp_path):

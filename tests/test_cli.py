@@ -44,8 +44,8 @@ try:
     main(sys.argv[1:])
 except SystemExit:
     pass
-heavy = ("h5py", "e2_hf.training.trainer", "e2_hf.search.index", "e2_hf.conversion.push_to_hub",
-         "e2_hf.visualization", "e2_hf.tagging")
+heavy = ("torch", "transformers", "h5py", "e2_hf.training.trainer", "e2_hf.search.index",
+         "e2_hf.conversion.push_to_hub", "e2_hf.visualization", "e2_hf.tagging")
 print(" ".join(name for name in heavy if name in sys.modules))
 """
 
@@ -62,6 +62,8 @@ def test_the_cli_imports_only_the_command_it_runs_and_has_a_version():
     version_output, modules = loaded("--version")[:2]
     assert version_output == f"e2-hf {e2_hf.__version__}" and modules == ""
     assert loaded("--help")[-2] == ""
+    for command in ("count-params", "make-synthetic", "demo", "build-space"):  # light argument builders
+        assert loaded(command, "--help")[-2] == "", command
     index_modules = loaded("index", "--help")[-2]
     assert "e2_hf.search.index" in index_modules and "e2_hf.training.trainer" not in index_modules
     assert "e2_hf.training.trainer" in loaded("train", "--help")[-2]  # the command's own module, only then
