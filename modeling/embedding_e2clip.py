@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from transformers.utils.logging import tqdm
 
-from .image_processing_e2clip import DEFAULT_IMAGE_LIMITS, ImageLimits, ImageSizeError, open_image, to_rgb_image
+from .image_processing_e2clip import DEFAULT_IMAGE_LIMITS, ImageLimits, open_image, to_rgb_image
 from .modeling_e2clip import E2CLIPModel
 from .processing_e2clip import E2CLIPProcessor
 
@@ -210,7 +210,6 @@ __all__ = [
     "E2CLIPEmbedder",
     "E2CLIPImageEmbeddings",
     "ImageLimits",
-    "ImageSizeError",
     "decoded",
     "resolve_dtype",
 ]

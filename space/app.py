@@ -48,10 +48,11 @@ def open_upload(path: str | Path | None, name: str | None = None) -> Image.Image
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
         raise gr.Error(f"{name} is not an image this app can read: upload a JPEG, PNG or WebP photo.") from None
     try:
-        UPLOAD_LIMITS.check(width, height, name)
-        return open_image(path, UPLOAD_LIMITS)  # decoded, upright, RGB as everywhere else in E2
+        UPLOAD_LIMITS.check(width, height, name)  # named as the visitor named it, not by the server's path
     except ImageSizeError as error:
         raise gr.Error(f"{error}.") from None
+    try:
+        return open_image(path)  # decoded, upright, RGB as everywhere else in E2
     except ValueError:
         raise gr.Error(f"{name} is damaged: its pixels cannot be read. Upload another photo.") from None
 
