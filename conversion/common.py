@@ -14,16 +14,6 @@ import torch
 from e2_hf.modeling import E2CLIPConfig, E2CLIPProcessor, clip_image_processor
 
 
-def int_list(text: str) -> list[int]:
-    """`"7,10"` -> `[7, 10]`."""
-    return [int(part) for part in text.split(",") if part.strip()]
-
-
-def name_list(text: str) -> list[str]:
-    """`"brand, season"` -> `["brand", "season"]`."""
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
 def processor_with_tokenizer(tokenizer_name: str, config: E2CLIPConfig) -> E2CLIPProcessor:
     """CLIP's image preprocessing at the model's image size plus the named tokenizer, whose
     vocabulary must match the model's."""

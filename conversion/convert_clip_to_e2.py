@@ -25,10 +25,11 @@ import torch
 
 from e2_hf.compat import projected_features
 from e2_hf.modeling import E2CLIPConfig, E2CLIPModel, E2CLIPProcessor
-from e2_hf.modeling.image_processing_e2clip import IMAGE_FITS, checked_image_fit
+from e2_hf.modeling.image_processing_e2clip import checked_image_fit
 from e2_hf.parameters import count_new_parameters
 
-from .common import command_main, int_list, load_weights_only, name_list, processor_with_tokenizer
+from .cli import add_init_from_clip_arguments
+from .common import command_main, load_weights_only, processor_with_tokenizer
 from .openai_layout import convert_clip_key, infer_clip_sizes, strip_prefixes
 from .torchscript_weights import is_torchscript_archive, read_torchscript_tensors
 
@@ -168,6 +169,7 @@ def init_from_clip(
     """Builds E2 from `clip`, checks its text embeddings against the source, saves it with its
     processor to `output_dir` (when given). Returns the model, the processor and the check's
     max abs differences."""
+    image_fit = checked_image_fit(image_fit)  # before loading anything
     source = Path(clip)
     if source.is_file() or source.suffix in WEIGHT_SUFFIXES:
         if tokenizer is None:
@@ -185,7 +187,7 @@ def init_from_clip(
             processor = E2CLIPProcessor.from_pretrained(str(clip), entities=model.config.entities)
         else:
             processor = processor_with_tokenizer(tokenizer, model.config)
-    processor.image_processor.image_fit = checked_image_fit(image_fit)
+    processor.image_processor.image_fit = image_fit
     model.eval()
     differences = check_text_embeddings(model, references)
     if output_dir is not None:
@@ -206,34 +208,6 @@ def _from_openai_file(source, projection_init, vision_heads, text_heads, config_
 
 
 # ------------------------------------------------------------------------------------ command line
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--clip", required=True, help="transformers CLIP (Hub id or folder) or an OpenAI-layout file")
-    parser.add_argument("--output-dir", required=True, help="folder to write the Hub-ready E2 model to")
-    parser.add_argument("--tokenizer", help="tokenizer (Hub id or folder); required for OpenAI-layout files")
-    parser.add_argument(
-        "--projection-init",
-        choices=("clip", "random"),
-        default="clip",
-        help="entity and global projections start from CLIP's visual projection, or random",
-    )
-    parser.add_argument("--vision-heads", type=int, help="OpenAI-layout files: vision heads (default width // 64)")
-    parser.add_argument("--text-heads", type=int, help="OpenAI-layout files: text heads (default width // 64)")
-    parser.add_argument(
-        "--image-fit", choices=IMAGE_FITS, default="crop",
-        help="how non-square photos become the square input: crop (CLIP's centre crop) or pad (letterbox, whole photo)",
-    )  # fmt: skip
-    overrides = parser.add_argument_group("E2 config overrides (default: E2CLIPConfig's)")
-    overrides.add_argument("--entities", type=name_list, help="entity names, e.g. brand,season,subcategory,composition")
-    overrides.add_argument("--tokens-per-entity", type=int_list, help="one count for all, or one per entity")
-    overrides.add_argument("--fusion-layers", type=int_list, help="0-based vision layers followed by a fusion block")
-    overrides.add_argument("--region-loss", choices=("clip", "multi_positive"))
-    overrides.add_argument("--gumbel-tau", type=float)
-    overrides.add_argument("--selection-attention", choices=("full", "isolated"),
-                           help="isolated: selection tokens see patches only through their choice")  # fmt: skip
-    overrides.add_argument("--keep-patches", action="store_true", help="do not drop patches after the last fusion")
-    return parser
-
-
 def config_overrides_from(args: argparse.Namespace) -> dict[str, Any]:
     overrides = {
         "entities": args.entities,
@@ -272,7 +246,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    command_main(add_arguments, run, __doc__.splitlines()[0], argv)
+    command_main(add_init_from_clip_arguments, run, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

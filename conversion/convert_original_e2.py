@@ -19,7 +19,8 @@ import torch
 
 from e2_hf.modeling import E2CLIPConfig, E2CLIPModel, clip_image_processor
 
-from .common import command_main, int_list, load_weights_only, name_list, processor_with_tokenizer
+from .cli import add_convert_original_arguments
+from .common import command_main, load_weights_only, processor_with_tokenizer
 from .openai_layout import convert_clip_key, infer_clip_sizes, strip_prefixes
 
 # Tensors the reference creates but never uses in its forward pass.
@@ -215,21 +216,6 @@ def _check_forward(model: E2CLIPModel) -> None:
             raise ValueError(f"the converted model gives non-finite {name}.")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--checkpoint", required=True, help="the authors' .pth / .pth.tar / .pt file")
-    parser.add_argument("--output-dir", required=True, help="folder to write the Hub-ready model to")
-    parser.add_argument(
-        "--entities", type=name_list, help="entity names in checkpoint order (default: the reference's)"
-    )
-    parser.add_argument("--vision-heads", type=int, help="vision attention heads (default: width // 64)")
-    parser.add_argument("--text-heads", type=int, help="text attention heads (default: width // 64)")
-    parser.add_argument("--fusion-layers", type=int_list, help="0-based layers followed by fusion (default: 7,10)")
-    parser.add_argument(
-        "--tokenizer", help="tokenizer (Hub id or folder) to save with the model, e.g. openai/clip-vit-base-patch32"
-    )
-    return parser
-
-
 def run(args: argparse.Namespace) -> None:
     model = convert_original_checkpoint(
         args.checkpoint,
@@ -246,7 +232,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    command_main(add_arguments, run, __doc__.splitlines()[0], argv)
+    command_main(add_convert_original_arguments, run, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

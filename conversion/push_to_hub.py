@@ -36,6 +36,7 @@ from typing import Any
 from e2_hf.local_paths import check_no_local_paths, local_path_leaks
 from e2_hf.modeling.modeling_e2clip import CODE_FILES
 
+from .cli import add_push_arguments
 from .common import command_main
 
 REQUIRED_FILES = (
@@ -349,21 +350,6 @@ def _head_or_none(api, repo_id: str, branch: str) -> str | None:
 
 
 # ------------------------------------------------------------------------------------ command line
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--model", required=True, help="a folder written by save_pretrained (model + processor)")
-    parser.add_argument("--repo-id", required=True, help="namespace/name on the Hub")
-    parser.add_argument("--private", action="store_true", help="create the repo private")
-    parser.add_argument("--revision", help="branch to push to (created from main if missing; default main)")
-    parser.add_argument("--commit-message", default="Upload E2 model")
-    parser.add_argument("--metrics", help="metrics JSON from `e2-hf evaluate` or the demo's report.json")
-    parser.add_argument("--dataset-name", default="evaluation set", help="name of the evaluation data in the card")
-    parser.add_argument("--base-model", help="Hub id of the model this one was trained from")
-    parser.add_argument("--license", help="license id for the card, e.g. mit or apache-2.0")
-    parser.add_argument("--dataset", action="append", dest="datasets", help="training dataset id (repeatable)")
-    parser.add_argument("--with-onnx", action="store_true", help="also upload onnx/ (written by e2-hf export-onnx)")
-    return parser
-
-
 def run(args: argparse.Namespace) -> None:
     metrics = json.loads(Path(args.metrics).read_text()) if args.metrics else None
     try:
@@ -385,7 +371,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    command_main(add_arguments, run, __doc__.splitlines()[0], argv)
+    command_main(add_push_arguments, run, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

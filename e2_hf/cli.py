@@ -17,22 +17,26 @@ from dataclasses import dataclass
 from importlib import import_module
 from pathlib import Path
 
+from .choices import EXPORT_DTYPES, TAG_SOURCES
+from .cli_options import add_catalog_reading_arguments
 from .errors import TrainingError
 from .extras import MissingExtraError
 
 
 @dataclass(frozen=True)
 class Command:
-    """A subcommand: its help, and where its argument builder and runner live (`e2_hf.<module>`),
-    imported only when that subcommand is used."""
+    """A subcommand: its help, and its argument builder and runner as `module:function` in `e2_hf`,
+    each imported only when that subcommand is used. Argument builders import no torch, so every
+    `--help` is fast; the runner imports what the command needs."""
 
     help: str
-    module: str
-    add_arguments: str
+    arguments: str
     run: str
 
-    def load(self, attribute: str) -> Callable:
-        return getattr(import_module(f"e2_hf.{self.module}"), attribute)
+    @staticmethod
+    def load(where: str) -> Callable:
+        module, function = where.split(":")
+        return getattr(import_module(f"e2_hf.{module}"), function)
 
 
 def _make_synthetic(args: argparse.Namespace) -> None:
@@ -104,70 +108,108 @@ def _add_count_params(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", help="also write the counts to this JSON file")
 
 
+def _add_visualize(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--model", required=True, help="E2 model: Hub id or local folder")
+    parser.add_argument("--image", action="append", required=True, help="an image file; repeat for more")
+    parser.add_argument("--output", required=True, help="the figure, a .png file")
+    parser.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
+    return parser
+
+
+def _add_tag(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--model", required=True, help="E2 model: Hub id or local folder")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--image", action="append", help="tag this image; repeat for more")
+    source.add_argument("--data", help="measure accuracy on this catalog (data spec), regional vs global")
+    add_catalog_reading_arguments(parser)
+    parser.add_argument("--candidates", help="JSON file {entity: [tags]} or a data spec to take distinct tags from "
+                                             "(default with --data: that catalog's tags)")  # fmt: skip
+    parser.add_argument("--entity", action="append", help="only these entities (default: all with candidates)")
+    parser.add_argument("--top-k", type=int, default=3, help="--image: tags shown per entity")
+    parser.add_argument("--source", choices=TAG_SOURCES, default="region", help="--image: embedding to score")
+    parser.add_argument("--output", help="write the predictions or accuracies to this JSON file")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
+    return parser
+
+
+def _add_export_onnx(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="an E2 folder or Hub id")
+    parser.add_argument("--output-dir", required=True, help="a new folder: the model plus onnx/")
+    parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    parser.add_argument("--dtype", choices=EXPORT_DTYPES, default="fp32", help="the graphs' floating-point type")
+    parser.add_argument("--quantize", choices=("int8",), help="also write int8 graphs (dynamic quantisation)")
+    parser.add_argument("--overwrite", action="store_true", help="export into a folder that is not empty")
+
+
 COMMANDS: dict[str, Command] = {
     "convert-original": Command(
         "convert a checkpoint of the E2 authors' code to a Hub-ready folder",
-        "conversion.convert_original_e2", "add_arguments", "run",
+        "conversion.cli:add_convert_original_arguments", "conversion.convert_original_e2:run",
     ),
     "init-from-clip": Command(
-        "turn a CLIP checkpoint (transformers, OpenAI or open_clip files) into a Hub-ready E2 folder",
-        "conversion.convert_clip_to_e2", "add_arguments", "run",
+        'turn a CLIP checkpoint (transformers, OpenAI or open_clip files) into a Hub-ready E2 folder',
+        "conversion.cli:add_init_from_clip_arguments", "conversion.convert_clip_to_e2:run",
     ),
     "push": Command(
-        "validate a saved E2 folder, publish it to the Hub with a model card, and verify the upload",
-        "conversion.push_to_hub", "add_arguments", "run",
+        'validate a saved E2 folder, publish it to the Hub with a model card, and verify the upload',
+        "conversion.cli:add_push_arguments", "conversion.push_to_hub:run",
     ),
     "make-synthetic": Command(
-        "write a synthetic fashion catalog (FashionGen HDF5 + JSONL with PNGs)", "cli", "_add_make_synthetic",
-        "_make_synthetic",
+        'write a synthetic fashion catalog (FashionGen HDF5 + JSONL with PNGs)',
+        "cli:_add_make_synthetic", "cli:_make_synthetic",
     ),
-    "train": Command("fine-tune E2 or the CLIP-FT baseline with Accelerate", "training.cli", "add_arguments", "run"),
+    "train": Command(
+        'fine-tune E2 or the CLIP-FT baseline with Accelerate',
+        "training.cli:add_arguments", "training.cli:run",
+    ),
     "evaluate": Command(
-        "retrieval metrics (full or sample-100), region retrieval and linear probes of a model on a catalog",
-        "evaluation.cli", "add_arguments", "run",
+        'retrieval metrics (full or sample-100), region retrieval and linear probes of a model on a catalog',
+        "evaluation.cli:add_arguments", "evaluation.cli:run",
     ),
     "demo": Command(
-        "synthetic catalog -> E2 and CLIP-FT trained on the same budget -> evaluated -> report",
-        "cli", "_add_demo", "_demo",
+        'synthetic catalog -> E2 and CLIP-FT trained on the same budget -> evaluated -> report',
+        "cli:_add_demo", "cli:_demo",
     ),
     "count-params": Command(
-        "print the parameters E2 adds to CLIP and their share", "cli", "_add_count_params", "_count_params"
+        'print the parameters E2 adds to CLIP and their share',
+        "cli:_add_count_params", "cli:_count_params",
     ),
     "visualize": Command(
         "draw the patches each entity's selection tokens chose, next to the CLS token's attention",
-        "visualization", "add_arguments", "run",
+        "cli:_add_visualize", "visualization:run",
     ),
     "index": Command(
         "store a catalog's global and regional image embeddings in an index folder (or add to one)",
-        "search.cli", "add_index_arguments", "run_index",
+        "search.cli:add_index_arguments", "search.cli:run_index",
     ),
     "search": Command(
         "text search of an index by the global or one entity's regional embedding -> PNG grid or HTML",
-        "search.cli", "add_search_arguments", "run_search",
+        "search.cli:add_search_arguments", "search.cli:run_search",
     ),
     "compose-search": Command(
-        "text-guided image retrieval: caption a reference photo, rewrite the caption with a change, search",
-        "search.cli", "add_compose_arguments", "run_compose",
+        'text-guided image retrieval: caption a reference photo, rewrite the caption with a change, search',
+        "search.cli:add_compose_arguments", "search.cli:run_compose",
     ),
     "tag": Command(
-        "zero-shot tags per entity from the regional embeddings; with --data, accuracy vs the global embedding",
-        "tagging", "add_arguments", "run",
+        'zero-shot tags per entity from the regional embeddings; with --data, accuracy vs the global embedding',
+        "cli:_add_tag", "tagging:run",
     ),
     "train-captioner": Command(
         "train a zero-shot captioner (CapDec or DeCap) on a frozen model's text embeddings of a catalog's texts",
-        "captioning.cli", "add_train_arguments", "run_train",
+        "captioning.cli:add_train_arguments", "captioning.cli:run_train",
     ),
     "caption": Command(
         "caption images, or a catalog's products with caption metrics and attribute accuracy",
-        "captioning.cli", "add_caption_arguments", "run_caption",
+        "captioning.cli:add_caption_arguments", "captioning.cli:run_caption",
     ),
     "export-onnx": Command(
-        "export the image and text encoders to ONNX (onnx/ in a model folder), checked with ONNX Runtime",
-        "onnx_export", "add_arguments", "run",
+        'export the image and text encoders to ONNX (onnx/ in a model folder), checked with ONNX Runtime',
+        "cli:_add_export_onnx", "onnx_export:run",
     ),
     "build-space": Command(
-        "lay out a Gradio Space: app, model, a bundled search index and a copy of e2_hf",
-        "space_bundle", "add_arguments", "run",
+        'lay out a Gradio Space: app, model, a bundled search index and a copy of e2_hf',
+        "space_bundle:add_arguments", "space_bundle:run",
     ),
 }  # fmt: skip
 
@@ -182,7 +224,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     for name, spec in COMMANDS.items():
         subparser = subparsers.add_parser(name, help=spec.help, description=spec.help)
         if name == command:
-            spec.load(spec.add_arguments)(subparser)
+            spec.load(spec.arguments)(subparser)
     return parser
 
 

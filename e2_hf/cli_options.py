@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .choices import DTYPE_NAMES
+
 
 def print_notice(message: str | None) -> None:
     """A line for the user on stderr (stdout carries the results); nothing for `None`."""
@@ -35,6 +37,4 @@ DTYPE_HELP = (
 
 
 def add_dtype_argument(parser: argparse.ArgumentParser) -> None:
-    from .modeling.embedding_e2clip import DTYPE_NAMES
-
     parser.add_argument("--dtype", choices=DTYPE_NAMES, default="float32", help=DTYPE_HELP)

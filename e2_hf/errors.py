@@ -7,3 +7,7 @@ class TrainingError(RuntimeError):
 
 class EmbeddingIndexError(ValueError):
     """A missing, corrupt or mismatched search index; the message names the file and the problem."""
+
+
+class CaptionerError(ValueError):
+    """A captioner that cannot be used as asked; the message says why."""

@@ -31,12 +31,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from .choices import EXPORT_DTYPES
 from .modeling import E2CLIPModel, E2CLIPProcessor
 from .modeling.embedding_e2clip import resolve_dtype
 
 ONNX_FOLDER = "onnx"
 IMAGE_GRAPH, TEXT_GRAPH = "image_encoder", "text_encoder"
-EXPORT_DTYPES = ("fp32", "fp16")
 TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2}  # largest allowed |ONNX - PyTorch| of an embedding
 # int8 graphs: the lowest allowed cosine of the global and text embeddings to PyTorch's. int8 may
 # change chosen patches (a discrete choice), so their regional embeddings are reported, not refused.
@@ -265,15 +265,6 @@ def export_onnx(model: E2CLIPModel, processor: E2CLIPProcessor, output_dir: str 
     if problems:
         raise ExportError("the ONNX graphs do not match PyTorch, refusing the export:\n" + "\n".join(problems))
     return report
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="an E2 folder or Hub id")
-    parser.add_argument("--output-dir", required=True, help="a new folder: the model plus onnx/")
-    parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
-    parser.add_argument("--dtype", choices=EXPORT_DTYPES, default="fp32", help="the graphs' floating-point type")
-    parser.add_argument("--quantize", choices=("int8",), help="also write int8 graphs (dynamic quantisation)")
-    parser.add_argument("--overwrite", action="store_true", help="export into a folder that is not empty")
 
 
 def run(args: argparse.Namespace) -> None:

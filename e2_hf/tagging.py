@@ -23,12 +23,11 @@ from typing import Any
 
 import torch
 
-from .cli_options import add_catalog_reading_arguments
+from .choices import TAG_SOURCES
 from .evaluation.embedding import CatalogEmbeddings, embed_texts, evaluating
 from .evaluation.entities import carried_matrix, values_carried
 from .modeling import E2CLIPEmbedder, E2CLIPModel, E2CLIPProcessor
 
-SOURCES = ("region", "global")
 SEARCH_TOP_K = 10
 
 
@@ -73,8 +72,8 @@ def candidate_embeddings(model: E2CLIPModel, processor: E2CLIPProcessor, candida
 def tag_similarities(image_embeds: torch.Tensor, region_embeds: torch.Tensor, entities: Sequence[str],
                      tag_embeds: Mapping[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:  # fmt: skip
     """`{entity: [images, candidates]}` cosine similarities from the entity's region or the global embedding."""
-    if source not in SOURCES:
-        raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+    if source not in TAG_SOURCES:
+        raise ValueError(f"source must be one of {TAG_SOURCES}, got {source!r}")
     similarities = {}
     for entity, tags in tag_embeds.items():
         images = image_embeds if source == "global" else region_embeds[:, list(entities).index(entity)]
@@ -150,7 +149,7 @@ def tagging_accuracy(
         kept = carried.any(dim=1)
         truth = carried[kept]
         result: dict[str, Any] = {"items": int(kept.sum()), "candidates": len(tags), "chance": _chance(truth)}
-        for source in SOURCES if has_regions else ("global",):
+        for source in TAG_SOURCES if has_regions else ("global",):
             scores = tag_similarities(embeddings.image_embeds, embeddings.region_embeds, entities,
                                       {entity: tag_embeds[entity]}, source)[entity][kept]  # fmt: skip
             best_carried = scores.masked_fill(~truth, float("-inf")).max(dim=1).values
@@ -218,23 +217,6 @@ def load_candidates(value: str | None, entities: Sequence[str]) -> dict[str, lis
     if not isinstance(candidates, dict) or not all(isinstance(tags, list) for tags in candidates.values()):
         raise ValueError(f'candidates file {value} must hold an object of lists: {{"brand": ["Gucci", ...]}}')
     return candidates
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--model", required=True, help="E2 model: Hub id or local folder")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--image", action="append", help="tag this image; repeat for more")
-    source.add_argument("--data", help="measure accuracy on this catalog (data spec), regional vs global")
-    add_catalog_reading_arguments(parser)
-    parser.add_argument("--candidates", help="JSON file {entity: [tags]} or a data spec to take distinct tags from "
-                                             "(default with --data: that catalog's tags)")  # fmt: skip
-    parser.add_argument("--entity", action="append", help="only these entities (default: all with candidates)")
-    parser.add_argument("--top-k", type=int, default=3, help="--image: tags shown per entity")
-    parser.add_argument("--source", choices=SOURCES, default="region", help="--image: embedding to score")
-    parser.add_argument("--output", help="write the predictions or accuracies to this JSON file")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
-    return parser
 
 
 def run(args: argparse.Namespace) -> None:

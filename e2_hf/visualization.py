@@ -303,14 +303,6 @@ def load_images(paths: Sequence[str | Path]) -> list[Image.Image]:
     return [open_image(path) for path in paths]
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--model", required=True, help="E2 model: Hub id or local folder")
-    parser.add_argument("--image", action="append", required=True, help="an image file; repeat for more")
-    parser.add_argument("--output", required=True, help="the figure, a .png file")
-    parser.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
-    return parser
-
-
 def run(args: argparse.Namespace) -> None:
     from .evaluation.embedding import load_for_inference
 

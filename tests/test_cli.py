@@ -52,6 +52,7 @@ print(" ".join(name for name in heavy if name in sys.modules))
 
 def test_the_cli_imports_only_the_command_it_runs_and_has_a_version():
     import e2_hf
+    from e2_hf.cli import COMMANDS, Command
 
     def loaded(*arguments):
         completed = subprocess.run([sys.executable, "-c", LOADED_BY, *arguments], capture_output=True, text=True,
@@ -62,8 +63,14 @@ def test_the_cli_imports_only_the_command_it_runs_and_has_a_version():
     version_output, modules = loaded("--version")[:2]
     assert version_output == f"e2-hf {e2_hf.__version__}" and modules == ""
     assert loaded("--help")[-2] == ""
-    for command in ("count-params", "make-synthetic", "demo", "build-space"):  # light argument builders
-        assert loaded(command, "--help")[-2] == "", command
-    index_modules = loaded("index", "--help")[-2]
-    assert "e2_hf.search.index" in index_modules and "e2_hf.training.trainer" not in index_modules
-    assert "e2_hf.training.trainer" in loaded("train", "--help")[-2]  # the command's own module, only then
+    for name, command in COMMANDS.items():
+        assert loaded(name, "--help")[-2] == "", name  # no torch, transformers or subsystem for any --help
+        assert callable(Command.load(command.run)), name  # and each runner is where the table says
+
+
+def test_the_light_dtype_names_are_the_hub_codes():
+    from e2_hf.choices import DTYPE_NAMES
+    from e2_hf.modeling.embedding_e2clip import DTYPE_NAMES as HUB_DTYPE_NAMES
+    from e2_hf.modeling.embedding_e2clip import DTYPES
+
+    assert DTYPE_NAMES == HUB_DTYPE_NAMES and set(DTYPE_NAMES) <= set(DTYPES)

@@ -1,22 +1,22 @@
 """Zero-shot product captioning on E2 embeddings (CapDec and DeCap), trained on texts only."""
 
-from .captioner import RECIPES, CaptionerConfig, CaptionerError, E2Captioner
-from .inference import CaptionedProduct, caption_catalog, caption_images, load_captioner, score_captions
-from .metrics import attribute_accuracy, caption_metrics
-from .training import CaptionerTrainingArguments, train_captioner
+from ..lazy import lazy_exports
 
-__all__ = [
-    "RECIPES",
-    "CaptionedProduct",
-    "CaptionerConfig",
-    "CaptionerError",
-    "CaptionerTrainingArguments",
-    "E2Captioner",
-    "attribute_accuracy",
-    "caption_catalog",
-    "caption_images",
-    "caption_metrics",
-    "load_captioner",
-    "score_captions",
-    "train_captioner",
-]
+# public name -> the module it lives in, imported when the name is first used
+_EXPORTS = {
+    "RECIPES": ".arguments",
+    "CaptionerTrainingArguments": ".arguments",
+    "CaptionerConfig": ".captioner",
+    "CaptionerError": ".captioner",
+    "E2Captioner": ".captioner",
+    "CaptionedProduct": ".inference",
+    "caption_catalog": ".inference",
+    "caption_images": ".inference",
+    "load_captioner": ".inference",
+    "score_captions": ".inference",
+    "attribute_accuracy": ".metrics",
+    "caption_metrics": ".metrics",
+    "train_captioner": ".training",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -33,17 +33,15 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-RECIPES = ("capdec", "decap")
+from ..errors import CaptionerError
+from .arguments import RECIPES
+
 CONFIG_NAME = "captioner_config.json"
 DECODER_FOLDER = "decoder"
 MAPPING_FILE = "mapping.safetensors"
 MEMORY_FILE = "memory.safetensors"
 FORMAT_VERSION = 1
 END_TOKEN = "<|endoftext|>"  # of the tokenizer a from-scratch decoder learns (GPT-2's name for it)
-
-
-class CaptionerError(ValueError):
-    """A captioner that cannot be used as asked; the message says why."""
 
 
 # the sizes a captioner config may hold: beyond them it is damaged or crafted (an embedding size of

@@ -8,8 +8,7 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 
 from ..cli_options import add_catalog_reading_arguments
-from .captioner import RECIPES
-from .training import CaptionerTrainingArguments
+from .arguments import RECIPES, CaptionerTrainingArguments
 
 TRAIN_HELP = {
     "model": "the frozen backbone: an E2 or CLIP-FT folder or Hub id",

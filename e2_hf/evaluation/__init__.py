@@ -1,21 +1,22 @@
 """Evaluation of E2: retrieval protocols, per-entity metrics and catalog embedding."""
 
-from .embedding import CatalogEmbeddings, embed_catalog, embed_products, embed_texts, load_for_inference
-from .entities import distinct_tags, linear_probe_accuracy, region_retrieval_metrics, tag_value_matrix
-from .retrieval import positive_ranks, retrieval_metrics, sample100_candidates, sample100_metrics
+from ..lazy import lazy_exports
 
-__all__ = [
-    "CatalogEmbeddings",
-    "distinct_tags",
-    "embed_catalog",
-    "embed_products",
-    "embed_texts",
-    "linear_probe_accuracy",
-    "load_for_inference",
-    "positive_ranks",
-    "region_retrieval_metrics",
-    "tag_value_matrix",
-    "retrieval_metrics",
-    "sample100_candidates",
-    "sample100_metrics",
-]
+# public name -> the module it lives in, imported when the name is first used
+_EXPORTS = {
+    "CatalogEmbeddings": ".embedding",
+    "embed_catalog": ".embedding",
+    "embed_products": ".embedding",
+    "embed_texts": ".embedding",
+    "load_for_inference": ".embedding",
+    "distinct_tags": ".entities",
+    "linear_probe_accuracy": ".entities",
+    "region_retrieval_metrics": ".entities",
+    "tag_value_matrix": ".entities",
+    "positive_ranks": ".retrieval",
+    "retrieval_metrics": ".retrieval",
+    "sample100_candidates": ".retrieval",
+    "sample100_metrics": ".retrieval",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

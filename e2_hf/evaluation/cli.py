@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from ..cli_options import add_catalog_reading_arguments, add_dtype_argument, print_notice
-from .retrieval import DIRECTIONS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -99,6 +98,8 @@ def _selection(model, processor, data_spec: str) -> dict[str, Any]:
 
 
 def metrics_table(results: dict[str, Any]) -> str:
+    from .retrieval import DIRECTIONS
+
     lines = ["| protocol | direction | R@1 | R@5 | R@10 |", "| --- | --- | ---: | ---: | ---: |"]
     for protocol in ("full", "sample100"):
         if protocol in results:

@@ -2,43 +2,31 @@
 text or image queries (one or a batch) against either, results as an image grid, an HTML page or
 JSON lines, and an export as a Hugging Face dataset."""
 
-from .build import IndexingReport, add_catalog, open_or_create_index
-from .engine import SearchSettings
-from .index import EmbeddingIndex, EmbeddingIndexError, IndexItem, model_fingerprint
-from .query import (
-    SearchHit,
-    SearchQuery,
-    read_queries,
-    run_queries,
-    search_embedding,
-    search_embeddings,
-    search_images,
-    search_text,
-    search_texts,
-    text_query_embedding,
-)
-from .render import render_grid, render_html, write_results
+from ..lazy import lazy_exports
 
-__all__ = [
-    "EmbeddingIndex",
-    "EmbeddingIndexError",
-    "IndexItem",
-    "IndexingReport",
-    "SearchHit",
-    "SearchQuery",
-    "SearchSettings",
-    "add_catalog",
-    "model_fingerprint",
-    "open_or_create_index",
-    "read_queries",
-    "render_grid",
-    "render_html",
-    "run_queries",
-    "search_embedding",
-    "search_embeddings",
-    "search_images",
-    "search_text",
-    "search_texts",
-    "text_query_embedding",
-    "write_results",
-]
+# public name -> the module it lives in, imported when the name is first used
+_EXPORTS = {
+    "IndexingReport": ".build",
+    "add_catalog": ".build",
+    "open_or_create_index": ".build",
+    "SearchSettings": ".engine",
+    "EmbeddingIndex": ".index",
+    "EmbeddingIndexError": ".index",
+    "IndexItem": ".index",
+    "model_fingerprint": ".index",
+    "SearchHit": ".query",
+    "SearchQuery": ".query",
+    "read_queries": ".query",
+    "run_queries": ".query",
+    "search_embedding": ".query",
+    "search_embeddings": ".query",
+    "search_images": ".query",
+    "search_text": ".query",
+    "search_texts": ".query",
+    "text_query_embedding": ".query",
+    "render_grid": ".render",
+    "render_html": ".render",
+    "write_results": ".render",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -20,7 +20,7 @@ from ..data import Catalog, ImageLoadError, open_catalog, untagged_entities_noti
 from ..evaluation.embedding import evaluating
 from ..local_paths import portable_name, portable_spec
 from ..modeling import E2CLIPEmbedder, E2CLIPModel, E2CLIPProcessor
-from .engine import SearchSettings
+from .engine import DEFAULT_THUMBNAIL_SIZE, SearchSettings
 from .index import (
     EmbeddingIndex,
     EmbeddingIndexError,
@@ -34,7 +34,6 @@ from .index import (
 if TYPE_CHECKING:  # accelerate (the train extra) only where a multi-process launch passes its state
     from accelerate import PartialState
 
-DEFAULT_THUMBNAIL_SIZE = 128
 DEFAULT_SHARD_ROWS = 20_000
 PARTS_FOLDER = ".parts"  # a multi-process add's per-process parts, inside the index folder
 

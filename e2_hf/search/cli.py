@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cli_options import add_catalog_reading_arguments, add_dtype_argument
-from .build import DEFAULT_THUMBNAIL_SIZE
-from .engine import INDEX_TYPES, STORAGE_DTYPES, SearchSettings
+from .engine import DEFAULT_THUMBNAIL_SIZE, INDEX_TYPES, STORAGE_DTYPES, SearchSettings
 
 DEFAULT_SETTINGS = SearchSettings()
 

@@ -22,12 +22,13 @@ from typing import Any
 
 import numpy as np
 
+from ..choices import DTYPE_NAMES
 from ..errors import EmbeddingIndexError
 from ..extras import require
-from ..modeling.embedding_e2clip import DTYPE_NAMES
 
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivfpq")
 STORAGE_DTYPES = DTYPE_NAMES  # how an index stores its vectors
+DEFAULT_THUMBNAIL_SIZE = 128  # side in pixels of the thumbnail an index keeps of each product
 # how a storage dtype is kept inside a FAISS index (index_factory's spelling)
 FAISS_VECTOR_CODES = {"float32": "Flat", "float16": "SQfp16", "bfloat16": "SQbf16"}
 

@@ -6,7 +6,7 @@ import argparse
 from dataclasses import MISSING, fields
 
 from ..cli_options import add_tag_separator_argument
-from .trainer import TrainingArguments
+from .arguments import TrainingArguments
 
 HELP = {
     "model": "E2 checkpoint, or a CLIP checkpoint turned into E2 (Hub id or local folder)",
