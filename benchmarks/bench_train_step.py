@@ -24,7 +24,7 @@ from common import TOY_FUSION_LAYERS, TOY_TEXT, TOY_VISION, interleaved, parser,
 
 from e2_hf import E2CLIPConfig, E2CLIPModel, E2CLIPProcessor, build_product_text  # noqa: E402
 from e2_hf.modeling import clip_image_processor  # noqa: E402
-from e2_hf.modeling.modeling_e2clip import region_contrastive_loss  # noqa: E402
+from e2_hf.modeling.loss_e2clip import region_contrastive_loss  # noqa: E402
 from e2_hf.synthetic import COMPOSITIONS, EXTRAS, SEASONS, SILHOUETTES, brand_names  # noqa: E402
 
 TARGET = 1.35

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from e2_hf.compat import projected_features
 from e2_hf.modeling import E2CLIPConfig, E2CLIPModel, E2CLIPProcessor
@@ -37,6 +38,87 @@ from .torchscript_weights import is_torchscript_archive, read_torchscript_tensor
 OPENAI_NON_WEIGHT_KEYS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 TEXT_CHECK_TOLERANCE = 1e-4
+
+
+# ---------------------------------------------------------------------------------------------
+# E2 from a CLIP's weights (the new parameters initialised)
+# ---------------------------------------------------------------------------------------------
+PROJECTION_INITS = ("clip", "random")
+
+
+def _check_projection_init(projection_init: str) -> None:
+    if projection_init not in PROJECTION_INITS:
+        raise ValueError(f"projection_init must be one of {PROJECTION_INITS}, got {projection_init!r}.")
+
+
+def from_clip(name_or_path: str, projection_init: str = "clip", **config_overrides: Any) -> E2CLIPModel:
+    """E2 built from a transformers CLIP checkpoint (Hub id or local folder); nothing is saved
+    (`init_from_clip` also checks, saves and accepts OpenAI-layout files).
+
+    Every CLIP weight is copied; E2's additions start as follows. Selection tokens and fusion
+    projections: normal with std `width**-0.5` (the reference). With `projection_init="clip"`
+    (default) the entity projections start as copies of CLIP's visual projection and the entity
+    norms as copies of `post_layernorm`, so every regional embedding starts in CLIP's joint
+    space; the global projection is CLIP's `visual_projection`. With `"random"`, the global and
+    entity projections are drawn anew (std `width**-0.5`), as the reference does.
+
+    Args:
+        name_or_path: anything `transformers.CLIPModel.from_pretrained` accepts.
+        projection_init: `"clip"` or `"random"`.
+        config_overrides: `E2CLIPConfig` fields (entities, tokens_per_entity, fusion_layers, ...).
+    """
+    from transformers import CLIPModel
+
+    _check_projection_init(projection_init)
+    clip = CLIPModel.from_pretrained(name_or_path)
+    config = E2CLIPConfig.from_clip_config(clip.config, **config_overrides)
+    return from_clip_state_dict(config, clip.state_dict(), projection_init, source=str(name_or_path))
+
+
+def from_clip_state_dict(
+    config: E2CLIPConfig,
+    clip_state_dict: dict[str, torch.Tensor],
+    projection_init: str = "clip",
+    source: str = "the CLIP state dict",
+) -> E2CLIPModel:
+    """E2 built from CLIP weights with transformers CLIP's names (see `from_clip`).
+
+    Raises a `ValueError` unless the keys missing from `clip_state_dict` are exactly E2's
+    additions and no key is left over.
+    """
+    _check_projection_init(projection_init)
+    model = E2CLIPModel(config)
+    clip_state = {key: value for key, value in clip_state_dict.items() if not key.endswith("position_ids")}
+    incompatible = model.load_state_dict(clip_state, strict=False)
+    new_names = set(model.e2_parameter_names())
+    if set(incompatible.missing_keys) != new_names or incompatible.unexpected_keys:
+        raise ValueError(
+            f"{source} does not match E2's CLIP backbone: missing "
+            f"{sorted(set(incompatible.missing_keys) - new_names)}, unexpected {incompatible.unexpected_keys}."
+        )
+    init_new_parameters(model, projection_init)
+    return model
+
+
+@torch.no_grad()
+def init_new_parameters(model: E2CLIPModel, projection_init: str) -> None:
+    """(Re)initialises E2's additions after CLIP's weights were loaded into `model`."""
+    vision = model.vision_model
+    model._init_weights(vision)  # the selection tokens
+    for fusion_block in vision.fusion_blocks:
+        model._init_weights(fusion_block)
+    if projection_init == "random":
+        nn.init.normal_(model.visual_projection.weight, std=model.visual_projection.in_features**-0.5)
+    if model.region_head is None:
+        return
+    model._init_weights(model.region_head)
+    for layer_norm, projection in zip(model.region_head.layer_norms, model.region_head.projections):
+        if projection_init == "clip":
+            projection.weight.copy_(model.visual_projection.weight)
+            layer_norm.load_state_dict(vision.post_layernorm.state_dict())
+        else:
+            nn.init.ones_(layer_norm.weight)
+            nn.init.zeros_(layer_norm.bias)
 
 
 # ------------------------------------------------------------------------------------ reading
@@ -181,7 +263,7 @@ def init_from_clip(
 
         clip_model = CLIPModel.from_pretrained(str(clip)).eval()
         config = E2CLIPConfig.from_clip_config(clip_model.config, **config_overrides)
-        model = E2CLIPModel.from_clip_state_dict(config, clip_model.state_dict(), projection_init, source=str(clip))
+        model = from_clip_state_dict(config, clip_model.state_dict(), projection_init, source=str(clip))
         references = {f"transformers CLIPModel({clip})": lambda ids: clip_model.get_text_features(input_ids=ids)}
         if tokenizer is None:
             processor = E2CLIPProcessor.from_pretrained(str(clip), entities=model.config.entities)
@@ -201,7 +283,7 @@ def _from_openai_file(source, projection_init, vision_heads, text_heads, config_
     clip_fields = openai_clip_config(state_dict, vision_heads, text_heads)
     clip_state_dict = convert_openai_clip(state_dict)
     config = E2CLIPConfig(**clip_fields, **config_overrides)
-    model = E2CLIPModel.from_clip_state_dict(config, clip_state_dict, projection_init, source=str(source))
+    model = from_clip_state_dict(config, clip_state_dict, projection_init, source=str(source))
     clip = clip_reference_model(clip_fields, clip_state_dict)
     references = {"transformers CLIPModel with the same weights": lambda ids: clip.get_text_features(input_ids=ids)}
     return model, references

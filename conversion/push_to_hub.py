@@ -34,17 +34,14 @@ from pathlib import Path
 from typing import Any
 
 from e2_hf.local_paths import check_no_local_paths, local_path_leaks
-from e2_hf.modeling.modeling_e2clip import CODE_FILES
+from e2_hf.modeling.packaging_e2clip import DEPLOYMENT_CODE_FILES
 
 from .cli import add_push_arguments
 from .common import command_main
 
-REQUIRED_FILES = (
-    "config.json",
-    "processor_config.json",
-    "tokenizer_config.json",
-    *CODE_FILES,
-)
+# beside these, the code files of every class in config.json's auto_map (their own imports are
+# proven by loading the folder in a fresh interpreter before the upload)
+REQUIRED_FILES = ("config.json", "processor_config.json", "tokenizer_config.json", *DEPLOYMENT_CODE_FILES)
 TOKENIZER_FILE_SETS = (("vocab.json", "merges.txt"), ("tokenizer.json",))
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".pth.tar")
@@ -97,7 +94,8 @@ def validate_model_folder(folder: str | Path) -> None:
     if not folder.is_dir():
         raise ValueError(f"{folder} is not a folder")
     names = {path.name for path in folder.iterdir() if path.is_file()}
-    problems = [f"missing {name}" for name in REQUIRED_FILES if name not in names]
+    required = [*REQUIRED_FILES, *_auto_map_code_files(folder)]
+    problems = [f"missing {name}" for name in dict.fromkeys(required) if name not in names]
     if "preprocessor_config.json" not in names and not _has_nested_image_processor(folder):
         problems.append("missing the image processor (preprocessor_config.json, or in processor_config.json)")
     if not any(all(name in names for name in file_set) for file_set in TOKENIZER_FILE_SETS):
@@ -112,6 +110,23 @@ def validate_model_folder(folder: str | Path) -> None:
     problems += [f"local path in {leak}" for leak in local_path_leaks(folder)]
     if problems:
         raise ValueError(f"{folder} cannot be published: " + "; ".join(problems))
+
+
+def _auto_map_code_files(folder: Path) -> list[str]:
+    """`["configuration_e2clip.py", "modeling_e2clip.py", ...]`: the files named by the `auto_map` of
+    the model's and the processor's settings (transformers writes one entry per saved class)."""
+    code_files = []
+    for name in ("config.json", "processor_config.json", "preprocessor_config.json"):
+        try:
+            settings = json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # a missing or unreadable file is reported as such
+        nested = [value for value in settings.values() if isinstance(value, dict)] if isinstance(settings, dict) else []
+        for record in (settings, *nested):  # transformers 5.x nests the image processor's settings
+            auto_map = record.get("auto_map") if isinstance(record, dict) else None
+            if isinstance(auto_map, dict):
+                code_files += [f"{path.split('.')[0]}.py" for path in auto_map.values() if isinstance(path, str)]
+    return code_files
 
 
 def _has_nested_image_processor(folder: Path) -> bool:

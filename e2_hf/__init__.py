@@ -9,32 +9,30 @@ transformers Auto classes, so that `AutoModel.from_pretrained(folder)` works wit
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from .lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-# the public names, each in e2_hf.modeling (imported, and the Auto classes registered, on first use)
-__all__ = [
-    "E2CLIPConfig",
-    "E2CLIPEmbedder",
-    "E2CLIPImageEmbeddings",
-    "E2CLIPImageProcessor",
-    "E2CLIPModel",
-    "E2CLIPOutput",
-    "E2CLIPProcessor",
-    "E2CLIPTextConfig",
-    "E2CLIPVisionConfig",
-    "build_product_text",
-    "clip_image_processor",
-]
-
-
-def __getattr__(name: str) -> Any:
-    if name in __all__:
-        return getattr(import_module(".modeling", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+# public name -> the module it lives in (the model's classes in e2_hf.modeling, whose import registers
+# them with the Auto classes), imported when the name is first used
+_EXPORTS = {
+    **dict.fromkeys(
+        [
+            "E2CLIPConfig",
+            "E2CLIPEmbedder",
+            "E2CLIPImageEmbeddings",
+            "E2CLIPImageProcessor",
+            "E2CLIPModel",
+            "E2CLIPOutput",
+            "E2CLIPProcessor",
+            "E2CLIPTextConfig",
+            "E2CLIPVisionConfig",
+            "build_product_text",
+            "clip_image_processor",
+        ],
+        ".modeling",
+    ),
+    "from_clip": ".conversion.convert_clip_to_e2",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -17,14 +17,18 @@ from .processing_e2clip import E2CLIPProcessor, build_product_text
 
 
 def _register_auto_classes() -> None:
+    """In this process, the Auto classes load E2 folders with this code; and each class is registered
+    for its Auto class (`register_for_auto_class`, as transformers does when it loads the folder as
+    remote code), so that saving it copies its code file and writes its `auto_map` entry."""
     AutoConfig.register(E2CLIPConfig.model_type, E2CLIPConfig, exist_ok=True)
     AutoModel.register(E2CLIPConfig, E2CLIPModel, exist_ok=True)
     AutoModelForZeroShotImageClassification.register(E2CLIPConfig, E2CLIPModel, exist_ok=True)
     AutoImageProcessor.register(E2CLIPConfig, slow_image_processor_class=E2CLIPImageProcessor, exist_ok=True)
     AutoProcessor.register(E2CLIPConfig, E2CLIPProcessor, exist_ok=True)
-    # Saving copies the code files and writes an auto_map, so checkpoints load with remote code.
-    E2CLIPConfig.register_for_auto_class()
+    E2CLIPConfig.register_for_auto_class("AutoConfig")
     E2CLIPModel.register_for_auto_class("AutoModel")
+    E2CLIPImageProcessor.register_for_auto_class("AutoImageProcessor")
+    E2CLIPProcessor.register_for_auto_class("AutoProcessor")
 
 
 _register_auto_classes()

@@ -47,8 +47,6 @@ class E2CLIPImageProcessor(_CLIPImageProcessorPil):
         **kwargs: CLIP's image-processor settings (`size`, `crop_size`, `image_mean`, ...).
     """
 
-    _auto_class = "AutoImageProcessor"  # saving copies this code and writes the AutoImageProcessor entry
-
     def __init__(self, image_fit: str = "crop", pad_color: Sequence[int] = WHITE, **kwargs: Any):
         super().__init__(**kwargs)
         self.image_fit = checked_image_fit(image_fit)

@@ -16,9 +16,6 @@ checkpoint: it imports only the standard library, torch and transformers.
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +32,8 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
 from .configuration_e2clip import E2CLIPConfig, E2CLIPTextConfig, E2CLIPVisionConfig
+from .loss_e2clip import E2CLIPLoss
+from .packaging_e2clip import write_deployment_files
 
 # transformers 5.x returns a `BaseModelOutputWithPooling` from `get_*_features`, 4.x a tensor.
 FEATURES_AS_MODEL_OUTPUT = int(transformers.__version__.split(".")[0]) >= 5
@@ -128,158 +127,6 @@ class E2CLIPOutput(ModelOutput):
 
     def to_tuple(self) -> tuple[Any, ...]:
         return tuple(self[key].to_tuple() if key.endswith("_model_output") else self[key] for key in self.keys())
-
-
-# ---------------------------------------------------------------------------------------------
-# Losses
-# ---------------------------------------------------------------------------------------------
-def contrastive_loss(logits: torch.Tensor) -> torch.Tensor:
-    """Cross entropy of a square logit matrix whose diagonal holds the positives."""
-    return F.cross_entropy(logits, torch.arange(logits.shape[0], device=logits.device))
-
-
-def symmetric_contrastive_loss(logits_per_text: torch.Tensor) -> torch.Tensor:
-    """CLIP's loss: the mean of the text-to-image and image-to-text cross entropies."""
-    return (contrastive_loss(logits_per_text) + contrastive_loss(logits_per_text.t())) / 2.0
-
-
-def multi_positive_contrastive_loss(logits_per_image: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
-    """Contrastive loss where items with equal tag texts (equal `groups`) are positives of each other.
-
-    Image -> tag: each image is scored against the batch's *distinct* tags (duplicates merged into
-    one class), its own tag being the target. Tag -> image: each distinct tag is scored against all
-    images, and every image carrying it is a positive (the mean of their log-probabilities). With
-    no duplicates this is exactly the symmetric InfoNCE.
-
-    Args:
-        logits_per_image: `[n, n]` scaled similarities, image i against the tag of item j.
-        groups: `[n]` ids, equal for equal tag texts.
-    """
-    _, local_groups = torch.unique(groups, return_inverse=True)  # [n] in 0..num_distinct-1
-    num_distinct, num_items = int(local_groups.max()) + 1, local_groups.shape[0]
-    item_index = torch.arange(num_items, device=groups.device)
-    representative = torch.full((num_distinct,), num_items, device=groups.device)
-    representative = representative.scatter_reduce(0, local_groups, item_index, reduce="amin")  # first item per tag
-    image_to_tag = logits_per_image[:, representative]  # [n, num_distinct]
-    image_loss = F.cross_entropy(image_to_tag, local_groups)
-    tag_to_image = image_to_tag.t()  # [num_distinct, n]
-    positives = (local_groups[None, :] == torch.arange(num_distinct, device=groups.device)[:, None]).to(
-        logits_per_image.dtype
-    )
-    tag_loss = -((positives * F.log_softmax(tag_to_image, dim=1)).sum(dim=1) / positives.sum(dim=1)).mean()
-    return (image_loss + tag_loss) / 2.0
-
-
-def region_contrastive_loss(
-    region_embeds: torch.Tensor,
-    tag_embeds: torch.Tensor,
-    tag_present: torch.Tensor,
-    logit_scale: torch.Tensor,
-    variant: str = "clip",
-    tag_groups: torch.Tensor | None = None,
-) -> torch.Tensor | None:
-    """E2's region loss: per entity, symmetric InfoNCE between regional embeddings and tag texts.
-
-    Args:
-        region_embeds: `[batch, num_entities, dim]` regional image embeddings.
-        tag_embeds: `[batch, num_entities, dim]` text embeddings of each item's tag of each entity.
-        tag_present: `[batch, num_entities]` bool; items without a tag are left out of that
-            entity's loss.
-        logit_scale: the (already exponentiated) temperature multiplier.
-        variant: `"clip"` (in-batch negatives, as the paper) or `"multi_positive"` (items with the
-            same tag text are positives of each other).
-        tag_groups: `[batch, num_entities]` ids equal for equal tag texts; needed by
-            `"multi_positive"`.
-
-    Returns:
-        The mean over entities that have at least one tag in the batch, or `None` if none has.
-    """
-    region_embeds = F.normalize(region_embeds, dim=-1)
-    tag_embeds = F.normalize(tag_embeds, dim=-1)
-    losses = []
-    for entity in range(region_embeds.shape[1]):
-        present = tag_present[:, entity]
-        if not bool(present.any()):
-            continue
-        logits_per_image = logit_scale * region_embeds[present, entity] @ tag_embeds[present, entity].t()  # [n, n]
-        if variant == "clip":
-            losses.append(symmetric_contrastive_loss(logits_per_image))
-        elif variant == "multi_positive":
-            if tag_groups is None:
-                raise ValueError("region loss 'multi_positive' needs tag_groups.")
-            losses.append(multi_positive_contrastive_loss(logits_per_image, tag_groups[present, entity]))
-        else:
-            raise ValueError(f"Unknown region loss variant {variant!r}; use 'clip' or 'multi_positive'.")
-    if not losses:
-        return None
-    return torch.stack(losses).mean()
-
-
-def _world_size() -> int:
-    distributed = torch.distributed
-    return distributed.get_world_size() if distributed.is_available() and distributed.is_initialized() else 1
-
-
-def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
-    """`[local, ...]` -> `[world * local, ...]` in rank order, differentiable (the backward sums each
-    rank's gradient into the rank that produced the features); the tensor itself on one process."""
-    if _world_size() == 1:
-        return tensor
-    from torch.distributed.nn.functional import all_gather
-
-    return torch.cat(all_gather(tensor.contiguous()), dim=0)
-
-
-def gather_without_grad(tensor: torch.Tensor) -> torch.Tensor:
-    """All ranks' tensors concatenated, without gradient (booleans travel as uint8)."""
-    if _world_size() == 1:
-        return tensor
-    sent = tensor.to(torch.uint8) if tensor.dtype == torch.bool else tensor
-    parts = [torch.empty_like(sent) for _ in range(_world_size())]
-    torch.distributed.all_gather(parts, sent.contiguous())
-    return torch.cat(parts, dim=0).to(tensor.dtype)
-
-
-class E2CLIPLoss(nn.Module):
-    """E2's training loss: `global_weight * global + region_weight * mean over entities of region`.
-
-    Takes normalised embeddings (`[batch, dim]` text and image, `[batch, entities, dim]` region and
-    tag), the tag groups (-1 = missing, see `E2CLIPModel.encode_tags`) and the exponentiated logit
-    scale; returns `(loss, global_loss, region_loss)` (region `None` when no tag is present anywhere).
-
-    With `gather_across_ranks` (off by default; the trainers turn it on), every process gathers the
-    whole global batch *with gradient* and computes the loss over it, as open_clip's `ClipLoss`:
-    in-batch negatives then span all ranks, and with DDP averaging parameter gradients, W
-    processes with batch b train exactly like one process with batch W*b. Every rank must then
-    pass batches of the same size (drop the last incomplete batch).
-    """
-
-    def __init__(self, global_weight: float = 0.5, region_weight: float = 0.5, region_variant: str = "clip",
-                 gather_across_ranks: bool = False):  # fmt: skip
-        super().__init__()
-        self.global_weight = global_weight
-        self.region_weight = region_weight
-        self.region_variant = region_variant
-        self.gather_across_ranks = gather_across_ranks
-
-    @classmethod
-    def from_config(cls, config: E2CLIPConfig, gather_across_ranks: bool = False) -> E2CLIPLoss:
-        return cls(config.global_loss_weight, config.region_loss_weight, config.region_loss, gather_across_ranks)
-
-    def forward(self, text_embeds, image_embeds, region_embeds, tag_embeds, tag_groups, logit_scale):
-        gather = gather_with_grad if self.gather_across_ranks else (lambda tensor: tensor)
-        gather_flags = gather_without_grad if self.gather_across_ranks else (lambda tensor: tensor)
-        text_embeds, image_embeds = gather(text_embeds), gather(image_embeds)  # [global batch, dim]
-        global_loss = symmetric_contrastive_loss(logit_scale * text_embeds @ image_embeds.t())
-        region_loss = None
-        if region_embeds is not None and tag_embeds is not None:
-            tag_groups = gather_flags(tag_groups)
-            region_loss = region_contrastive_loss(
-                gather(region_embeds), gather(tag_embeds), tag_groups >= 0, logit_scale, self.region_variant, tag_groups
-            )
-        if region_loss is None:
-            return global_loss, global_loss, None
-        return self.global_weight * global_loss + self.region_weight * region_loss, global_loss, region_loss
 
 
 # ---------------------------------------------------------------------------------------------
@@ -994,130 +841,26 @@ class E2CLIPModel(E2CLIPPreTrainedModel):
                 f"{list(tag_input_ids.shape)}."
             )
 
-    # ----------------------------------------------------------------- building from CLIP
-    @classmethod
-    def from_clip(
-        cls,
-        name_or_path: str,
-        projection_init: str = "clip",
-        **config_overrides: Any,
-    ) -> E2CLIPModel:
-        """Builds E2 from a transformers CLIP checkpoint (Hub id or local folder).
-
-        Every CLIP weight is copied; E2's additions start as follows. Selection tokens and fusion
-        projections: normal with std `width**-0.5` (the reference). With `projection_init="clip"`
-        (default) the entity projections start as copies of CLIP's visual projection and the entity
-        norms as copies of `post_layernorm`, so every regional embedding starts in CLIP's joint
-        space; the global projection is CLIP's `visual_projection`. With `"random"`, the global and
-        entity projections are drawn anew (std `width**-0.5`), as the reference does.
-
-        Args:
-            name_or_path: anything `transformers.CLIPModel.from_pretrained` accepts.
-            projection_init: `"clip"` or `"random"`.
-            config_overrides: `E2CLIPConfig` fields (entities, tokens_per_entity, fusion_layers, ...).
-        """
-        from transformers import CLIPModel  # only this constructor needs transformers' CLIP
-
-        _check_projection_init(projection_init)
-        clip = CLIPModel.from_pretrained(name_or_path)
-        config = E2CLIPConfig.from_clip_config(clip.config, **config_overrides)
-        return cls.from_clip_state_dict(config, clip.state_dict(), projection_init, source=str(name_or_path))
-
-    @classmethod
-    def from_clip_state_dict(
-        cls,
-        config: E2CLIPConfig,
-        clip_state_dict: dict[str, torch.Tensor],
-        projection_init: str = "clip",
-        source: str = "the CLIP state dict",
-    ) -> E2CLIPModel:
-        """Builds E2 from CLIP weights with transformers CLIP's names (see `from_clip`).
-
-        Raises a `ValueError` unless the keys missing from `clip_state_dict` are exactly E2's
-        additions and no key is left over.
-        """
-        _check_projection_init(projection_init)
-        model = cls(config)
-        clip_state = {key: value for key, value in clip_state_dict.items() if not key.endswith("position_ids")}
-        incompatible = model.load_state_dict(clip_state, strict=False)
-        new_names = set(model.e2_parameter_names())
-        if set(incompatible.missing_keys) != new_names or incompatible.unexpected_keys:
-            raise ValueError(
-                f"{source} does not match E2's CLIP backbone: missing "
-                f"{sorted(set(incompatible.missing_keys) - new_names)}, unexpected {incompatible.unexpected_keys}."
-            )
-        model._init_new_parameters(projection_init)
-        return model
-
-    @torch.no_grad()
-    def _init_new_parameters(self, projection_init: str) -> None:
-        """(Re)initialises E2's additions after CLIP's weights were loaded."""
-        self._init_weights(self.vision_model)
-        for fusion_block in self.vision_model.fusion_blocks:
-            self._init_weights(fusion_block)
-        if projection_init == "random":
-            nn.init.normal_(self.visual_projection.weight, std=self.visual_projection.in_features**-0.5)
-        if self.region_head is None:
-            return
-        self._init_weights(self.region_head)
-        for layer_norm, projection in zip(self.region_head.layer_norms, self.region_head.projections):
-            if projection_init == "clip":
-                projection.weight.copy_(self.visual_projection.weight)
-                layer_norm.load_state_dict(self.vision_model.post_layernorm.state_dict())
-            else:
-                nn.init.ones_(layer_norm.weight)
-                nn.init.zeros_(layer_norm.bias)
-
     # ----------------------------------------------------------------- saving
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """Saves weights and config, plus E2's code files, an `auto_map` for AutoConfig,
-        AutoModel, AutoModelForZeroShotImageClassification and AutoProcessor, and the files
-        sentence-transformers reads (see `SENTENCE_TRANSFORMERS_FILES`)."""
-        self.config.auto_map = dict(AUTO_MAP)
+        """transformers' saving, plus the files a deployment reads (see `write_deployment_files`).
+
+        When the class is registered for an Auto class (importing `e2_hf.modeling`, or loading the
+        folder as remote code, registers it), transformers copies the code files and writes that
+        class's `auto_map` entry; the entry of the other Auto class that loads this model is added
+        here, so that both `AutoModel` and the zero-shot image classification pipeline load the folder.
+        """
+        if self._auto_class is not None:
+            class_path = f"{type(self).__module__.rsplit('.', 1)[-1]}.{type(self).__name__}"
+            auto_map = getattr(self.config, "auto_map", None) or {}
+            self.config.auto_map = {**auto_map, **dict.fromkeys(MODEL_AUTO_CLASSES, class_path)}
         result = super().save_pretrained(save_directory, *args, **kwargs)
-        _copy_code_files(save_directory)
-        _write_sentence_transformers_files(save_directory)
+        write_deployment_files(save_directory)
         return result
 
 
-PROJECTION_INITS = ("clip", "random")
-
-
-def _check_projection_init(projection_init: str) -> None:
-    if projection_init not in PROJECTION_INITS:
-        raise ValueError(f"projection_init must be one of {PROJECTION_INITS}, got {projection_init!r}.")
-
-
-AUTO_MAP = {
-    "AutoConfig": "configuration_e2clip.E2CLIPConfig",
-    "AutoModel": "modeling_e2clip.E2CLIPModel",
-    "AutoModelForZeroShotImageClassification": "modeling_e2clip.E2CLIPModel",
-    "AutoProcessor": "processing_e2clip.E2CLIPProcessor",
-}
-CODE_FILES = (
-    "configuration_e2clip.py",
-    "modeling_e2clip.py",
-    "image_processing_e2clip.py",
-    "processing_e2clip.py",
-    "embedding_e2clip.py",
-    "handler.py",  # the Inference Endpoints handler
-)
-
-
-# sentence-transformers (6.x) encodes texts and images of the folder with `get_text_features` /
-# `get_image_features`: E2's global embeddings, unnormalised (`normalize_embeddings=True` normalises).
-SENTENCE_TRANSFORMERS_FILES = {
-    "modules.json": [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}],
-    "sentence_bert_config.json": {
-        "transformer_task": "feature-extraction",
-        "modality_config": {
-            "text": {"method": "get_text_features", "method_output_name": "pooler_output"},
-            "image": {"method": "get_image_features", "method_output_name": "pooler_output"},
-        },
-        "module_output_name": "sentence_embedding",
-    },
-    "config_sentence_transformers.json": {"model_type": "SentenceTransformer", "similarity_fn_name": "cosine"},
-}
+# the Auto classes that load an E2 model
+MODEL_AUTO_CLASSES = ("AutoModel", "AutoModelForZeroShotImageClassification")
 
 
 def _token_hash(keys: torch.Tensor) -> torch.Tensor:
@@ -1132,30 +875,9 @@ def _token_hash(keys: torch.Tensor) -> torch.Tensor:
     return first * modulus + second
 
 
-def _copy_code_files(save_directory) -> None:
-    """Copies the Hub code files next to the weights (they sit beside this file)."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    for name in CODE_FILES:
-        source = os.path.join(here, name)
-        if os.path.exists(source):
-            shutil.copyfile(source, os.path.join(save_directory, name))
-
-
-def _write_sentence_transformers_files(save_directory) -> None:
-    """Writes each file of `SENTENCE_TRANSFORMERS_FILES` that the folder does not have yet (a
-    sentence-transformers pipeline saved there, with more modules, keeps its own)."""
-    for name, content in SENTENCE_TRANSFORMERS_FILES.items():
-        path = os.path.join(save_directory, name)
-        if not os.path.exists(path):
-            with open(path, "w", encoding="utf-8") as file:
-                json.dump(content, file, indent=2)
-
-
 __all__ = [
     "E2CLIPModel",
     "E2CLIPOutput",
     "E2CLIPPreTrainedModel",
     "E2CLIPVisionOutput",
-    "region_contrastive_loss",
-    "symmetric_contrastive_loss",
 ]

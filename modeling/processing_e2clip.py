@@ -78,7 +78,6 @@ class E2CLIPProcessor(ProcessorMixin):
     if not hasattr(ProcessorMixin, "get_attributes"):
         image_processor_class = "AutoImageProcessor"
         tokenizer_class = "AutoTokenizer"
-    _auto_class = "AutoProcessor"  # saving copies this code and writes the AutoProcessor entry
 
     def __init__(
         self,

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from e2_hf import E2CLIPConfig, E2CLIPModel, E2CLIPProcessor, clip_image_processor
+from e2_hf import E2CLIPConfig, E2CLIPModel, E2CLIPProcessor, clip_image_processor, from_clip
 from e2_hf.tokenization import learn_bpe_merges, read_merges, write_clip_tokenizer_files
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -206,7 +206,7 @@ def e2_model_dir(small_clip, tmp_path_factory) -> Path:
     """A saved (untrained) E2 model and processor made from `small_clip`."""
     folder = tmp_path_factory.mktemp("e2")
     torch.manual_seed(0)
-    E2CLIPModel.from_clip(str(small_clip), fusion_layers=[1, 2]).save_pretrained(folder)
+    from_clip(str(small_clip), fusion_layers=[1, 2]).save_pretrained(folder)
     E2CLIPProcessor.from_pretrained(str(small_clip), entities=TAG_ENTITIES).save_pretrained(folder)
     return folder
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from e2_hf import from_clip
 from e2_hf.compat import projected_features
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -102,7 +103,7 @@ def test_pretraining_script_writes_a_clip_that_e2_starts_from(tmp_path):
         theirs = clip.get_image_features(pixel_values=pixels)
     ours, theirs = (projected_features(value) for value in (ours, theirs))
     assert torch.allclose(ours, theirs, atol=2e-2, rtol=2e-2)  # float16 storage
-    e2 = E2CLIPModel.from_clip(str(output), fusion_layers=[1, 2])
+    e2 = from_clip(str(output), fusion_layers=[1, 2])
     assert e2.config.entities and e2.config.vision_config.patch_size == clip.config.vision_config.patch_size
 
 

@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from e2_hf import E2CLIPModel, E2CLIPProcessor
+from e2_hf import E2CLIPModel, E2CLIPProcessor, from_clip
 from e2_hf.captioning import (
     CaptionerError,
     CaptionerTrainingArguments,
@@ -122,7 +122,7 @@ def test_capdec_adds_noise_of_its_variance_and_decap_projects_onto_its_memory(to
 
 def test_another_backbone_is_refused(decap_folder, backbone, small_clip):
     model, _ = backbone
-    other = E2CLIPModel.from_clip(str(small_clip), fusion_layers=[1, 2])  # new selection tokens: another space
+    other = from_clip(str(small_clip), fusion_layers=[1, 2])  # new selection tokens: another space
     assert model_fingerprint(other) != model_fingerprint(model)
     with pytest.raises(CaptionerError, match="is not the model this captioner was trained on"):
         load_captioner(decap_folder, other)

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from transformers import CLIPConfig, CLIPModel
 
-from e2_hf import E2CLIPModel
+from e2_hf import from_clip
 
 from .conftest import E2CLIPModelTester
 from .test_modeling import features
@@ -27,7 +27,7 @@ def tiny_clip(tmp_path, eos_token_id: int = 98) -> tuple[CLIPModel, str]:
 @pytest.mark.parametrize("eos_token_id", [98, 2], ids=["eos-token", "legacy-argmax"])
 def test_plain_e2_equals_clip(tmp_path, tester, eos_token_id):
     clip, path = tiny_clip(tmp_path, eos_token_id)
-    e2 = E2CLIPModel.from_clip(path, entities=[]).eval()
+    e2 = from_clip(path, entities=[]).eval()
     input_ids, attention_mask = tester.input_ids()
     pixel_values = tester.pixel_values()
     with torch.no_grad():
@@ -44,9 +44,7 @@ def test_plain_e2_equals_clip(tmp_path, tester, eos_token_id):
 
 def test_e2_from_clip_keeps_clips_text_embeddings(tmp_path, tester):
     clip, path = tiny_clip(tmp_path)
-    e2 = E2CLIPModel.from_clip(
-        path, entities=["brand", "season", "subcategory", "composition"], fusion_layers=[1, 2]
-    ).eval()
+    e2 = from_clip(path, entities=["brand", "season", "subcategory", "composition"], fusion_layers=[1, 2]).eval()
     input_ids, attention_mask = tester.input_ids()
     with torch.no_grad():
         expected = features(clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask))
@@ -57,7 +55,7 @@ def test_e2_from_clip_keeps_clips_text_embeddings(tmp_path, tester):
 
 def test_from_clip_initialises_the_additions_as_documented(tmp_path):
     clip, path = tiny_clip(tmp_path)
-    e2 = E2CLIPModel.from_clip(path, entities=["brand", "season"], tokens_per_entity=[1, 3], fusion_layers=[2])
+    e2 = from_clip(path, entities=["brand", "season"], tokens_per_entity=[1, 3], fusion_layers=[2])
     assert e2.vision_model.selection_tokens.shape == (4, 32)
     torch.testing.assert_close(e2.visual_projection.weight, clip.visual_projection.weight)
     for layer_norm, projection in zip(e2.region_head.layer_norms, e2.region_head.projections):
@@ -66,9 +64,9 @@ def test_from_clip_initialises_the_additions_as_documented(tmp_path):
     for name in e2.e2_parameter_names():
         assert torch.isfinite(dict(e2.named_parameters())[name]).all()
 
-    random_start = E2CLIPModel.from_clip(path, projection_init="random", entities=["brand"], fusion_layers=[2])
+    random_start = from_clip(path, projection_init="random", entities=["brand"], fusion_layers=[2])
     assert not torch.allclose(random_start.visual_projection.weight, clip.visual_projection.weight)
     assert not torch.allclose(random_start.region_head.projections[0].weight, clip.visual_projection.weight)
     torch.testing.assert_close(random_start.region_head.layer_norms[0].weight, torch.ones(32))
     with pytest.raises(ValueError, match="projection_init"):
-        E2CLIPModel.from_clip(path, projection_init="zeros")
+        from_clip(path, projection_init="zeros")

@@ -6,7 +6,7 @@ import sys
 
 from PIL import Image
 
-from e2_hf import E2CLIPModel
+from e2_hf import E2CLIPModel, from_clip
 
 KEYS = {"R@1", "R@5", "R@10"}
 
@@ -79,7 +79,7 @@ def test_the_shipped_pretrained_base_fits_the_demo():
     )  # fmt: skip
     record = json.loads((PRETRAINED_BASE / "pretraining.json").read_text())
     assert {key: record["catalog"][key] for key in TESTBED} == TESTBED and record["catalog"]["seed"] not in (0, 1, 2)
-    model = E2CLIPModel.from_clip(str(PRETRAINED_BASE), fusion_layers=DEFAULT.fusion_layers)
+    model = from_clip(str(PRETRAINED_BASE), fusion_layers=DEFAULT.fusion_layers)
     processor = E2CLIPProcessor.from_pretrained(str(PRETRAINED_BASE), entities=model.config.entities)
     tokens = processor.tokenizer(["Aurel", "SS2017"])["input_ids"]
     assert all(

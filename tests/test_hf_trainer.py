@@ -4,14 +4,14 @@ import pytest
 from transformers import Trainer
 from transformers import TrainingArguments as HFTrainingArguments
 
-from e2_hf import E2CLIPModel, E2CLIPProcessor
+from e2_hf import E2CLIPProcessor, from_clip
 from e2_hf.data import ProductDataset, open_catalog
 from e2_hf.hf_trainer import retrieval_compute_metrics, trainer_collator
 from e2_hf.training import enable_cross_rank_loss
 
 
 def test_trainer_loss_goes_down_and_recall_is_reported(catalog, small_clip, tmp_path):
-    model = E2CLIPModel.from_clip(str(small_clip), fusion_layers=[1, 2])
+    model = from_clip(str(small_clip), fusion_layers=[1, 2])
     enable_cross_rank_loss(model)  # the documented recipe; a no-op on one process
     processor = E2CLIPProcessor.from_pretrained(str(small_clip), entities=model.config.entities)
     train_catalog = open_catalog(f"fashiongen:{catalog / 'train.h5'}")

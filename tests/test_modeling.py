@@ -8,7 +8,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 
 from e2_hf import E2CLIPConfig, E2CLIPModel
 from e2_hf.compat import projected_features
-from e2_hf.modeling.modeling_e2clip import region_contrastive_loss, symmetric_contrastive_loss
+from e2_hf.modeling.loss_e2clip import region_contrastive_loss, symmetric_contrastive_loss
 
 from .conftest import E2CLIPModelTester
 

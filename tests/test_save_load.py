@@ -4,6 +4,7 @@ import json
 import os
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -40,13 +41,15 @@ def test_folder_layout_and_auto_map(saved_model):
         "processor_config.json",
         "tokenizer_config.json",
     } <= names
+    assert {"loss_e2clip.py", "packaging_e2clip.py", "handler.py", "embedding_e2clip.py"} <= names
     auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
     assert auto_map == {
         "AutoConfig": "configuration_e2clip.E2CLIPConfig",
         "AutoModel": "modeling_e2clip.E2CLIPModel",
         "AutoModelForZeroShotImageClassification": "modeling_e2clip.E2CLIPModel",
-        "AutoProcessor": "processing_e2clip.E2CLIPProcessor",
     }
+    processor_config = json.loads((folder / "processor_config.json").read_text())
+    assert processor_config["auto_map"]["AutoProcessor"] == "processing_e2clip.E2CLIPProcessor"
     image_config, _ = E2CLIPImageProcessor.get_image_processor_dict(folder)  # where this transformers saved it
     assert image_config["image_processor_type"] == "E2CLIPImageProcessor"
     assert image_config["auto_map"]["AutoImageProcessor"] == "image_processing_e2clip.E2CLIPImageProcessor"
@@ -180,3 +183,49 @@ def test_a_pad_framing_is_applied_by_a_folder_loaded_as_remote_code(tiny_process
     torch.testing.assert_close(remote["image_processor"], expected, rtol=0, atol=0)
     cropped = tiny_processor(images=[image])["pixel_values"]
     assert not torch.equal(cropped, expected)
+
+
+# A folder saved by e2-hf 0.1.0, whose modeling_e2clip.py still held the losses and the deployment files.
+OLD_LAYOUT_FOLDER = Path(__file__).parent / "fixtures" / "e2_folder_0.1.0"
+
+OLD_LAYOUT_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    sys.modules["e2_hf"] = None  # this project must not be importable
+    import torch
+    from transformers import AutoModel
+
+    folder, inputs_path, output_path = sys.argv[1:4]
+    model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+    assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+    with torch.no_grad():
+        outputs = model(**torch.load(inputs_path, weights_only=True))
+    torch.save({name: outputs[name] for name in ("image_embeds", "text_embeds", "region_embeds")}, output_path)
+    """
+)
+
+
+@pytest.mark.parametrize("which", ["this transformers", "the other transformers"])
+def test_a_folder_in_the_old_layout_loads_with_its_own_code_and_with_this_one(tmp_path, which):
+    from .conftest import E2CLIPModelTester
+
+    python = _python_of(which)
+    tester = E2CLIPModelTester()
+    input_ids, attention_mask = tester.input_ids()
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": tester.pixel_values()}
+    torch.save(inputs, tmp_path / "inputs.pt")
+    run_without_the_project(
+        OLD_LAYOUT_SCRIPT, tmp_path, OLD_LAYOUT_FOLDER, tmp_path / "inputs.pt", tmp_path / "old.pt", python=python
+    )
+    old_code = torch.load(tmp_path / "old.pt", weights_only=True)
+
+    current = AutoModel.from_pretrained(OLD_LAYOUT_FOLDER).eval()  # this package's classes, no remote code
+    assert type(current) is E2CLIPModel
+    current.save_pretrained(tmp_path / "resaved")  # and a re-save in the current layout loads the same
+    resaved = AutoModel.from_pretrained(tmp_path / "resaved").eval()
+    assert {"loss_e2clip.py", "packaging_e2clip.py"} <= set(os.listdir(tmp_path / "resaved"))
+    with torch.no_grad():
+        for model in (current, resaved):
+            outputs = model(**inputs)
+            for name, expected in old_code.items():
+                torch.testing.assert_close(outputs[name], expected, rtol=1e-6, atol=1e-6)

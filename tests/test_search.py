@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from e2_hf import E2CLIPModel, E2CLIPProcessor
+from e2_hf import E2CLIPModel, E2CLIPProcessor, from_clip
 from e2_hf.data import open_catalog
 from e2_hf.evaluation.embedding import embed_catalog
 from e2_hf.search import (
@@ -112,7 +112,7 @@ def test_adding_products_twice_is_refused_unless_skipped(model_and_processor, ca
 
 
 def test_an_index_refuses_another_model(model_and_processor, small_clip, cli_index):
-    other = E2CLIPModel.from_clip(str(small_clip), fusion_layers=[1, 2])  # new random E2 weights
+    other = from_clip(str(small_clip), fusion_layers=[1, 2])  # new random E2 weights
     assert model_fingerprint(other) != model_fingerprint(model_and_processor[0])
     with pytest.raises(EmbeddingIndexError, match="built with another model"):
         open_or_create_index(cli_index, other, "other")
@@ -268,7 +268,7 @@ def test_a_model_without_entities_gets_a_global_only_index(small_clip, catalog, 
     items keep their tags; a search by region is refused by name."""
     from e2_hf.search.export import export_dataset
 
-    model = E2CLIPModel.from_clip(str(small_clip), entities=[]).eval()
+    model = from_clip(str(small_clip), entities=[]).eval()
     processor = E2CLIPProcessor.from_pretrained(str(small_clip))
     index = open_or_create_index(tmp_path / "index", model, "clip-ft", thumbnail_size=16)
     add_catalog(index, model, processor, f"jsonl:{catalog / 'catalog.jsonl'}:validation", batch_size=8)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from e2_hf import from_clip
 from e2_hf.evaluation import selection as selection_module
 from e2_hf.evaluation.selection import (
     PatchGeometry,
@@ -19,7 +20,7 @@ from e2_hf.evaluation.selection import (
     selection_metrics,
     token_rates,
 )
-from e2_hf.modeling import E2CLIPModel, E2CLIPProcessor, clip_image_processor
+from e2_hf.modeling import E2CLIPProcessor, clip_image_processor
 from e2_hf.synthetic import make_synthetic
 
 
@@ -133,7 +134,7 @@ def test_edit_rates_follow_and_stay():
 
 @pytest.fixture(scope="module")
 def model_and_processor(small_clip):
-    model = E2CLIPModel.from_clip(str(small_clip), fusion_layers=[1, 2]).eval()
+    model = from_clip(str(small_clip), fusion_layers=[1, 2]).eval()
     return model, E2CLIPProcessor.from_pretrained(str(small_clip), entities=model.config.entities)
 
 

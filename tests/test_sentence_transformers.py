@@ -9,7 +9,7 @@ import torch
 
 from e2_hf import E2CLIPModel
 from e2_hf.compat import projected_features
-from e2_hf.modeling.modeling_e2clip import SENTENCE_TRANSFORMERS_FILES
+from e2_hf.modeling.packaging_e2clip import SENTENCE_TRANSFORMERS_FILES
 
 from .conftest import make_images, run_without_the_project
 

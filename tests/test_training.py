@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from e2_hf import E2CLIPModel, E2CLIPProcessor
+from e2_hf import E2CLIPModel, E2CLIPProcessor, from_clip
 from e2_hf.data import ImageLoadError
 from e2_hf.training import TrainingArguments, TrainingError, train
 
@@ -56,8 +56,8 @@ def test_stage_one_trains_only_the_new_parameters(small_clip, catalog, tmp_path)
     steps_per_epoch = 40 // 8
     train(arguments(small_clip, catalog, tmp_path / "run", stop_after_steps=steps_per_epoch, save_steps=100))
     after = weights(tmp_path / "run" / "checkpoints" / f"checkpoint-{steps_per_epoch}")
-    start = E2CLIPModel.from_clip(str(small_clip), fusion_layers=[1, 2]).state_dict()
-    new_names = set(E2CLIPModel.from_clip(str(small_clip), fusion_layers=[1, 2]).e2_parameter_names())
+    start = from_clip(str(small_clip), fusion_layers=[1, 2]).state_dict()
+    new_names = set(from_clip(str(small_clip), fusion_layers=[1, 2]).e2_parameter_names())
     for name, tensor in after.items():
         if name in new_names and name != "vision_model.selection_tokens":
             continue

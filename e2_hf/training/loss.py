@@ -7,7 +7,7 @@ process in both (see `E2CLIPLoss`).
 
 from __future__ import annotations
 
-from ..modeling.modeling_e2clip import E2CLIPLoss, gather_with_grad, gather_without_grad
+from ..modeling.loss_e2clip import E2CLIPLoss, gather_with_grad, gather_without_grad
 
 
 def enable_cross_rank_loss(model) -> None:

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
 from ..cli_options import print_notice
+from ..conversion.convert_clip_to_e2 import from_clip, from_clip_state_dict
 from ..data import E2Collator, ProductDataset, dataset_truncation, open_catalog, untagged_entities_notice
 from ..errors import TrainingError
 from ..evaluation import retrieval_metrics
@@ -148,9 +149,9 @@ def build_model(args: TrainingArguments) -> E2CLIPModel:
             raise ValueError(f"--baseline clip-ft needs a CLIP checkpoint; {args.model} is E2 with entities")
         if args.baseline == "e2" and not model.config.entities:  # a CLIP-FT checkpoint: add E2's parts
             config = E2CLIPConfig(**{**model.config.to_dict(), "entities": E2CLIPConfig().entities, **overrides})
-            return E2CLIPModel.from_clip_state_dict(config, model.state_dict(), source=args.model)
+            return from_clip_state_dict(config, model.state_dict(), source=args.model)
         return model
-    return E2CLIPModel.from_clip(args.model, **overrides)
+    return from_clip(args.model, **overrides)
 
 
 def check_entities(model: E2CLIPModel, catalog, data_spec: str) -> None:
