@@ -3,6 +3,7 @@
 import json
 import os
 import sys
+import tarfile
 import textwrap
 from pathlib import Path
 
@@ -185,8 +186,9 @@ def test_a_pad_framing_is_applied_by_a_folder_loaded_as_remote_code(tiny_process
     assert not torch.equal(cropped, expected)
 
 
-# A folder saved by e2-hf 0.1.0, whose modeling_e2clip.py still held the losses and the deployment files.
-OLD_LAYOUT_FOLDER = Path(__file__).parent / "fixtures" / "e2_folder_0.1.0"
+# A folder saved by e2-hf 0.1.0, whose modeling_e2clip.py still held the losses and the deployment files
+# (tests/fixtures/e2_folder_0.1.0.md says how it was made).
+OLD_LAYOUT_ARCHIVE = Path(__file__).parent / "fixtures" / "e2_folder_0.1.0.tar.gz"
 
 OLD_LAYOUT_SCRIPT = textwrap.dedent(
     """
@@ -210,16 +212,19 @@ def test_a_folder_in_the_old_layout_loads_with_its_own_code_and_with_this_one(tm
     from .conftest import E2CLIPModelTester
 
     python = _python_of(which)
+    with tarfile.open(OLD_LAYOUT_ARCHIVE) as archive:
+        archive.extractall(tmp_path, filter="data")
+    old_folder = tmp_path / "e2_folder_0.1.0"
     tester = E2CLIPModelTester()
     input_ids, attention_mask = tester.input_ids()
     inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": tester.pixel_values()}
     torch.save(inputs, tmp_path / "inputs.pt")
     run_without_the_project(
-        OLD_LAYOUT_SCRIPT, tmp_path, OLD_LAYOUT_FOLDER, tmp_path / "inputs.pt", tmp_path / "old.pt", python=python
+        OLD_LAYOUT_SCRIPT, tmp_path, old_folder, tmp_path / "inputs.pt", tmp_path / "old.pt", python=python
     )
     old_code = torch.load(tmp_path / "old.pt", weights_only=True)
 
-    current = AutoModel.from_pretrained(OLD_LAYOUT_FOLDER).eval()  # this package's classes, no remote code
+    current = AutoModel.from_pretrained(old_folder).eval()  # this package's classes, no remote code
     assert type(current) is E2CLIPModel
     current.save_pretrained(tmp_path / "resaved")  # and a re-save in the current layout loads the same
     resaved = AutoModel.from_pretrained(tmp_path / "resaved").eval()
