@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import parser, write_result  # noqa: E402
+from report import heading, table  # noqa: E402
 
 from e2_hf import E2CLIPProcessor  # noqa: E402
 from e2_hf.data import E2Collator, ProductDataset, open_catalog  # noqa: E402
@@ -66,6 +67,21 @@ def main() -> None:
         },
         args.output,
     )
+
+
+# ---------------------------------------------------------------- its section of BENCHMARKS.md
+def render(result: dict) -> list[str]:
+    headers = ["dataloader workers", "images / s", "per worker", "GPU steps / s it feeds (batch 64)"]
+    rows = [
+        [
+            workers,
+            f"{row['images_per_s']:.0f}",
+            f"{row['images_per_s_per_worker']:.0f}",
+            f"{row['feeds_gpu_steps_per_s_at_batch_64']:.2f}",
+        ]  # fmt: skip
+        for workers, row in result["workers"].items()
+    ]
+    return [*heading("5. Data pipeline", result["setting"]), *table(headers, rows, first_column_numeric=True), ""]
 
 
 if __name__ == "__main__":

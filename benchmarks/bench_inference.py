@@ -14,6 +14,7 @@ from transformers import CLIPConfig, CLIPModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import TOY_FUSION_LAYERS, TOY_TEXT, TOY_VISION, interleaved, parser, write_result  # noqa: E402
+from report import heading, timing_table, verdict  # noqa: E402
 
 from e2_hf import E2CLIPConfig, E2CLIPModel  # noqa: E402
 from e2_hf.parameters import count_new_parameters  # noqa: E402
@@ -67,6 +68,26 @@ def main() -> None:
         },
         args.output,
     )
+
+
+# ---------------------------------------------------------------- its section of BENCHMARKS.md
+def render(result: dict) -> list[str]:
+    parameters = result["parameters"]
+    return [
+        *heading("1. Inference: E2 vs CLIP image features", result["setting"]),
+        *timing_table(result),
+        "",
+        f"E2 / CLIP = **{result['ratio_e2_over_clip']:.3f}x** (target <= {result['target_max_ratio']}x): "
+        f"{verdict(result)}.",
+        "",
+        f"Parameters: CLIP {parameters['clip_parameters']:,}; E2 adds {parameters['e2_new_parameters']:,} = "
+        f"{100 * parameters['share_of_clip']:.2f}% of CLIP's "
+        f"(the paper says {100 * result['paper_share_of_clip']:.1f}%); "
+        f"selection tokens {parameters['new_by_group']['selection_tokens']:,}, fusion blocks "
+        f"{parameters['new_by_group']['fusion_blocks']:,}, entity norms and projections "
+        f"{parameters['new_by_group']['region_head']:,}.",
+        "",
+    ]
 
 
 if __name__ == "__main__":

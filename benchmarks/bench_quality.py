@@ -19,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import parser, write_result  # noqa: E402
+from report import heading, table  # noqa: E402
 
 from e2_hf.demo import (  # noqa: E402
     DEFAULT,
@@ -188,6 +189,121 @@ def main() -> None:
         },
         args.output,
     )
+
+
+# ---------------------------------------------------------------- its section of BENCHMARKS.md
+def render(result: dict) -> list[str]:
+    summary = result["summary"]
+    names = {"e2_paper": "E2, the paper's recipe", "e2_demo": "E2, the demo's options", "clip_ft": "CLIP-FT"}
+    models = [key for key in names if key in summary]
+    entities = ("brand", "season", "subcategory", "composition")
+
+    def spread(value: dict, scale: float = 1.0) -> str:
+        return f"{scale * value['mean']:.1f} ± {scale * value['std']:.1f}"
+
+    retrieval_rows = [
+        [names[key], spread(summary[key]["full"]), spread(summary[key]["sample100"]),
+         *(spread(summary[key]["linear_probe"][entity]) for entity in entities)]
+        for key in models
+    ]  # fmt: skip
+    tagging_rows = []
+    for key in models:
+        tagging = summary[key]["tagging"]
+        sources = ("region", "global") if "region" in tagging["brand"] else ("global",)
+        for source in sources:
+            tagging_rows.append([f"{names[key]}, {source}", *(spread(tagging[entity][source]) for entity in entities)])
+    tagging_rows.append(
+        ["chance", *(f"{summary[models[0]]['tagging'][entity]['chance']['mean']:.1f}" for entity in entities)]
+    )
+    selection_rows = []
+    for key in models:
+        for entity, row in summary[key].get("selection", {}).items():
+            follow = row.get("follow_moved_logo_if_hit")
+            selection_rows.append([
+                names[key], entity, spread(row["hit"], 100), spread(row["chance"], 100),
+                spread(row["position_only"], 100), spread(row["best_token_hit"], 100), spread(row["collapse"], 100),
+                spread(follow, 100) if follow else "",
+            ])  # fmt: skip
+    goal_rows = []
+    for goal, value in summary["goals"].items():
+        if "target" in value:
+            goal_rows.append([goal, f"{value['value']:.2f}x", f"{value['target']:.0f}x",
+                              "met" if value["met"] else "missed"])  # fmt: skip
+        else:
+            goal_rows.append([goal, f"{value['mean_difference']:+.1f} (std {value['std_difference']:.1f})",
+                              "> 2 std", "met" if value["met"] else "missed"])  # fmt: skip
+    seed_rows = []
+    for seed, run in enumerate(result["per_seed"]):
+        for key in ("e2_paper", "e2_demo"):
+            brand, season = run[key]["selection"]["brand"], run[key]["selection"]["season"]
+            found = brand["hit"] >= 3 * brand["chance"] and brand["hit"] >= 2 * brand["position_only"]
+            follow = brand.get("logo_moved", {}).get("follow_if_hit")
+            seed_rows.append([
+                str(seed), names[key], f"{100 * brand['hit']:.1f}", f"{100 * brand['chance']:.1f}",
+                f"{100 * brand['position_only']:.1f}", "" if follow is None else f"{100 * follow:.0f}",
+                f"{100 * season['hit']:.1f} / {100 * season['position_only']:.1f}",
+                "yes" if found else "no", f"{run[key]['tagging']['brand']['region']:.1f}",
+                f"{run[key]['full']['sumr']:.1f}", f"{run['clip_ft']['full']['sumr']:.1f}",
+            ])  # fmt: skip
+    return [
+        *heading("4. Quality and selection on the demo's synthetic catalog (--hard)", result["setting"]),
+        *table(
+            [
+                "model",
+                "full SumR",
+                "sample-100 SumR",
+                "probe brand",
+                "probe season",
+                "probe sub-category",
+                "probe composition",
+            ],
+            retrieval_rows,
+        ),  # fmt: skip
+        "",
+        "Zero-shot tagging of the validation products per entity (top-1 accuracy in percent; candidates: the "
+        "entity's distinct validation tags; `region`: the entity's regional embedding, `global`: the image "
+        "embedding):",
+        "",
+        *table(["model, embedding", *entities], tagging_rows),
+        "",
+        "Where E2's selection tokens look, last fusion block, in percent of validation views (mean over the "
+        "entity's tokens): `hit` a patch holding the entity's detail (brand: the logo, season: the trim band), "
+        "`chance` a uniformly random patch, `position-only` the token's own choice frequencies ignoring the image, "
+        "`collapse` the share of its most frequent patch, `follows` the share of brand tokens on the logo that "
+        "are on it again after the logo is moved elsewhere on the garment:",
+        "",
+        *table(
+            ["model", "entity", "hit", "chance", "position-only", "best token", "collapse", "follows"], selection_rows
+        ),  # fmt: skip
+        "",
+        "Per seed (brand: hit, chance and position-only in percent, `follows` as above; `found`: at least 3x "
+        "chance and 2x position-only in that seed):",
+        "",
+        *table(
+            [
+                "seed",
+                "model",
+                "brand hit",
+                "chance",
+                "position-only",
+                "follows",
+                "season hit / position-only",
+                "found",
+                "brand tagging",
+                "SumR",
+                "CLIP-FT SumR",
+            ],
+            seed_rows,
+        ),  # fmt: skip
+        "",
+        "The goals (E2 with the demo's options, means over seeds; differences per seed against CLIP-FT):",
+        "",
+        *table(["goal", "reached", "target", ""], goal_rows),
+        "",
+        "Mean ± standard deviation over seeds; linear-probe accuracies in percent on frozen global image "
+        "embeddings (80/20 split of the validation products).",
+        "",
+    ]
 
 
 if __name__ == "__main__":

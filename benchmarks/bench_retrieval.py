@@ -27,6 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import interleaved, parser, write_result  # noqa: E402
+from report import heading, table, verdict  # noqa: E402
 
 from e2_hf.evaluation import retrieval_metrics  # noqa: E402
 from e2_hf.evaluation.retrieval import COMPILED_COUNTING_FROM, TILE_SIZE, fused_counter  # noqa: E402
@@ -169,6 +170,85 @@ def main() -> None:
         },
         args.output,
     )
+
+
+# ---------------------------------------------------------------- its section of BENCHMARKS.md
+RANKING_COST_GOAL = 1.1  # the counting on top of the N x N x d product
+
+
+def render(result: dict) -> list[str]:
+    headers = ["N", "ours s", "bare N x N x d product s", "per-query sort loop s (scaled)", "speed-up", "ours / bare"]
+    rows = [
+        [
+            f"{int(size):,}",
+            f"{row['ours_s']:.1f}",
+            f"{row['bare_matmul_s']:.1f}",
+            f"{row['sort_loop_s_scaled']:.0f} ({row['sort_loop_queries_timed']} queries timed)",
+            f"{row['speedup_over_sort_loop']:.0f}x",
+            f"{row['ours_over_bare_matmul']:.2f}x",
+        ]  # fmt: skip
+        for size, row in result["sizes"].items()
+    ]
+    return [
+        *heading("3. Full-candidate retrieval metrics", result["setting"]),
+        *table(headers, rows, first_column_numeric=True),
+        "",
+        f"Target: at least {result['target_min_speedup_at_32528']:.0f}x faster than the loop at N = 32,528: "
+        f"{verdict(result)}.",
+        "",
+        *profile_lines(result),
+    ]
+
+
+def profile_lines(result: dict) -> list[str]:
+    """Where our time goes: the product itself, and counting ranks on top of it, eager and compiled."""
+    names = {"eager_counting": "eager", "compiled_counting": "compiled"}
+    lines = []
+    for size, row in result["sizes"].items():
+        seconds = {side: timing["median_s"] for side, timing in row["timings"].items()}
+        lines.append(
+            f"- N = {int(size):,}: the bare product takes {row['bare_matmul_s']:.1f} s (row blocks "
+            f"{seconds['bare_matmul_rows']:.1f} s, our tiles {seconds['bare_matmul_tiles']:.1f} s); "
+            f"ranking with eager counting {seconds['eager_counting']:.1f} s "
+            f"({row['eager_counting_over_bare_matmul']:.2f}x), with compiled counting "
+            f"{seconds['compiled_counting']:.1f} s ({row['compiled_counting_over_bare_matmul']:.2f}x); "
+            f"the default at this N counts {names[row['default_counting']]}. The compiled count alone, of a tile "
+            f"kept in cache, takes {seconds['compiled_counting_in_cache']:.1f} s: product plus counting without "
+            f"reading the tiles back from memory is {row['floor_over_bare_matmul']:.2f}x."
+        )
+    compiling = result["compile_first_call"]
+    compile_time = (
+        f"{compiling['empty_cache_s']:.1f} s with an empty torch.compile cache (the first run on a machine), "
+        f"{compiling['warm_cache_s']:.1f} s with a warm one"
+        if compiling
+        else "not measured in a --toy run"
+    )
+    lines += [
+        f"- Compiling the fused counting, once per process: {compile_time}; not in the timings above. "
+        f"The default compiles from N = {result['compile_counting_from']:,}.",
+    ]
+    ratios = ", ".join(
+        f"{row['ours_over_bare_matmul']:.2f}x at N = {int(size):,}" for size, row in result["sizes"].items()
+    )
+    met = all(row["ours_over_bare_matmul"] <= RANKING_COST_GOAL for row in result["sizes"].values())
+    lines += [
+        "",
+        f"Goal: ranking (the default counting) costs at most {RANKING_COST_GOAL}x the bare product: {ratios}: "
+        f"**{'met' if met else 'missed'}**.",
+    ]
+    if not met:
+        floor = max(row["floor_over_bare_matmul"] for row in result["sizes"].values())
+        spread = max(max(side["runs"]) / min(side["runs"]) - 1 for row in result["sizes"].values()
+                     for side in row["timings"].values())  # fmt: skip
+        lines += [
+            "",
+            f"What remains: counting itself costs at most {floor:.2f}x with the compiled kernel (a tile in "
+            "cache); the rest is handing each freshly computed tile from the matrix product to the counting "
+            "kernel. Only a matrix product that counts as it writes its output (the count fused into its "
+            "epilogue) would remove it, and PyTorch's CPU product offers none. The runs of one side on this "
+            f"shared 2-core machine differ by up to {100 * spread:.0f}%, more than the goal's margin.",
+        ]
+    return lines + [""]
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import parser, write_result  # noqa: E402
+from report import heading, table  # noqa: E402
 
 from e2_hf.data import open_catalog  # noqa: E402
 from e2_hf.demo import run_demo  # noqa: E402
@@ -88,6 +89,35 @@ def main() -> None:
         },
         args.output,
     )
+
+
+# ---------------------------------------------------------------- its section of BENCHMARKS.md
+def render(result: dict) -> list[str]:
+    models = ("e2_region", "e2_global", "clip_ft_global")
+    per_entity, mean = result["per_entity"], result["mean"]
+    accuracy_rows = [
+        [entity, str(row["candidates"]), *(f"{row[model]:.1f}" for model in (*models, "chance"))]
+        for entity, row in per_entity.items()
+    ]
+    accuracy_rows.append(["mean", "", *(f"{mean[model]:.1f}" for model in (*models, "chance"))])
+    search_rows = [
+        [entity, *(f"{row['search_precision_at_10'][model]:.1f}" for model in models)]
+        for entity, row in per_entity.items()
+    ]
+    search_mean = result["mean_search_precision_at_10"]
+    search_rows.append(["mean", *(f"{search_mean[model]:.1f}" for model in models)])
+    return [
+        *heading("6. Zero-shot tagging and entity-aware search: regional vs global embedding", result["setting"]),
+        *table(["entity", "candidates", "E2 regional", "E2 global", "CLIP-FT global", "chance"], accuracy_rows),
+        "",
+        f"Top-1 accuracy in percent. E2 regional / E2 global (mean): {result['ratio_region_over_global']:.2f}x.",
+        "",
+        "Entity-aware search with the same embeddings: each tag text as a query, the share of its 10 best "
+        "products (fewer when fewer carry the tag) that carry it, mean over the tags, in percent.",
+        "",
+        *table(["entity", "E2 regional", "E2 global", "CLIP-FT global"], search_rows),
+        "",
+    ]
 
 
 if __name__ == "__main__":

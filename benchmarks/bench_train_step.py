@@ -21,6 +21,7 @@ from transformers import CLIPConfig, CLIPModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import TOY_FUSION_LAYERS, TOY_TEXT, TOY_VISION, interleaved, parser, write_result  # noqa: E402
+from report import heading, timing_table, verdict  # noqa: E402
 
 from e2_hf import E2CLIPConfig, E2CLIPModel, E2CLIPProcessor, build_product_text  # noqa: E402
 from e2_hf.modeling import clip_image_processor  # noqa: E402
@@ -163,6 +164,24 @@ def main() -> None:
         },
         args.output,
     )
+
+
+# ---------------------------------------------------------------- its section of BENCHMARKS.md
+def render(result: dict) -> list[str]:
+    setting = (
+        f"{result['setting']}. Product texts average {result['product_text_tokens']} tokens; {result['tags']} tags "
+        f"per batch, {result['distinct_tags']} distinct, padded to {result['tag_tokens_padded_to']} tokens "
+        "(the reference pads to 77)"
+    )
+    return [
+        *heading("2. One training step: E2 vs CLIP fine-tuning", setting),
+        *timing_table(result),
+        "",
+        f"E2 / CLIP-FT = **{result['ratio_e2_over_clip_ft']:.3f}x** (target <= {result['target_max_ratio']}x): "
+        f"{verdict(result)}. With the reference's tag handling (every tag padded to 77 tokens, no deduplication) "
+        f"E2 costs {result['ratio_reference_tags_over_clip_ft']:.3f}x.",
+        "",
+    ]
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import parser, write_result  # noqa: E402
+from report import mean_spread, table  # noqa: E402
 
 from e2_hf.captioning import (  # noqa: E402
     CaptionerTrainingArguments,
@@ -243,6 +244,106 @@ def main() -> None:
             },
             args.output,
         )
+
+
+# ---------------------------------------------------------------- its section of BENCHMARKS.md
+DOWNSTREAM_METRICS = {"bleu4": "BLEU@4", "meteor": "METEOR", "rouge_l": "ROUGE-L", "cider": "CIDEr"}
+DOWNSTREAM_ENTITIES = ("brand", "season", "subcategory", "composition")
+ABLATION_NAMES = {"e2": "E2 (the paper's recipe)", "e2_no_fusion": "without fusion blocks",
+                  "e2_no_region_loss": "without region loss", "clip_ft": "CLIP-FT (no selection tokens)"}  # fmt: skip
+
+
+def render(result: dict) -> list[str]:
+    summary, seeds = result["summary"], len(result["per_seed"])
+    captioning = summary["captioning"]
+    caption_rows = []
+    for backbone, recipes in captioning.items():
+        for recipe, row in recipes.items():
+            caption_rows.append([backbone.replace("_", "-").upper(), recipe,
+                                 *[mean_spread(row[metric], digits=3) for metric in DOWNSTREAM_METRICS],
+                                 *[mean_spread(row["attribute_accuracy"][entity], 100) for entity in
+                                   DOWNSTREAM_ENTITIES]])  # fmt: skip
+    comparisons = []
+    for recipe in captioning["e2"]:
+        e2, clip_ft = captioning["e2"][recipe], captioning["clip_ft"][recipe]
+        comparisons.append(f"{recipe}: " + "; ".join(
+            [e2_versus_clip_ft(e2[metric], clip_ft[metric], name) for metric, name in DOWNSTREAM_METRICS.items()]
+            + [e2_versus_clip_ft(e2["attribute_accuracy"][entity], clip_ft["attribute_accuracy"][entity],
+                                 f"{entity} named (points)", 100) for entity in DOWNSTREAM_ENTITIES]))  # fmt: skip
+    composed = summary["composed_retrieval"]
+    first = result["per_seed"][0]["result"]
+    composed_rows = [[backbone.replace("_", "-").upper(), mean_spread(row["R@1"]), mean_spread(row["R@10"]),
+                      ", ".join(f"{entity} {value:.0f}" for entity, value in
+                                first["composed_retrieval"][backbone]["R@10_by_changed_entity"].items()
+                                if value is not None)]
+                     for backbone, row in composed.items()]  # fmt: skip
+    ablation_rows = []
+    for name, row in summary["ablations"].items():
+        label = ABLATION_NAMES.get(name) or f"without the {name.removeprefix('e2_without_')} token group"
+        ablation_rows.append([label, mean_spread(row["sumr"]),
+                              *[mean_spread(row["tagging"][entity]) for entity in DOWNSTREAM_ENTITIES]])  # fmt: skip
+    examples = [f"- E2 {recipe}: \"{item['caption']}\" — truth: \"{item['reference']}\""
+                for recipe, row in first["captioning"]["e2"].items() for item in row["examples"][:2]]  # fmt: skip
+    rewrites = first["composed_retrieval"]["e2"]["examples"][:2]
+    triplet_examples = [f"- \"{item['modification']}\": caption \"{item['caption']}\" -> "
+                        f"searched \"{item['rewritten']}\"" for item in rewrites]  # fmt: skip
+    return [
+        "## 9. Downstream: captioning, text-guided retrieval and the paper's ablations",
+        "",
+        f"Setting: {result['setting']}. Mean ± standard deviation over {seeds} seed(s); each seed has its own "
+        "catalog and trains every model from the same start on the same data and budget.",
+        "",
+        "Zero-shot captioning of the validation products' first views (scores against the product text; "
+        "attribute accuracy: the share of captions naming the product's own tag, in percent):",
+        "",
+        *table(
+            [
+                "backbone",
+                "recipe",
+                *DOWNSTREAM_METRICS.values(),
+                *[f"{entity} named %" for entity in DOWNSTREAM_ENTITIES],
+            ],
+            caption_rows,
+        ),  # fmt: skip
+        "",
+        *[f"- {line}" for line in comparisons],
+        "",
+        "Text-guided retrieval (a reference product, a one-tag change, the products carrying the changed tags; "
+        "DeCap caption, tag rewriter, global search of the validation products; percent):",
+        "",
+        *table(["backbone", "R@1", "R@10", "R@10 by changed entity (first seed)"], composed_rows),
+        "",
+        "- "
+        + "; ".join(
+            e2_versus_clip_ft(composed["e2"][metric], composed["clip_ft"][metric], metric) for metric in ("R@1", "R@10")
+        ),  # fmt: skip
+        "",
+        "Ablations (full-candidate SumR of the validation products; zero-shot tagging accuracy in percent "
+        "from each entity's regional embedding, CLIP-FT's from the global one; — where the entity has no tokens):",
+        "",
+        *table(["model", "SumR", *[f"{entity} tagging" for entity in DOWNSTREAM_ENTITIES]], ablation_rows),
+        "",
+        "Captions of the first seed (E2 backbone), beside the product text:",
+        "",
+        *examples,
+        "",
+        "Rewrites of the first seed (E2 backbone):",
+        "",
+        *triplet_examples,
+        "",
+    ]
+
+
+def e2_versus_clip_ft(e2: dict, clip_ft: dict, name: str, scale: float = 1.0) -> str:
+    """E2's mean against CLIP-FT's, and whether the gap exceeds the larger standard deviation."""
+    if e2["mean"] is None or clip_ft["mean"] is None:
+        return f"{name}: not measured"
+    difference = scale * (e2["mean"] - clip_ft["mean"])
+    if difference == 0:
+        return f"{name}: E2 level with CLIP-FT"
+    within = abs(difference) <= scale * max(e2["std"], clip_ft["std"])
+    return (f"{name}: E2 {'ahead of' if difference > 0 else 'behind'} CLIP-FT by {abs(difference):.3g}"
+            + (" (within one std)" if within else ""))  # fmt: skip
 
 
 if __name__ == "__main__":

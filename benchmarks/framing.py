@@ -24,6 +24,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import parser, write_result  # noqa: E402
+from report import heading, table  # noqa: E402
 
 from e2_hf.demo import (  # noqa: E402
     DEFAULT,
@@ -108,6 +109,45 @@ def main() -> None:
         f"{size.image_size} wide stretched to {PORTRAIT_ASPECT:.2f}x their height, seed {args.seed}"
     )
     write_result("framing", results, args.output)
+
+
+# ---------------------------------------------------------------- its section of BENCHMARKS.md
+def render(result: dict) -> list[str]:
+    """Portrait photos with CLIP's centre crop vs letterboxed (`pad`): retrieval, tagging, selection."""
+    entities = list(result["crop"]["tagging"])
+    headers = ["framing", "SumR", "R@1 image->text", "R@1 text->image",
+               *(f"{entity} tagging (region)" for entity in entities), "brand logo hit / chance"]  # fmt: skip
+    rows = []
+    for image_fit in ("crop", "pad"):
+        report = result[image_fit]
+        full = report["full"]
+        logo = logo_summary(report.get("selection", {}))
+        rows.append([image_fit, f"{full['sumr']:.1f}", f"{full['image_to_text']['R@1']:.1f}",
+                     f"{full['text_to_image']['R@1']:.1f}",
+                     *(f"{report['tagging'][entity]['region']:.1f}" for entity in entities), logo])  # fmt: skip
+    catalog = result["catalog"]
+    difference = result["pad_minus_crop"]
+    return [
+        *heading("Framing portrait photos: crop vs pad", result["setting"]),
+        f"{catalog['detail_boxes_partly_cut_by_crop']} of the {catalog['detail_boxes']} detail boxes (logos, trims, "
+        "...) reach into the rows the centre crop removes.",
+        "",
+        *table(headers, rows),
+        "",
+        f"pad minus crop: SumR {difference['sumr']:+.1f}; region tagging "
+        + ", ".join(f"{entity} {value:+.1f}" for entity, value in difference["tagging_region"].items())
+        + " points (one seed).",
+        "",
+    ]
+
+
+def logo_summary(selection: dict) -> str:
+    """The brand tokens' logo hit rate over chance in the last fusion block, when measured."""
+    blocks = selection.get("entities", {}).get("brand", {}).get("blocks") or []
+    if not blocks:
+        return "n/a"
+    last = blocks[-1]
+    return f"{100 * last['hit']:.1f}% / {100 * last['chance']:.1f}%"
 
 
 if __name__ == "__main__":

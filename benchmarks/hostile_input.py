@@ -29,6 +29,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import TOY_TEXT, TOY_VISION, parser, write_result  # noqa: E402
+from report import table  # noqa: E402
 
 from e2_hf.search import engine  # noqa: E402
 from e2_hf.search.engine import SearchSettings  # noqa: E402
@@ -160,6 +161,48 @@ def main() -> None:
         "checksum": {"rows": rows, "dimension": dimension, "types": checksum_cost(rows, dimension)},
     }
     write_result("hostile_input", result, args.output)
+
+
+# ---------------------------------------------------------------- its section of BENCHMARKS.md
+TARGETS_OF_AN_INDEX = 5  # the global embedding and four entities: one FAISS file each, all of one size
+
+
+def render(result: dict) -> list[str]:
+    checksum = result["checksum"]
+    checks = [[kind, f"{values['bytes'] / 1e6:,.0f}", f"{values['read_index_s']:.2f}", f"{values['sha256_s']:.2f}",
+               f"{values['checksum_over_read']:.2f}x", f"{values['sha256_mb_per_s']:,.0f}",
+               f"{TARGETS_OF_AN_INDEX * values['sha256_s']:.1f}"]
+              for kind, values in checksum["types"].items()]  # fmt: skip
+    requests = [[name, f"{values['png_bytes'] / 1e3:,.0f}", f"{values['peak_mib']:,.0f}", f"{values['extra_mib']:,.0f}",
+                 "refused" if values["refused"] else "served"]
+                for name, values in result["requests"].items()]  # fmt: skip
+    return [
+        "## 10. Hostile input: what the defences cost",
+        "",
+        f"Setting: {result['setting']}.",
+        "",
+        f"Checking each FAISS file's SHA-256 before FAISS parses it, at {checksum['rows']:,} rows of "
+        f"{checksum['dimension']} (baseline: `faiss.read_index` of the same file, which an open pays anyway):",
+        "",
+        *table(
+            [
+                "type",
+                "file MB",
+                "read_index s",
+                "SHA-256 s",
+                "checksum / read",
+                "SHA-256 MB/s",
+                f"added to an index's first search, {TARGETS_OF_AN_INDEX} targets, s",
+            ],
+            checks,
+        ),
+        "",
+        "Peak memory of one endpoint request with the default limits (a fresh process per request; "
+        "'extra' is above the peak of loading the model):",
+        "",
+        *table(["request", "PNG KB", "peak MiB", "extra MiB", "outcome"], requests),
+        "",
+    ]
 
 
 if __name__ == "__main__":

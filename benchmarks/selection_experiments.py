@@ -27,6 +27,9 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import heading, prose, table  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # The catalog and model sizes of a test bed (DemoSize fields plus make_synthetic options), explicit
 # so that a test bed means the same thing whatever the demo's defaults become.
@@ -252,6 +255,123 @@ def save_runs(results: list[dict], output: str | None) -> None:
     setting = ("selection experiments on the synthetic catalog --hard: each run a test bed (catalog and patch "
                "grid), a recipe and a seed; E2 (and CLIP-FT where trained) on the same data and budget")  # fmt: skip
     write_result("selection_experiments", {"setting": setting, "runs": runs}, str(path))
+
+
+# ---------------------------------------------------------------- its section of BENCHMARKS.md
+def render(result: dict) -> list[str]:
+    """One row per run: where the brand and season tokens look, brand tagging, SumR."""
+
+    def percent(value: float) -> str:
+        return f"{100 * value:.1f}"
+
+    rows = []
+    for run in sorted(result["runs"], key=lambda run: (run["testbed"], run["recipe"], run["seed"])):
+        e2 = run["e2"]
+        brand = e2["selection"]["entities"]["brand"]["blocks"][-1]
+        season = e2["selection"]["entities"]["season"]["blocks"][-1]
+        clip_ft = run.get("clip_ft")
+        rows.append([
+            run["testbed"], run["recipe"], str(run["seed"]),
+            f"{percent(brand['hit'])} / {percent(brand['chance'])} / {percent(brand['position_only'])}",
+            percent(brand["best_token_hit"]),
+            f"{percent(season['hit'])} / {percent(season['position_only'])}",
+            f"{e2['tagging']['brand']['region']:.1f} ({e2['tagging']['brand']['chance']:.1f})",
+            f"{e2['sumr']:.1f}",
+            f"{clip_ft['sumr']:.1f}" if clip_ft else "",
+            f"{clip_ft['tagging']['brand']['global']:.1f}" if clip_ft else "",
+        ])  # fmt: skip
+    headers = ["test bed", "recipe", "seed", "brand hit / chance / position-only", "best brand token",
+               "season hit / position-only", "brand tagging, regional (chance)", "E2 SumR", "CLIP-FT SumR",
+               "CLIP-FT brand tagging"]  # fmt: skip
+    return [
+        *heading("Making the regions real: selection experiments", result["setting"]),
+        "Last fusion block; hit rates in percent of validation views, mean over the entity's tokens. Test beds "
+        "and recipes are defined in `benchmarks/selection_experiments.py`; what they show is discussed below "
+        "the table.",
+        "",
+        *table(headers, rows),
+        "",
+        *prose("selection_experiments", discussion_values(result["runs"])),
+    ]
+
+
+# the runs the discussion (benchmarks/prose/selection_experiments.md) quotes, by the name of its values
+DISCUSSED_RUNS = {
+    "v01": ("v0.1", "paper", 0),
+    "palette": ("grid8_b12_palette", "multi_positive", 0),
+    "paper": ("grid8_b12_palette", "pretrained_paper", 0),
+    "multi": ("grid8_b12_palette", "pretrained_mp", 0),
+    "isolated": ("grid8_b12_palette", "pretrained_mp_isolated", 0),
+    "isolated_clip": ("grid8_b12_palette", "pretrained_isolated", 0),
+    "random_isolated": ("grid8_b12_palette", "mp_isolated", 0),
+}
+WARM_RUNS = [("grid8_b12_palette", "pretrained_mp_isolated_warm4", seed) for seed in (0, 1, 2)]
+RETRIEVAL_RUNS = [
+    ("v0.1", "paper", 0),
+    ("grid8_b12", "multi_positive", 0),
+    ("grid8_b12_palette", "pretrained_paper", 0),
+]
+
+
+def run_values(name: str, run: dict) -> dict[str, float]:
+    """The figures of one run the discussion quotes, as `{name}_{figure}`."""
+    brand = run["e2"]["selection"]["entities"]["brand"]["blocks"][-1]
+    season = run["e2"]["selection"]["entities"]["season"]["blocks"][-1]
+    tagging = run["e2"]["tagging"]["brand"]
+    moved = run["e2"]["selection"]["interventions"].get("logo_moved", {})
+    follow = moved.get("entities", {}).get("brand", [{}])[-1].get("follow_if_hit", float("nan"))
+    values = {
+        "brand_hit": 100 * brand["hit"], "brand_chance": 100 * brand["chance"],
+        "brand_position_only": 100 * brand["position_only"],
+        "brand_over_chance": brand["hit"] / brand["chance"],
+        "brand_over_position_only": brand["hit"] / brand["position_only"],
+        "season_hit": 100 * season["hit"], "season_position_only": 100 * season["position_only"],
+        "brand_tagging": tagging["region"], "brand_tagging_chance": tagging["chance"],
+        "logo_follow": 100 * follow, "e2_sumr": run["e2"]["sumr"],
+    }  # fmt: skip
+    cosine = run["e2"].get("tag_text_cosine", {}).get("brand")
+    if cosine is not None:
+        values["brand_tag_cosine"] = cosine
+    if run.get("clip_ft"):
+        values.update(
+            clip_ft_sumr=run["clip_ft"]["sumr"], clip_ft_brand_tagging=run["clip_ft"]["tagging"]["brand"]["global"]
+        )
+    return {f"{name}_{figure}": value for figure, value in values.items()}
+
+
+def discussion_values(runs: list[dict]) -> dict[str, object]:
+    """Every value `benchmarks/prose/selection_experiments.md` quotes that these runs measured."""
+    by_key = {(run["testbed"], run["recipe"], run["seed"]): run for run in runs}
+    values: dict[str, object] = {}
+    for name, key in DISCUSSED_RUNS.items():
+        if key in by_key:
+            values.update(run_values(name, by_key[key]))
+    warm = [run_values("warm", by_key[key]) | {"seed": key[2]} for key in WARM_RUNS if key in by_key]
+    if len(warm) >= 2:
+        values["warm_found"] = sum(run["warm_brand_over_chance"] >= 3 and run["warm_brand_over_position_only"] >= 2
+                                   for run in warm)  # fmt: skip
+        values["warm_seeds"] = len(warm)
+        values["warm_brand_hits"] = ", ".join(f"{run['warm_brand_hit']:.1f}% (seed {run['seed']})" for run in warm)
+        values["warm_season_hits"] = ", ".join(
+            f"{run['warm_season_hit']:.1f}% against {run['warm_season_position_only']:.1f}% (seed {run['seed']})"
+            for run in warm
+        )
+    compared = [key for key in RETRIEVAL_RUNS if key in by_key and "clip_ft" in by_key[key]]
+    if len(compared) >= 2:
+        values["retrieval_pairs"] = "; ".join(
+            f"{by_key[key]['e2']['sumr']:.1f} against {by_key[key]['clip_ft']['sumr']:.1f} ({key[0]}, {key[1]})"
+            for key in compared
+        )
+    gradient_runs = [run["e2"]["gradients"] for run in runs if "gradients" in run["e2"]]
+    if gradient_runs:
+
+        def smallest(names: tuple[str, ...]) -> float:
+            return min(gradients[f"fusion{block}.{name}"]["region_loss"]
+                       for gradients in gradient_runs for block in (0, 1) for name in names)  # fmt: skip
+
+        values["fusion_qk_least_gradient"] = smallest(("q_proj", "k_proj"))
+        values["fusion_v_least_gradient"] = smallest(("v_proj",))
+    return values
 
 
 if __name__ == "__main__":

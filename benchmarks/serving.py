@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import TOY_FUSION_LAYERS, TOY_TEXT, TOY_VISION, interleaved, parser, write_result  # noqa: E402
+from report import heading, table  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
 from e2_hf import E2CLIPConfig, E2CLIPModel, E2CLIPProcessor, clip_image_processor  # noqa: E402
@@ -232,6 +233,83 @@ def main() -> None:
         },
         args.output,
     )
+
+
+# ---------------------------------------------------------------- its section of BENCHMARKS.md
+SERVING_SIDES = {
+    "pytorch_eager": "PyTorch eager (fp32)",
+    "pytorch_compile": "PyTorch torch.compile",
+    "onnxruntime_fp32": "ONNX Runtime fp32",
+    "onnxruntime_int8": "ONNX Runtime int8",
+}
+
+
+def render(result: dict) -> list[str]:
+    speed_rows = []
+    for side, label in SERVING_SIDES.items():
+        one, many = result["speed"]["batch_1"][side], result["speed"]["batch_32"][side]
+        difference = "" if side == "pytorch_eager" else f"{one['max_abs_difference']:.1e}"
+        agreement = "" if "selection_agreement" not in one else f"{100 * one['selection_agreement']:.1f}%"
+        speed_rows.append([
+            label, f"{one['images_per_s']:.1f}", f"{one['ratio_to_eager']:.2f}x", f"{many['images_per_s']:.1f}",
+            f"{many['ratio_to_eager']:.2f}x", difference, agreement,
+        ])  # fmt: skip
+    precision_rows = []
+    for name, row in result["precision"].items():
+        precision = name.replace("_to_dtype", " .to(dtype)").replace("_autocast", " autocast")
+        for scores, label in (("scores_float32", "float32 (the model)"), ("scores_model_dtype", "reduced dtype")):
+            cells = row[scores]
+            precision_rows.append([
+                precision, label, f"{cells['changed_choices_percent']:.2f}%", f"{cells['min_cosine_global']:.5f}",
+                f"{cells['mean_cosine_region']:.5f}", f"{cells['min_cosine_region']:.5f}",
+            ])  # fmt: skip
+    int8 = result["int8"]
+    int8_rows = [
+        [label, f"{int8[side]['min_cosine_global']:.5f}", f"{int8[side]['mean_cosine_region']:.5f}",
+         f"{int8[side]['selection_agreement_percent']:.1f}%", f"{int8[side]['sumr']:.1f}"]
+        for side, label in (("onnxruntime_fp32", "ONNX Runtime fp32"), ("onnxruntime_int8", "ONNX Runtime int8"))
+    ]  # fmt: skip
+    batch1 = result["speed"]["batch_1"]["onnxruntime_fp32"]
+    goal = result["goal_onnx_fp32_ratio_batch_1"]
+    reached = "met" if batch1["ratio_to_eager"] >= goal and batch1["max_abs_difference"] <= 1e-4 else "missed"
+    return [
+        *heading("7. Serving: PyTorch, torch.compile and ONNX Runtime", result["setting"]),
+        *table(
+            [
+                "side",
+                "batch 1 img/s",
+                "vs eager",
+                "batch 32 img/s",
+                "vs eager",
+                "max diff (batch 1)",
+                "patch choices equal",
+            ],
+            speed_rows,
+        ),  # fmt: skip
+        "",
+        f"ONNX Runtime fp32 at batch 1: **{batch1['ratio_to_eager']:.2f}x** PyTorch eager (goal >= {goal}x with "
+        f"embeddings equal to 1e-4; largest difference {batch1['max_abs_difference']:.1e}): **{reached}**.",
+        "",
+        "Reduced precision on the trained demo model, against float32 (the fusion block's query-key scores in "
+        "float32, as the model computes them, or in the reduced dtype, as before):",
+        "",
+        *table(
+            [
+                "precision",
+                "selection scores in",
+                "patch choices changed",
+                "min cosine global",
+                "mean cosine regional",
+                "min cosine regional",
+            ],
+            precision_rows,
+        ),  # fmt: skip
+        "",
+        f"int8 (dynamic quantisation) on the demo model; PyTorch float32 SumR {int8['pytorch_fp32_sumr']:.1f}:",
+        "",
+        *table(["graph", "min cosine global", "mean cosine regional", "patch choices equal", "SumR"], int8_rows),
+        "",
+    ]
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import parser, write_result  # noqa: E402
+from report import table  # noqa: E402
 
 from e2_hf.cli import COMMANDS  # noqa: E402
 
@@ -63,6 +64,23 @@ def main() -> None:
               + (", imports torch" if values["imports_torch"] else ""))  # fmt: skip
     setting = f"fresh processes, median of {repeats} interleaved runs; goal: each under 0.5 s"
     write_result("startup", {"setting": setting, "goal_s": 0.5, "commands": results}, args.output)
+
+
+# ---------------------------------------------------------------- its section of BENCHMARKS.md
+def render(result: dict) -> list[str]:
+    goal = result["goal_s"]
+    rows = [[name, f"{values['median_s']:.2f}", f"{values['over_baseline_s']:+.2f}",
+             "yes" if values["imports_torch"] else "no",
+             "" if name.endswith("(baseline)") else ("met" if values["median_s"] < goal else "missed")]
+            for name, values in result["commands"].items()]  # fmt: skip
+    return [
+        "## 11. Start-up of the command line",
+        "",
+        f"Setting: {result['setting']}.",
+        "",
+        *table(["command", "wall s", "over the bare interpreter, s", "imports torch", f"under {goal} s"], rows),
+        "",
+    ]
 
 
 if __name__ == "__main__":
