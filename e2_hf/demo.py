@@ -61,7 +61,7 @@ E2_OPTIONS: dict[str, Any] = {"region_loss": "multi_positive", "selection_attent
 PRETRAINED_RATES = {"warmup_lr": 5e-4, "lr": 1e-4}
 RANDOM_RATES = {"warmup_lr": 2e-3, "lr": 5e-4}
 # The demo's captioner: DeCap on E2's embeddings, a small GPT-2 trained from scratch on the
-# training texts only (README, "Captioning"); QUICK_CAPTIONER for --quick.
+# training texts only (docs/captioning.md); QUICK_CAPTIONER for --quick.
 CAPTIONER = {"recipe": "decap", "decoder_layers": 4, "decoder_width": 128, "decoder_heads": 4, "epochs": 15}
 QUICK_CAPTIONER = {"recipe": "decap", "decoder_layers": 2, "decoder_width": 64, "decoder_heads": 2, "epochs": 3}
 CAPTION_EXAMPLES = 3
