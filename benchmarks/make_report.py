@@ -37,6 +37,7 @@ SECTIONS = {
     "downstream": "downstream",
     "hostile_input": "hostile_input",
     "startup": "startup",
+    "milvus_store": "milvus_store",
 }
 COMMANDS = {
     "inference": "bench_inference.py",
@@ -53,6 +54,7 @@ COMMANDS = {
     "downstream": "downstream.py --seeds 3",
     "hostile_input": "hostile_input.py",
     "startup": "startup.py",
+    "milvus_store": "milvus_store.py --products 100000",
 }
 
 

@@ -5,6 +5,7 @@ processor, `E2CLIPEmbedder`) needs none of them.
     search   faiss-cpu    e2-hf index / search / compose-search / tag --index, the Space
     train    accelerate   e2-hf train, multi-process indexing
     hdf5     h5py         FashionGen HDF5 catalogs, e2-hf make-synthetic and demo
+    milvus   pymilvus     a Milvus store (milvus-lite too for a Milvus Lite file)
 
 (pyyaml, which reads YAML training configs, is a requirement of huggingface_hub: always there.)
 """
@@ -19,6 +20,8 @@ EXTRAS = {
     "faiss": ("faiss-cpu", "search"),
     "accelerate": ("accelerate", "train"),
     "h5py": ("h5py", "hdf5"),
+    "pymilvus": ("pymilvus", "milvus"),
+    "milvus_lite": ("milvus-lite", "milvus"),
 }
 
 

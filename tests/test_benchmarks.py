@@ -28,6 +28,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
         "downstream",
         "hostile_input",
         "startup",
+        "milvus_store",
     ],
 )
 def test_benchmark_runs_at_toy_size(script, tmp_path):

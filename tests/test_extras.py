@@ -6,7 +6,7 @@ import subprocess
 import sys
 import textwrap
 
-OPTIONAL = ("faiss", "accelerate", "h5py")
+OPTIONAL = ("faiss", "accelerate", "h5py", "pymilvus")
 HIDE = "import sys\nfor name in " + repr(OPTIONAL) + ":\n    sys.modules[name] = None  # importing it fails\n"
 
 MODEL_USER = textwrap.dedent(
@@ -19,6 +19,7 @@ MODEL_USER = textwrap.dedent(
     import e2_hf.search, e2_hf.data, e2_hf.training  # importable; only running them needs the extras
     from e2_hf.extras import MissingExtraError
     from e2_hf.search.engine import import_faiss
+    from e2_hf.search.milvus import open_store
     from e2_hf.data import open_catalog
     from e2_hf.training.trainer import TrainingArguments
 
@@ -32,13 +33,14 @@ MODEL_USER = textwrap.dedent(
     messages = []
     for attempt in (import_faiss, lambda: open_catalog("fashiongen:" + folder + "/catalog.h5"),
                     lambda: e2_hf.training.trainer.prepare_run(TrainingArguments(model="m", train_data="d",
-                                                                                 output_dir=folder))):
+                                                                                 output_dir=folder)),
+                    lambda: open_store("milvus://localhost:19530")):
         try:
             attempt()
         except MissingExtraError as error:
             messages.append(str(error))
     print(json.dumps({"regions": list(outputs.region_embeds.shape), "messages": messages,
-                      "loaded": sorted(name for name in ("faiss", "accelerate", "h5py")
+                      "loaded": sorted(name for name in ("faiss", "accelerate", "h5py", "pymilvus")
                                        if sys.modules.get(name) is not None)}))
     """
 )
@@ -54,6 +56,7 @@ def test_the_model_needs_no_extra_and_each_subsystem_names_its_own(tmp_path):
         "searching an index needs faiss-cpu: pip install 'e2-hf[search]' (or pip install faiss-cpu)",
         "reading a FashionGen HDF5 catalog needs h5py: pip install 'e2-hf[hdf5]' (or pip install h5py)",
         "e2-hf train needs accelerate: pip install 'e2-hf[train]' (or pip install accelerate)",
+        "a Milvus index needs pymilvus: pip install 'e2-hf[milvus]' (or pip install pymilvus)",
     ]
 
 

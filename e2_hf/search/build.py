@@ -30,6 +30,7 @@ from .index import (
     thumbnail_image,
     writer_lock,
 )
+from .milvus import MilvusIndex, is_milvus_address
 
 if TYPE_CHECKING:  # accelerate (the train extra) only where a multi-process launch passes its state
     from accelerate import PartialState
@@ -78,9 +79,11 @@ class IndexingReport:
 def open_or_create_index(folder: str | Path, model: E2CLIPModel, model_name: str,
                          thumbnail_size: int = DEFAULT_THUMBNAIL_SIZE, storage_dtype: str = "float32",
                          search_settings: SearchSettings | None = None) -> EmbeddingIndex:  # fmt: skip
-    """The index in `folder`, checked to come from `model`; a new one where there is none
-    (`storage_dtype` and `search_settings` apply to a new index)."""
+    """The index in `folder` (or the Milvus store it names), checked to come from `model`; a new one
+    where there is none (`storage_dtype` and `search_settings` apply to a new index)."""
     fingerprint = model_fingerprint(model)
+    if is_milvus_address(folder):
+        return _open_or_create_milvus(str(folder), model, model_name, thumbnail_size, storage_dtype, search_settings)
     check_new_index_folder(folder)  # before the lock file is written into someone else's folder
     with writer_lock(folder):
         if (Path(folder) / "index.json").exists():
@@ -90,6 +93,26 @@ def open_or_create_index(folder: str | Path, model: E2CLIPModel, model_name: str
         return EmbeddingIndex.create(folder, portable_name(model_name), fingerprint, model.config.entities,
                                      model.config.projection_dim, thumbnail_size, storage_dtype,
                                      search_settings)  # fmt: skip
+
+
+def _open_or_create_milvus(address: str, model: E2CLIPModel, model_name: str, thumbnail_size: int,
+                           storage_dtype: str, search_settings: SearchSettings | None) -> MilvusIndex:  # fmt: skip
+    if storage_dtype != "float32":
+        raise EmbeddingIndexError(f"{address}: a Milvus store keeps float32 vectors; --storage-dtype applies to "
+                                  "index folders")  # fmt: skip
+    fingerprint = model_fingerprint(model)
+    try:
+        index = MilvusIndex(address)
+    except EmbeddingIndexError as error:
+        if "no collection" not in str(error):
+            raise
+        return MilvusIndex.create(address, portable_name(model_name), fingerprint, model.config.entities,
+                                  model.config.projection_dim, thumbnail_size, search_settings)  # fmt: skip
+    index.check_model(fingerprint, model_name)
+    missing = [entity for entity in model.config.entities if entity not in index.entities]
+    if missing:
+        raise EmbeddingIndexError(f"{address} has no regional embeddings for {missing}, which the model makes")
+    return index
 
 
 @torch.no_grad()
@@ -125,13 +148,19 @@ def add_catalog(
     if main:
         print_notice(untagged_entities_notice(catalog, index.entities, spec, "its regional embeddings are stored, "
                                               "but no tag of the catalog can show what they match"))  # fmt: skip
+    embed = partial(_embed_and_add, model=model, processor=processor, catalog=catalog, spec=portable_spec(spec),
+                    batch_size=batch_size, device=device, dtype=dtype, num_workers=num_workers,
+                    shard_rows=shard_rows)  # fmt: skip
+    if index.folder is None:  # a Milvus store: no folder lock, every process upserts its own share
+        if processes is not None and processes.num_processes > 1 and index.uri.endswith(".db"):
+            raise EmbeddingIndexError(f"{index}: a Milvus Lite file is open in one process at a time; index with "
+                                      "several processes into a Milvus server")  # fmt: skip
+        added = _add_to_milvus(index, catalog, spec, embed, skip_existing, processes)
+        return IndexingReport(added=added, skipped_existing=len(catalog) - added, total=len(index))
     with writer_lock(index.folder) if main else nullcontext():
         _wait_for_everyone(processes)  # the main process holds the lock
         index.reload()  # another writer may have committed while this one waited
         positions = _new_positions(catalog, index.product_ids(), index.folder, spec, skip_existing)
-        embed = partial(_embed_and_add, model=model, processor=processor, catalog=catalog, spec=portable_spec(spec),
-                        batch_size=batch_size, device=device, dtype=dtype, num_workers=num_workers,
-                        shard_rows=shard_rows)  # fmt: skip
         if processes is None or processes.num_processes == 1:
             embed(index, positions)
         else:
@@ -141,6 +170,33 @@ def add_catalog(
         _wait_for_everyone(processes)
     index.reload()
     return IndexingReport(added=len(positions), skipped_existing=len(catalog) - len(positions), total=len(index))
+
+
+def _add_to_milvus(index, catalog: Catalog, spec: str, embed, skip_existing: bool,
+                   processes: PartialState | None) -> int:  # fmt: skip
+    """Upserts the catalog's products into a Milvus store; returns how many were written. Every
+    process reads the store's rows before any writes, then embeds and upserts its contiguous share
+    directly (nothing passes through one process). A product already there keeps its row and is
+    written again (the same values: re-running an add changes nothing), or with `skip_existing` is
+    left out (a resumed add writes only what is missing)."""
+    existing = index.row_numbers()
+    rows_before = len(existing)
+    positions = _new_positions(catalog, set(), str(index), spec, skip_existing)  # an id repeated in the catalog
+    if skip_existing:
+        positions = [position for position in positions if catalog.products[position].product_id not in existing]
+    rows, new = {}, 0
+    for position in positions:
+        product_id = catalog.products[position].product_id
+        rows[position] = existing[product_id] if product_id in existing else rows_before + (new := new + 1) - 1
+    _wait_for_everyone(processes)  # every process has read the store before any writes
+    rank, count = (0, 1) if processes is None else (processes.process_index, processes.num_processes)
+    share = positions[len(positions) * rank // count : len(positions) * (rank + 1) // count]
+    embed(index, share, rows=rows)
+    _wait_for_everyone(processes)
+    if processes is None or processes.is_main_process:
+        index.commit_search_indices()
+    _wait_for_everyone(processes)
+    return len(positions)
 
 
 def _wait_for_everyone(processes: PartialState | None) -> None:
@@ -179,7 +235,9 @@ def _embed_in_parts(index: EmbeddingIndex, positions: list[int], embed, processe
         shutil.rmtree(parts)
 
 
-def _new_positions(catalog: Catalog, existing: set[str], folder: Path, spec: str, skip_existing: bool) -> list[int]:
+def _new_positions(
+    catalog: Catalog, existing: set[str], store: Path | str, spec: str, skip_existing: bool
+) -> list[int]:
     """Rows of the catalog to add: all of them, or (with `skip_existing`) those whose id is new."""
     positions, seen, in_index, repeated = [], set(), [], []
     for row, product in enumerate(catalog.products):
@@ -193,7 +251,7 @@ def _new_positions(catalog: Catalog, existing: set[str], folder: Path, spec: str
     if (in_index or repeated) and not skip_existing:
         problems = []
         if in_index:
-            problems.append(f"{len(in_index)} products are already in {folder} (product ids {_first(in_index)})")
+            problems.append(f"{len(in_index)} products are already in {store} (product ids {_first(in_index)})")
         if repeated:
             problems.append(f"{len(repeated)} product ids appear more than once in it ({_first(repeated)})")
         raise EmbeddingIndexError(
@@ -207,7 +265,9 @@ def _first(values: list[str], shown: int = 5) -> str:
 
 
 def _embed_and_add(index, positions, *, model, processor, catalog, spec, batch_size, device, dtype, num_workers,
-                   shard_rows) -> None:  # fmt: skip
+                   shard_rows, rows: dict[int, int] | None = None) -> None:  # fmt: skip
+    """Embeds the catalog's products at `positions` and adds them to `index` (a batch of `shard_rows`
+    at a time); `rows` (a Milvus store) gives each position its row number."""
     dataset = _CatalogImages(catalog, positions, processor, index.thumbnail_size)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
     pending: dict[str, list] = {"image_embeds": [], "region_embeds": [], "thumbnails": [], "items": []}
@@ -225,17 +285,19 @@ def _embed_and_add(index, positions, *, model, processor, catalog, spec, batch_s
                 regions = embeddings.image_embeds.new_zeros(len(embeddings.image_embeds), 0, index.dim)
             pending["region_embeds"].append(regions)
             pending["thumbnails"].append(thumbnails.numpy())
-            pending["items"] += [_item(catalog, position) for position in positions[done : done + len(thumbnails)]]
+            pending["items"] += [
+                _item(catalog, position, rows) for position in positions[done : done + len(thumbnails)]
+            ]
             done += len(thumbnails)
             if len(pending["items"]) >= shard_rows:
                 _flush(index, pending, spec)
     _flush(index, pending, spec)
 
 
-def _item(catalog: Catalog, position: int) -> IndexItem:
+def _item(catalog: Catalog, position: int, rows: dict[int, int] | None = None) -> IndexItem:
     product = catalog.products[position]
     multi_values = {entity: list(values) for entity, values in product.multi_values.items()}
-    return IndexItem(row=-1, product_id=product.product_id, description=product.description,
+    return IndexItem(row=(rows or {}).get(position, -1), product_id=product.product_id, description=product.description,
                      tags=dict(product.tags), source=product.source, multi_values=multi_values)  # fmt: skip
 
 

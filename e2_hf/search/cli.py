@@ -15,11 +15,20 @@ from .engine import DEFAULT_THUMBNAIL_SIZE, INDEX_TYPES, STORAGE_DTYPES, SearchS
 DEFAULT_SETTINGS = SearchSettings()
 
 
+STORE_HELP = (
+    "an index folder, or a Milvus store: milvus-lite:FILE.db, milvus://HOST:PORT or http(s)://... (token from "
+    "MILVUS_TOKEN), optionally ending in #COLLECTION"
+)
+
+
 def add_index_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--model", help="E2 model: Hub id or local folder (required to add)")
     parser.add_argument("--data", action="append",
                         help="data spec, e.g. jsonl:catalog.jsonl; repeat to add several catalogs")  # fmt: skip
-    parser.add_argument("--output", required=True, help="index folder; an existing index is extended")
+    parser.add_argument("--output", metavar="STORE", help=f"{STORE_HELP}; an existing index is extended")
+    parser.add_argument("--migrate", nargs=2, metavar=("FROM", "TO"),
+                        help="copy every row of the index FROM into a new index TO (folder to Milvus or back), "
+                        "then check the row counts and a sample of vectors")  # fmt: skip
     parser.add_argument("--verify", action="store_true",
                         help="only check the index in --output: each shard and FAISS file against its "
                         "checksum")  # fmt: skip
@@ -72,12 +81,25 @@ def launched_processes():
 
 
 def run_index(args: argparse.Namespace) -> None:
-    from .index import EmbeddingIndex
+    from .milvus import open_store
 
+    if args.migrate:
+        from .migrate import migrate
+
+        if args.output or args.data:
+            raise ValueError("--migrate FROM TO copies one index into another: give neither --output nor --data")
+        report = migrate(*args.migrate, settings=search_settings(args, DEFAULT_SETTINGS))
+        print(
+            f"migrated {report.rows} rows from {args.migrate[0]} to {args.migrate[1]}; counts match and "
+            f"{report.checked} sampled rows have the same vectors (largest difference {report.max_difference:.1e})"
+        )
+        return
+    if not args.output:
+        raise ValueError("give --output STORE (or --migrate FROM TO)")
     if not args.data:
         if not (args.verify or args.rebuild or args.export_dataset):
             raise ValueError("adding to an index needs --model and --data (or --verify, --rebuild or --export-dataset)")
-        return _maintain_index(args, EmbeddingIndex(args.output))
+        return _maintain_index(args, open_store(args.output))
     if args.verify or args.rebuild:
         raise ValueError("--verify and --rebuild work on the index as it is: run them without --data")
     if not args.model:
@@ -90,7 +112,7 @@ def run_index(args: argparse.Namespace) -> None:
 def _add_to_index(args: argparse.Namespace) -> tuple[Any, bool]:
     from ..evaluation.embedding import load_for_inference
     from .build import add_catalog, open_or_create_index
-    from .index import EmbeddingIndex
+    from .milvus import open_store
 
     processes = launched_processes()
     main = processes is None or processes.is_main_process
@@ -102,7 +124,7 @@ def _add_to_index(args: argparse.Namespace) -> tuple[Any, bool]:
     if processes is not None:
         processes.wait_for_everyone()  # the main process created the index
     if not main:
-        index = EmbeddingIndex(args.output)
+        index = open_store(args.output)
     for spec in args.data:
         report = add_catalog(index, model, processor, spec, args.batch_size, device, dtype, args.num_workers,
                              skip_existing=args.skip_existing, keep_html=args.keep_html,
@@ -118,6 +140,9 @@ def _add_to_index(args: argparse.Namespace) -> tuple[Any, bool]:
 def _maintain_index(args: argparse.Namespace, index) -> None:
     from .index import EmbeddingIndexError, writer_lock
 
+    if index.folder is None and (args.verify or args.rebuild or args.export_dataset):
+        raise EmbeddingIndexError(f"{args.output}: --verify, --rebuild and --export-dataset work on index folders; "
+                                  "Milvus keeps its own indexes (migrate to a folder first to export)")  # fmt: skip
     if args.verify:
         problems = index.verify()
         if problems:
@@ -143,7 +168,7 @@ def add_faiss_gpu_argument(parser: argparse.ArgumentParser) -> None:
 
 def add_search_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, help="the E2 model the index was built with")
-    parser.add_argument("--index", required=True, help="index folder from e2-hf index")
+    parser.add_argument("--index", required=True, metavar="STORE", help=f"{STORE_HELP}, written by e2-hf index")
     queries = parser.add_mutually_exclusive_group(required=True)
     queries.add_argument("--query", help='text, e.g. "Gucci" or "black wool coat"')
     queries.add_argument("--image", help="a photo: find products like it (with --entity: whose region is like its)")
@@ -151,11 +176,38 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
                          help='one query a line: {"text": ...} or {"image": PATH}, optionally "entity" and "id"; '
                          "results go to --output FILE.jsonl, one line per query")  # fmt: skip
     parser.add_argument("--entity", help="match this entity's regional embedding (default: the global one)")
+    parser.add_argument("--weights", metavar="TARGET=W,...", type=parse_weights,
+                        help="one ranking from several targets, e.g. global=0.5,brand=0.5: the weighted sum of the "
+                        "cosines (Milvus: hybrid_search); with --query or --image")  # fmt: skip
+    parser.add_argument("--where", metavar="ENTITY=TAG", action="append",
+                        help="only products whose ENTITY tag is TAG; repeat for more")  # fmt: skip
     parser.add_argument("--top-k", type=int, default=10)
     parser.add_argument("--output", required=True, help="FILE.png (image grid), FILE.html (page) or FILE.jsonl")
     parser.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
     add_faiss_gpu_argument(parser)
     return parser
+
+
+def parse_weights(text: str) -> dict[str | None, float]:
+    """`"global=0.5,brand=0.5"` -> `{None: 0.5, "brand": 0.5}` (None: the global embedding)."""
+    weights: dict[str | None, float] = {}
+    for part in text.split(","):
+        target, _, value = part.partition("=")
+        try:
+            weights[None if target.strip() == "global" else target.strip()] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{part!r}: give TARGET=WEIGHT, e.g. global=0.5,brand=0.5") from None
+    return weights
+
+
+def parse_where(pairs: list[str] | None) -> dict[str, str]:
+    where = {}
+    for pair in pairs or []:
+        entity, separator, tag = pair.partition("=")
+        if not separator or not entity:
+            raise ValueError(f"--where {pair!r}: give ENTITY=TAG, e.g. brand=Gucci")
+        where[entity] = tag
+    return where
 
 
 def untrained_entity_warning(model: str, index, entity: str) -> str | None:
@@ -166,17 +218,22 @@ def untrained_entity_warning(model: str, index, entity: str) -> str | None:
         return (f"{model} was trained on data without any {entity} tag: its {entity} region was never trained on "
                 f"tags, so this ranking does not reflect {entity}")  # fmt: skip
     if not any(index.tag_values(entity)):
-        return (f"no product in {index.folder} has a {entity} tag: nothing shows whether the {entity} region "
+        return (f"no product in {index} has a {entity} tag: nothing shows whether the {entity} region "
                 f"matches the query")  # fmt: skip
     return None
 
 
 def run_search(args: argparse.Namespace) -> None:
     from ..evaluation.embedding import load_for_inference
-    from .index import EmbeddingIndex
-    from .query import SearchQuery, read_queries, run_queries
+    from .milvus import open_store
+    from .query import SearchQuery, read_queries, run_queries, run_weighted
     from .render import results_format, write_results
 
+    where = parse_where(args.where)
+    if args.weights and (args.queries_file or args.entity):
+        raise ValueError(
+            "--weights ranks one --query or --image by several targets: give no --entity or --queries-file"
+        )
     if args.queries_file:
         if not args.output.endswith(".jsonl"):
             raise ValueError(f"--queries-file writes JSON lines: --output must end in .jsonl, got {args.output}")
@@ -184,8 +241,9 @@ def run_search(args: argparse.Namespace) -> None:
     else:
         results_format(args.output)  # fail on a wrong file name before loading the model
         queries = [SearchQuery(text=args.query, image=args.image, entity=args.entity)]
-    index = EmbeddingIndex(args.index, faiss_gpu=args.faiss_gpu)
-    for entity in sorted({query.entity for query in queries if query.entity is not None}):
+    index = open_store(args.index, faiss_gpu=args.faiss_gpu)
+    targets = set(args.weights or {}) | {query.entity for query in queries} | set(where)
+    for entity in sorted(target for target in targets if target is not None):
         index.entity_index(entity)  # fail on a wrong name before loading the model
         warning = untrained_entity_warning(args.model, index, entity)
         if warning:
@@ -194,7 +252,10 @@ def run_search(args: argparse.Namespace) -> None:
         for entity in {query.entity for query in queries}:
             index.searcher(entity)
     model, processor, _, _ = load_for_inference(args.model, args.device)
-    results = run_queries(model, processor, index, queries, args.top_k)
+    if args.weights:
+        results = [run_weighted(model, processor, index, queries[0], args.weights, args.top_k, where)]
+    else:
+        results = run_queries(model, processor, index, queries, args.top_k, where)
     if args.queries_file:
         _write_jsonl(args.output, [{"query": query.to_json(), "hits": [hit.to_json() for hit in hits]}
                                    for query, hits in zip(queries, results)])  # fmt: skip

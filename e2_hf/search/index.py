@@ -37,7 +37,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -338,6 +338,44 @@ class EmbeddingIndex:
     def product_ids(self) -> set[str]:
         return {item.product_id for item in self.items}
 
+    # ------------------------------------------------------------------ searching
+    def nearest(self, queries: np.ndarray, target: str | None, top_k: int,
+                where: Mapping[str, str] | None = None) -> list[list[tuple[float, IndexItem]]]:  # fmt: skip
+        """For each query (`[q, dim]` float32, L2-normalised), the `top_k` most similar rows of
+        `target`'s vectors: FAISS's answer (exact or approximate, the index's type). With `where`
+        (`{entity: tag}`), only rows whose tags equal it, ranked exactly."""
+        if where:
+            return self._nearest_where(queries, target, top_k, where)
+        searcher = self.searcher(target)
+        if len(self) == 0:
+            return [[] for _ in range(len(queries))]
+        scores, rows = engine.search_index(searcher, queries, min(top_k, len(self)))
+        items = self.items
+        return [[(float(score), items[int(row)]) for score, row in zip(query_scores, query_rows) if row >= 0]
+                for query_scores, query_rows in zip(scores, rows)]  # fmt: skip
+
+    def _nearest_where(self, queries: np.ndarray, target: str | None, top_k: int,
+                       where: Mapping[str, str]) -> list[list[tuple[float, IndexItem]]]:  # fmt: skip
+        for entity in where:
+            self.entity_index(entity)
+        kept = np.array([all(item.tags.get(entity) == value for entity, value in where.items())
+                         for item in self.items], dtype=bool)  # fmt: skip
+        rows = np.flatnonzero(kept)
+        scores = np.zeros((len(queries), 0), dtype=np.float32)
+        for first, block in self.iter_vectors(target):
+            chosen = rows[(rows >= first) & (rows < first + len(block))] - first
+            scores = np.concatenate([scores, queries @ block[chosen].T], axis=1)
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
+        items = self.items
+        return [[(float(query_scores[column]), items[int(rows[column])]) for column in columns]
+                for query_scores, columns in zip(scores, order)]  # fmt: skip
+
+    def __str__(self) -> str:
+        return str(self.folder)
+
+    def close(self) -> None:
+        """Nothing to close (as `MilvusIndex.close`): files are opened as they are read."""
+
     # ------------------------------------------------------------------ FAISS indices
     def _search_file(self, target: str | None) -> dict[str, Any] | None:
         position = self.targets.index(target)
@@ -471,10 +509,11 @@ class EmbeddingIndex:
 
     # ------------------------------------------------------------------ writing
     def add(self, image_embeds: torch.Tensor, region_embeds: torch.Tensor, thumbnails: np.ndarray,
-            items: Sequence[IndexItem | dict[str, Any]], source: str) -> None:  # fmt: skip
+            items: Sequence[IndexItem | dict[str, Any]], source: str, normalize: bool = True) -> None:  # fmt: skip
         """Appends and commits one shard: `image_embeds [n, dim]`, `region_embeds [n, entities, dim]`
-        (both are L2-normalised here), `thumbnails [n, size, size, 3]` uint8 and one item per row.
-        The FAISS indices take the rows at the next `commit_search_indices` (searches see them at once)."""
+        (both L2-normalised here unless `normalize=False`: rows copied from another index as stored),
+        `thumbnails [n, size, size, 3]` uint8 and one item per row. The FAISS indices take the rows
+        at the next `commit_search_indices` (searches see them at once)."""
         rows = image_embeds.shape[0]
         expected = {"image_embeds": (rows, self.dim), "region_embeds": (rows, len(self.entities), self.dim),
                     "thumbnails": (rows, self.thumbnail_size, self.thumbnail_size, 3)}  # fmt: skip
@@ -496,7 +535,7 @@ class EmbeddingIndex:
         shard_path = self.folder / shard_file
         kept = f"the index keeps its last commit ({len(self)} rows)"
         with _writing(shard_path, kept):
-            save_file(self._shard_tensors(image_embeds, region_embeds, thumbnails), str(shard_path),
+            save_file(self._shard_tensors(image_embeds, region_embeds, thumbnails, normalize), str(shard_path),
                       metadata={"source": source})  # fmt: skip
         with _writing(self.folder / ITEMS_FILE, kept, remove=False), \
                 open(self.folder / ITEMS_FILE, "a", encoding="utf-8") as handle:  # fmt: skip
@@ -524,12 +563,13 @@ class EmbeddingIndex:
                      shard["source"])  # fmt: skip
             first_row += shard["rows"]
 
-    def _shard_tensors(self, image_embeds: torch.Tensor, region_embeds: torch.Tensor,
-                       thumbnails: np.ndarray) -> dict[str, torch.Tensor]:  # fmt: skip
+    def _shard_tensors(self, image_embeds: torch.Tensor, region_embeds: torch.Tensor, thumbnails: np.ndarray,
+                       normalize: bool = True) -> dict[str, torch.Tensor]:  # fmt: skip
         """Each target's vectors as its own contiguous tensor, normalised, in the storage dtype."""
         dtype = resolve_dtype(self.storage_dtype)
         vectors = [image_embeds, *region_embeds.unbind(dim=1)]  # [n, dim] each
-        tensors = {self.tensor_name(target): F.normalize(values.float(), dim=-1).to(dtype).contiguous()
+        unit = partial(F.normalize, dim=-1) if normalize else (lambda values: values)
+        tensors = {self.tensor_name(target): unit(values.float()).to(dtype).contiguous()
                    for target, values in zip(self.targets, vectors)}  # fmt: skip
         tensors["thumbnails"] = torch.from_numpy(np.ascontiguousarray(thumbnails, dtype=np.uint8))
         return tensors

@@ -3,7 +3,7 @@ one entity's regional embedding."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,6 @@ import torch.nn.functional as F
 
 from ..data.catalogs import json_object
 from ..modeling import E2CLIPEmbedder, E2CLIPModel, E2CLIPProcessor
-from .engine import search_index
 from .index import EmbeddingIndex, EmbeddingIndexError, IndexItem, model_fingerprint
 
 
@@ -31,29 +30,64 @@ class SearchHit:
 
 
 def search_embeddings(index: EmbeddingIndex, queries: torch.Tensor, entity: str | None = None,
-                      top_k: int = 10) -> list[list[SearchHit]]:  # fmt: skip
+                      top_k: int = 10, where: Mapping[str, str] | None = None) -> list[list[SearchHit]]:  # fmt: skip
     """For each query vector (`[q, dim]`, any norm), the `top_k` rows most similar to it: by the
-    global image embedding, or by the regional embedding of `entity`. One FAISS search serves the
-    batch; the index type (exact or approximate) is the index's, on the GPUs with `index.faiss_gpu`."""
+    global image embedding, or by the regional embedding of `entity`; with `where` (`{entity: tag}`)
+    only among products carrying those tags. One search serves the batch; the index type (exact or
+    approximate) is the index's: FAISS for a folder (on the GPUs with `index.faiss_gpu`), Milvus for
+    a Milvus store."""
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}")
+    queries = _checked_queries(index, queries)
+    return [_hits(found) for found in index.nearest(queries, entity, top_k, where)]
+
+
+def search_weighted(index: EmbeddingIndex, queries: Mapping[str | None, torch.Tensor],
+                    weights: Mapping[str | None, float], top_k: int = 10, candidates: int | None = None,
+                    where: Mapping[str, str] | None = None) -> list[list[SearchHit]]:  # fmt: skip
+    """Global and regional search in one ranking: each target's `candidates` nearest rows (default
+    `10 * top_k`) to its query vectors (`queries[target]`, `[q, dim]`), scored by the weighted sum
+    of their cosines (a row missing from a target's candidates adds nothing for it). A Milvus store
+    answers with `hybrid_search` and a `WeightedRanker` without score normalisation, which fuses the
+    same way, so both stores rank alike where their per-target answers agree (exact indexes)."""
+    if top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    if set(queries) != set(weights) or not weights:
+        raise ValueError(f"weights {sorted(map(str, weights))} and query targets {sorted(map(str, queries))} differ")
+    candidates = candidates or 10 * top_k
+    vectors = {target: _checked_queries(index, values) for target, values in queries.items()}
+    if hasattr(index, "nearest_weighted"):
+        found = index.nearest_weighted(vectors, weights, top_k, candidates, where)
+    else:
+        per_target = {target: index.nearest(values, target, candidates, where) for target, values in vectors.items()}
+        found = [fuse_weighted([per_target[target][query] for target in weights], list(weights.values()), top_k)
+                 for query in range(len(next(iter(vectors.values()))))]  # fmt: skip
+    return [_hits(hits) for hits in found]
+
+
+def fuse_weighted(answers: Sequence[list[tuple[float, IndexItem]]], weights: Sequence[float],
+                  top_k: int) -> list[tuple[float, IndexItem]]:  # fmt: skip
+    """One ranking from several targets' `(score, item)` lists: the weighted sum of each item's
+    scores, best first (ties by product id)."""
+    fused: dict[str, list] = {}
+    for answer, weight in zip(answers, weights):
+        for score, item in answer:
+            fused.setdefault(item.product_id, [0.0, item])[0] += weight * score
+    ranked = sorted(fused.values(), key=lambda entry: (-entry[0], entry[1].product_id))
+    return [(score, item) for score, item in ranked[:top_k]]
+
+
+def _checked_queries(index: EmbeddingIndex, queries: torch.Tensor) -> np.ndarray:
     if queries.ndim != 2 or queries.shape[1] != index.dim:
         raise EmbeddingIndexError(f"the query embeddings have shape {tuple(queries.shape)}, need [q, {index.dim}]")
     if not torch.isfinite(queries).all():
         raise ValueError("a query embedding holds non-finite values")
-    faiss_index = index.searcher(entity)
-    if len(index) == 0:
-        return [[] for _ in range(len(queries))]
-    queries = F.normalize(queries.float(), dim=-1).cpu().numpy()
-    scores, rows = search_index(faiss_index, queries, min(top_k, len(index)))
-    items = index.items
-    return [_hits(query_scores, query_rows, items) for query_scores, query_rows in zip(scores, rows)]
+    return F.normalize(queries.float(), dim=-1).cpu().numpy()
 
 
-def _hits(scores: np.ndarray, rows: np.ndarray, items: list[IndexItem]) -> list[SearchHit]:
-    found = rows >= 0  # FAISS marks missing results with -1
-    return [SearchHit(rank=rank, row=int(row), score=float(score), item=items[int(row)])
-            for rank, (score, row) in enumerate(zip(scores[found], rows[found]), start=1)]  # fmt: skip
+def _hits(found: list[tuple[float, IndexItem]]) -> list[SearchHit]:
+    return [SearchHit(rank=rank, row=item.row, score=score, item=item)
+            for rank, (score, item) in enumerate(found, start=1)]  # fmt: skip
 
 
 def search_embedding(index: EmbeddingIndex, query: torch.Tensor, entity: str | None = None,
@@ -162,8 +196,9 @@ def read_queries(path: str | Path, default_entity: str | None = None) -> list[Se
 
 
 def run_queries(model: E2CLIPModel, processor: E2CLIPProcessor, index: EmbeddingIndex, queries: Sequence[SearchQuery],
-                top_k: int = 10) -> list[list[SearchHit]]:  # fmt: skip
-    """The hits of each query, in order; queries of one kind and target are embedded and searched as one batch."""
+                top_k: int = 10, where: Mapping[str, str] | None = None) -> list[list[SearchHit]]:  # fmt: skip
+    """The hits of each query, in order; queries of one kind and target are embedded and searched as one batch
+    (with `where`, only among products carrying those tags)."""
     _checked_index(model, index)
     results: list[list[SearchHit] | None] = [None] * len(queries)
     groups: dict[tuple[bool, str | None], list[int]] = {}
@@ -176,6 +211,23 @@ def run_queries(model: E2CLIPModel, processor: E2CLIPProcessor, index: Embedding
             vectors = image_query_embeddings(
                 model, processor, [queries[position].image for position in positions], entity
             )
-        for position, hits in zip(positions, search_embeddings(index, vectors, entity, top_k)):
+        for position, hits in zip(positions, search_embeddings(index, vectors, entity, top_k, where)):
             results[position] = hits
     return results
+
+
+def run_weighted(model: E2CLIPModel, processor: E2CLIPProcessor, index: EmbeddingIndex, query: SearchQuery,
+                 weights: Mapping[str | None, float], top_k: int = 10,
+                 where: Mapping[str, str] | None = None) -> list[SearchHit]:  # fmt: skip
+    """One query ranked by several targets at once (`search_weighted`): a text's embedding against
+    each target; an image's global embedding against the global one and its region of each entity
+    against that entity's."""
+    _checked_index(model, index)
+    if query.text is not None:
+        vector = text_query_embeddings(model, processor, [query.text])
+        vectors = dict.fromkeys(weights, vector)
+    else:
+        embeddings = _embedder(model, processor).embed_images([query.image])
+        vectors = {target: (embeddings.image_embeds if target is None else embeddings.region(target)).float().cpu()
+                   for target in weights}  # fmt: skip
+    return search_weighted(index, vectors, weights, top_k, where=where)[0]
