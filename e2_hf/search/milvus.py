@@ -89,7 +89,8 @@ class MilvusIndex:
             "entities": json.loads(properties["e2.entities"]),
             "dim": int(properties["e2.dim"]),
             "thumbnail_size": int(properties["e2.thumbnail_size"]),
-            "index_type": properties.get("e2.index_type", "flat"),
+            "index_type": properties.get("e2.index_type", "FLAT"),
+            "search_settings": json.loads(properties.get("e2.search_settings", "{}")),
         }
         self._check_schema()
         self._call("loading", self.client.load_collection, self.collection)  # a new client finds it released
@@ -116,7 +117,8 @@ class MilvusIndex:
             index_params.add_index(vector_field(target), metric_type="IP", **kind)
         properties = {"e2.format": FORMAT, "e2.model": model_name, "e2.model_fingerprint": fingerprint,
                       "e2.entities": json.dumps(list(entities)), "e2.dim": str(dim),
-                      "e2.thumbnail_size": str(thumbnail_size), "e2.index_type": kind["index_type"]}  # fmt: skip
+                      "e2.thumbnail_size": str(thumbnail_size), "e2.index_type": kind["index_type"],
+                      "e2.search_settings": json.dumps(settings.to_json())}  # fmt: skip
         try:
             client.create_collection(collection, schema=schema, index_params=index_params, properties=properties)
         except Exception as error:  # noqa: BLE001 - pymilvus raises its own types; the message says what happened
@@ -297,7 +299,7 @@ class MilvusIndex:
             self.entity_index(target)
         found = self._call("searching", self.client.search, self.collection, data=queries.tolist(),
                            anns_field=vector_field(target), limit=top_k, output_fields=list(ROW_FIELDS),
-                           filter=self._filter(where), search_params={"metric_type": "IP"})  # fmt: skip
+                           filter=self._filter(where), search_params=self._search_params(top_k))  # fmt: skip
         return [[(float(hit["distance"]), _item(hit["entity"])) for hit in hits] for hits in found]
 
     def nearest_weighted(self, queries: Mapping[str | None, np.ndarray], weights: Mapping[str | None, float],
@@ -307,13 +309,22 @@ class MilvusIndex:
         of their cosines (`WeightedRanker` without score normalisation); see `fuse_weighted`."""
         pymilvus = require("pymilvus", "searching a Milvus index")
         targets = list(weights)
-        requests = [pymilvus.AnnSearchRequest(queries[target].tolist(), vector_field(target), {"metric_type": "IP"},
-                                              limit=candidates, expr=self._filter(where))
+        requests = [pymilvus.AnnSearchRequest(queries[target].tolist(), vector_field(target),
+                                              self._search_params(candidates), limit=candidates,
+                                              expr=self._filter(where))
                     for target in targets]  # fmt: skip
         ranker = pymilvus.WeightedRanker(*(float(weights[target]) for target in targets), norm_score=False)
         found = self._call("searching", self.client.hybrid_search, self.collection, requests, ranker, limit=top_k,
                            output_fields=list(ROW_FIELDS))  # fmt: skip
         return [[(float(hit["distance"]), _item(hit["entity"])) for hit in hits] for hits in found]
+
+    def _search_params(self, top_k: int) -> dict[str, Any]:
+        """The query-time settings of the index type, from the index's search settings (as the folder
+        index's): HNSW's candidate list `ef` (at least `top_k`), IVF's lists probed."""
+        settings = SearchSettings.from_json(self.metadata["search_settings"], self.address)
+        params = {"HNSW": {"ef": max(settings.hnsw_ef_search, top_k)},
+                  "IVF_SQ8": {"nprobe": settings.ivf_probes}, "IVF_PQ": {"nprobe": settings.ivf_probes}}  # fmt: skip
+        return {"metric_type": "IP", "params": params.get(self.metadata["index_type"], {})}
 
     def _filter(self, where: Mapping[str, str] | None) -> str:
         if not where:
