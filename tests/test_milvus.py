@@ -1,6 +1,7 @@
 """The Milvus store (a Milvus Lite file here) against the folder index: same answers, idempotent
 upserts, resumable adds, lossless migration both ways, one-line errors."""
 
+import json
 import subprocess
 import sys
 
@@ -97,6 +98,37 @@ def test_the_search_command_reads_a_milvus_store(e2_model_dir, both_stores, tmp_
         outputs[name] = [line.split()[2] for line in searched.stdout.splitlines() if line.startswith("#")]
         assert output.read_text().count("<img") == 10  # thumbnails come from the store
     assert outputs["folder"] == outputs["milvus"] and len(outputs["folder"]) == 10
+
+
+def test_a_queries_file_of_texts_and_images_gives_the_same_hits_on_both(e2_model_dir, catalog, both_stores, tmp_path):
+    queries = tmp_path / "queries.jsonl"
+    image = next((catalog / "images").rglob("*.png"))
+    queries.write_text(json.dumps({"text": "Lumen", "entity": "brand"}) + "\n"
+                       + json.dumps({"image": str(image), "entity": "season", "id": "photo"}) + "\n"
+                       + json.dumps({"image": str(image)}) + "\n")  # fmt: skip
+    hits = {}
+    for name, store in both_stores.items():
+        output = tmp_path / f"{name}.jsonl"
+        searched = run_cli("search", "--model", str(e2_model_dir), "--index", store, "--queries-file", str(queries),
+                           "--output", str(output), "--top-k", "5")  # fmt: skip
+        assert searched.returncode == 0, searched.stderr[-3000:]
+        hits[name] = [
+            [hit["product_id"] for hit in json.loads(line)["hits"]] for line in output.read_text().splitlines()
+        ]
+    assert hits["milvus"] == hits["folder"] and all(len(found) == 5 for found in hits["folder"])
+
+
+def test_compose_search_reads_a_milvus_store(e2_model_dir, decap_folder, catalog, both_stores, tmp_path):
+    image = next((catalog / "images").rglob("*.png"))
+    found = {}
+    for name, store in both_stores.items():
+        output = tmp_path / f"{name}.json"
+        composed = run_cli("compose-search", "--model", str(e2_model_dir), "--captioner", str(decap_folder), "--index",
+                           store, "--image", str(image), "--modify", "in FW2016", "--output", str(output))  # fmt: skip
+        assert composed.returncode == 0, composed.stderr[-3000:]
+        result = json.loads(output.read_text())
+        found[name] = (result["rewritten"], [hit["product_id"] for hit in result["hits"]])
+    assert found["milvus"] == found["folder"] and len(found["folder"][1]) == 10
 
 
 def test_adding_again_changes_nothing_and_a_resumed_add_writes_only_what_is_missing(e2_model_dir, catalog, tmp_path):

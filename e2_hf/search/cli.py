@@ -248,6 +248,8 @@ def run_search(args: argparse.Namespace) -> None:
         warning = untrained_entity_warning(args.model, index, entity)
         if warning:
             print(f"warning: {warning}", file=sys.stderr)
+    if args.faiss_gpu and index.folder is None:
+        raise ValueError("--faiss-gpu searches an index folder's FAISS indices; Milvus searches on its own servers")
     if args.faiss_gpu:  # fail on a missing GPU or a type FAISS cannot move before loading the model
         for entity in {query.entity for query in queries}:
             index.searcher(entity)
@@ -277,7 +279,7 @@ def _write_jsonl(path: str, records: list[dict[str, Any]]) -> None:
 def add_compose_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, help="the model the index and the captioner were built with")
     parser.add_argument("--captioner", required=True, help="a captioner folder (e2-hf train-captioner) of --model")
-    parser.add_argument("--index", required=True, help="index folder from e2-hf index")
+    parser.add_argument("--index", required=True, metavar="STORE", help=f"{STORE_HELP}, written by e2-hf index")
     parser.add_argument("--image", required=True, help="the reference photo")
     parser.add_argument("--modify", required=True, help='the change asked for, e.g. "in FW2016" or "by Aurel"')
     parser.add_argument("--entity", help="search this entity's regional embeddings (default: the global one)")
@@ -296,14 +298,16 @@ def run_compose(args: argparse.Namespace) -> None:
     from ..captioning.inference import load_captioner
     from ..evaluation.embedding import load_for_inference
     from .compose import compose_search, load_rewriter
-    from .index import EmbeddingIndex
+    from .milvus import open_store
     from .render import results_format, write_results
 
     if not args.output.endswith(".json"):
         results_format(args.output)  # fail on a wrong file name before loading the model
-    index = EmbeddingIndex(args.index, faiss_gpu=args.faiss_gpu)
+    index = open_store(args.index, faiss_gpu=args.faiss_gpu)
     if args.entity is not None:
         index.entity_index(args.entity)
+    if args.faiss_gpu and index.folder is None:
+        raise ValueError("--faiss-gpu searches an index folder's FAISS indices; Milvus searches on its own servers")
     if args.faiss_gpu:
         index.searcher(args.entity)
     rewriter = load_rewriter(args.rewriter) if args.rewriter else None

@@ -204,6 +204,13 @@ class MilvusIndex:
         """`{product id: row}` of every stored product."""
         return {row["product_id"]: int(row["row"]) for row in self._all_rows(["product_id", "row"])}
 
+    @property
+    def items(self) -> list[IndexItem]:
+        """Every stored product's item in row order (read from the store each time: for catalogs
+        that fit in memory, e.g. the tag vocabulary of compose-search)."""
+        rows = sorted(self._all_rows(list(ROW_FIELDS)), key=lambda row: row["row"])
+        return [_item(row) for row in rows]
+
     def tag_values(self, entity: str) -> list[str | None]:
         return [row[f"tag_{entity}"] or None for row in self._all_rows([f"tag_{entity}"])]
 
