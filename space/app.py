@@ -8,7 +8,9 @@ whole image or by one entity's region.
     python space/app.py --model MODEL --index INDEX_DIR [--host 127.0.0.1] [--port 7860]
 
 On a Space, `e2-hf build-space` lays out `app.py` with `model/`, `index/` and a copy of `e2_hf`
-beside it; the arguments then default to those folders (or to $E2_MODEL and $E2_INDEX).
+beside it; the arguments then default to those folders (or to $E2_MODEL and $E2_INDEX). The index
+may also be a Milvus store (`milvus://HOST:PORT` or `https://...`, with the token in the Space's
+MILVUS_TOKEN secret; the `milvus` extra in its requirements).
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from PIL import Image, UnidentifiedImageError
 
 from e2_hf.evaluation.embedding import load_for_inference
 from e2_hf.images import ImageLimits, ImageSizeError, open_image
-from e2_hf.search import EmbeddingIndex, search_text
+from e2_hf.search import search_text
+from e2_hf.search.milvus import open_store
 from e2_hf.tagging import candidate_embeddings, catalog_candidates, zero_shot_tags
 from e2_hf.visualization import render_selection_figure, selection_maps
 
@@ -63,7 +66,7 @@ class E2Space:
     def __init__(self, model: str, index_dir: str, candidates: dict[str, list[str]] | None = None):
         self.model_name = model
         self.model, self.processor, _, _ = load_for_inference(model)  # on the GPU when there is one
-        self.index = EmbeddingIndex(index_dir)
+        self.index = open_store(index_dir)  # a folder, or a Milvus store
         # zero-shot tagging candidates: each entity's distinct tags among the indexed products
         self.candidates = candidates or catalog_candidates(self.index, self.index.entities)
         self.tag_embeds = candidate_embeddings(self.model, self.processor, self.candidates, str(self.model.device))

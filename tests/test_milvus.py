@@ -131,6 +131,21 @@ def test_compose_search_reads_a_milvus_store(e2_model_dir, decap_folder, catalog
     assert found["milvus"] == found["folder"] and len(found["folder"][1]) == 10
 
 
+def test_the_space_searches_a_milvus_store(e2_model_dir, both_stores):
+    pytest.importorskip("gradio", reason="gradio is not installed (pip install '.[test]')")
+    from e2_hf.space.app import E2Space
+
+    galleries = {}
+    for name, store in both_stores.items():
+        space = E2Space(str(e2_model_dir), store)
+        assert space.candidates and len(space.index) == 50
+        galleries[name] = space.search("Lumen", "brand", 6)
+        space.index.close()
+    assert [caption for _, caption in galleries["milvus"]] == [caption for _, caption in galleries["folder"]]
+    for (milvus_thumbnail, _), (folder_thumbnail, _) in zip(galleries["milvus"], galleries["folder"]):
+        np.testing.assert_array_equal(milvus_thumbnail, folder_thumbnail)
+
+
 def test_adding_again_changes_nothing_and_a_resumed_add_writes_only_what_is_missing(e2_model_dir, catalog, tmp_path):
     store = f"milvus-lite:{tmp_path / 'catalog.db'}"
     common = ["--model", str(e2_model_dir), "--output", store, "--index-type", "flat"]
@@ -183,26 +198,24 @@ def planted(rows: int, dim: int, seed: int = 0) -> tuple[torch.Tensor, torch.Ten
     return torch.randn(rows, dim, generator=generator), torch.randn(rows, 1, dim, generator=generator)
 
 
-def test_an_approximate_milvus_index_keeps_recall_against_flat(tmp_path):
+@pytest.mark.parametrize("kind", ["hnsw", "ivfpq"])  # on Milvus Lite: HNSW, and IVF_SQ8 (Lite has no PQ)
+def test_an_approximate_milvus_index_keeps_recall_against_flat(tmp_path, kind):
     rows, dim = 3000, 32
     image, regions = planted(rows, dim)
     thumbnails = np.zeros((rows, 8, 8, 3), dtype=np.uint8)
     items = [IndexItem(row=row, product_id=f"p{row}", description="", tags={"brand": f"b{row % 7}"}, source="s")
              for row in range(rows)]  # fmt: skip
-    stores = {}
-    for kind in ("flat", "hnsw"):
-        address = f"milvus-lite:{tmp_path / kind}.db"
-        stores[kind] = MilvusIndex.create(address, "planted", "f" * 16, ["brand"], dim, 8, SearchSettings(kind))
-        stores[kind].add(image, regions, thumbnails, items, "s")
-        stores[kind].commit_search_indices()
+    answers = {}
     queries = torch.nn.functional.normalize(torch.randn(50, dim, generator=torch.Generator().manual_seed(1)), dim=-1)
-    exact = stores["flat"].nearest(queries.numpy(), None, 10)
-    approximate = stores["hnsw"].nearest(queries.numpy(), None, 10)
-    for store in stores.values():
-        store.close()
-    found = [len({item.product_id for _, item in a} & {item.product_id for _, item in e})
-             for a, e in zip(approximate, exact)]  # fmt: skip
-    assert sum(found) / (10 * len(queries)) >= 0.95
+    for name in ("flat", kind):
+        settings = SearchSettings(name, ivf_lists=32, ivf_probes=16)
+        with MilvusIndex.create(f"milvus-lite:{tmp_path / name}.db", "planted", "f" * 16, ["brand"], dim, 8,
+                                settings) as store:  # fmt: skip
+            store.add(image, regions, thumbnails, items, "s")
+            store.commit_search_indices()
+            answers[name] = [{item.product_id for _, item in hits} for hits in store.nearest(queries.numpy(), None, 10)]
+    found = sum(len(approximate & exact) for approximate, exact in zip(answers[kind], answers["flat"]))
+    assert found / (10 * len(queries)) >= 0.95
 
 
 def test_bad_stores_are_one_line_errors_before_anything_is_written(e2_model_dir, small_clip, both_stores, tmp_path):

@@ -27,6 +27,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -211,6 +212,10 @@ class MilvusIndex:
         rows = sorted(self._all_rows(list(ROW_FIELDS)), key=lambda row: row["row"])
         return [_item(row) for row in rows]
 
+    def value_sets(self, entity: str) -> list[tuple[str, ...]]:
+        """Each row's values of `entity` (as `EmbeddingIndex.value_sets`)."""
+        return [item.values_of(entity) for item in self.items]
+
     def tag_values(self, entity: str) -> list[str | None]:
         return [row[f"tag_{entity}"] or None for row in self._all_rows([f"tag_{entity}"])]
 
@@ -372,10 +377,17 @@ def _parse_address(address: str) -> tuple[str, str]:
     return location, collection
 
 
+# Milvus Lite's in-process server does not implement the timestamp call pymilvus' query iterator
+# starts with; both log a traceback for it although the reads succeed (the iterator falls back)
+LITE_NOISE = ("grpc._server", "pymilvus.client.iterator.query_iterator")
+
+
 def _connect(uri: str, address: str):
     pymilvus = require("pymilvus", "a Milvus index")
     if uri.endswith(".db"):
         require("milvus_lite", "a Milvus Lite file")
+        for name in LITE_NOISE:
+            logging.getLogger(name).setLevel(logging.CRITICAL)
         return _call(address, "opening", pymilvus.MilvusClient, uri)
     token = os.environ.get(TOKEN_VARIABLE, "")
     return _call(address, "connecting to", pymilvus.MilvusClient, uri=uri, token=token, timeout=10)
@@ -409,14 +421,15 @@ def _schema(client, entities: Sequence[str], dim: int):
 
 
 def _milvus_index(settings: SearchSettings, lite: bool) -> dict[str, Any]:
-    """Milvus' index for the index type: flat exact; hnsw with the same degree and build width; ivfpq
-    (and auto) as IVF_PQ on a server, IVF_SQ8 on Milvus Lite (which has no PQ)."""
+    """Milvus' index for the index type, fixed when the collection is made: flat is FLAT (exact);
+    hnsw, and auto (a Milvus index is not rebuilt as it grows), HNSW with the same degree and build
+    width; ivfpq IVF_PQ on a server, IVF_SQ8 on Milvus Lite (which has no PQ)."""
     kind = settings.index_type
     if kind not in INDEX_TYPES:
         raise EmbeddingIndexError(f"unknown index type {kind!r}")
     if kind == "flat":
         return {"index_type": "FLAT", "params": {}}
-    if kind == "hnsw":
+    if kind in ("hnsw", "auto"):
         return {"index_type": "HNSW", "params": {"M": settings.hnsw_neighbours,
                                                   "efConstruction": settings.hnsw_ef_construction}}  # fmt: skip
     lists = settings.ivf_lists or 1024
