@@ -253,3 +253,20 @@ def test_a_collection_lacking_an_entity_field_is_refused(both_stores, tmp_path):
         index.metadata["entities"] = [*index.entities, "colour"]
         with pytest.raises(EmbeddingIndexError, match=r"lacks the fields \['region_colour', 'tag_colour'\]"):
             index._check_schema()
+
+
+def test_a_model_without_entities_gets_a_global_only_collection(small_clip, catalog, tmp_path):
+    from e2_hf import from_clip
+    from e2_hf.search import add_catalog, open_or_create_index, search_text
+
+    model = from_clip(str(small_clip), entities=[]).eval()
+    processor = E2CLIPProcessor.from_pretrained(str(small_clip))
+    address = f"milvus-lite:{tmp_path / 'clip-ft.db'}"
+    with open_or_create_index(address, model, "clip-ft", thumbnail_size=16) as index:
+        report = add_catalog(index, model, processor, f"jsonl:{catalog / 'catalog.jsonl'}:validation", batch_size=8)
+        assert report.added == len(index) == 10 and index.entities == [] and index.targets == [None]
+        first = index.items[0]
+        hits = search_text(model, processor, index, first.description)
+        assert sorted(hit.item.product_id for hit in hits) == sorted(item.product_id for item in index.items)
+        with pytest.raises(EmbeddingIndexError, match="unknown entity 'brand'; this index has regional embeddings"):
+            search_text(model, processor, index, "Aurel", entity="brand")
