@@ -81,9 +81,9 @@ class EndpointHandler:
     def __init__(self, path: str = "", limits: RequestLimits | None = None, image_limits: Any = None):
         self.limits = limits or RequestLimits.from_environment()
         # the folder's own code (this file ships with it, so deploying the folder trusts it). The
-        # configuration first: transformers 4.x copies only a module's direct relative imports,
-        # and the embedder reaches it through the model's module.
-        get_class_from_dynamic_module("configuration_e2clip.E2CLIPConfig", path)
+        # model's module first: transformers 4.x copies only a module's direct relative imports, and
+        # the embedder reaches the configuration, the loss and the packaging through the model's module.
+        get_class_from_dynamic_module("modeling_e2clip.E2CLIPModel", path)
         embedder_class = get_class_from_dynamic_module("embedding_e2clip.E2CLIPEmbedder", path)
         self.image_limits = image_limits or sys.modules[embedder_class.__module__].ImageLimits.from_environment()
         self.embedder = embedder_class.from_pretrained(path, trust_remote_code=True, progress=False,
