@@ -18,7 +18,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -182,14 +182,16 @@ def write_index(index, path: Path) -> None:
     import_faiss().write_index(index, str(path))
 
 
-def read_index(path: Path, rows: int, dim: int):
-    """The FAISS index in `path`, checked to hold `rows` vectors of size `dim`; a missing, corrupt
-    or mismatched file is an `EmbeddingIndexError` naming it."""
+def read_index(path: Path, rows: int, dim: int, handle: BinaryIO | None = None):
+    """The FAISS index in `path` (read from `handle`, the file already open, when given: then what
+    was checked is what FAISS reads, even if a writer removes the file meanwhile), checked to hold
+    `rows` vectors of size `dim`; a missing, corrupt or mismatched file is an `EmbeddingIndexError`
+    naming it."""
     faiss = import_faiss()
-    if not path.is_file():
+    if handle is None and not path.is_file():
         raise EmbeddingIndexError(f"FAISS index {path} is missing; recreate it with e2-hf index --rebuild")
     try:
-        index = faiss.read_index(str(path))
+        index = faiss.read_index(faiss.PyCallbackIOReader(handle.read) if handle is not None else str(path))
     except RuntimeError as error:
         reason = str(error).strip().splitlines()[-1]
         raise EmbeddingIndexError(

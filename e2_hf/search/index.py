@@ -42,7 +42,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -392,14 +392,19 @@ class EmbeddingIndex:
                 index = self._build_search_index(target)
             else:
                 path = self.file_path(recorded)
-                if not path.is_file():
+                try:  # opened once: the bytes checked are the bytes FAISS reads, whatever a writer removes
+                    handle = open(path, "rb")
+                except FileNotFoundError:
                     if self._committed_since():  # cleaned up by two later commits: load the newest
                         self.reload()
                         return self.search_index(target)
-                    raise EmbeddingIndexError(f"FAISS index {path} is missing; recreate it with e2-hf index --rebuild")
-                _check_recorded_size(path, recorded)
-                _check_recorded_checksum(path, recorded)
-                index = engine.read_index(path, recorded["rows"], self.dim)
+                    raise EmbeddingIndexError(
+                        f"FAISS index {path} is missing; recreate it with e2-hf index --rebuild"
+                    ) from None
+                with handle:
+                    _check_recorded_size(path, recorded, os.fstat(handle.fileno()).st_size)
+                    _check_recorded_checksum(path, recorded, handle)
+                    index = engine.read_index(path, recorded["rows"], self.dim, handle)
                 index = engine.extend_index(index, (block for _, block in self.iter_vectors(target, recorded["rows"])))
             engine.configure_for_search(index, self.search_settings)
             self._search_indices[target] = index
@@ -631,23 +636,29 @@ def _writing(path: Path, kept: str, remove: bool = True) -> Iterator[None]:
         raise EmbeddingIndexError(f"writing {path} failed ({reason}): {kept}") from None
 
 
-def _check_recorded_checksum(path: Path, recorded: dict[str, Any]) -> None:
-    """A FAISS file's bytes against the SHA-256 recorded when it was written, before FAISS parses them."""
+def _check_recorded_checksum(path: Path, recorded: dict[str, Any], handle: BinaryIO) -> None:
+    """A FAISS file's bytes (read from `handle`, which is left at the start) against the SHA-256
+    recorded when it was written, before FAISS parses them."""
     if "sha256" not in recorded:
         raise EmbeddingIndexError(
             f"index.json records no checksum for {path}; recreate the FAISS files with e2-hf index --rebuild"
         )
-    if file_sha256(path) != recorded["sha256"]:
+    digest = _sha256_of(handle)
+    handle.seek(0)
+    if digest != recorded["sha256"]:
         raise EmbeddingIndexError(
             f"{path}: its bytes differ from the SHA-256 recorded when it was written (changed or damaged); "
             "recreate it with e2-hf index --rebuild"
         )
 
 
-def _check_recorded_size(path: Path, recorded: dict[str, Any]) -> None:
-    if "bytes" in recorded and path.is_file() and path.stat().st_size != recorded["bytes"]:
+def _check_recorded_size(path: Path, recorded: dict[str, Any], size: int | None = None) -> None:
+    """The file's size (`size`, of the file already open, or of `path` now) against `index.json`'s."""
+    if size is None:
+        size = path.stat().st_size if path.is_file() else None
+    if "bytes" in recorded and size is not None and size != recorded["bytes"]:
         raise EmbeddingIndexError(
-            f"{path} has {path.stat().st_size} bytes, index.json recorded {recorded['bytes']}: the file was "
+            f"{path} has {size} bytes, index.json recorded {recorded['bytes']}: the file was "
             "changed or truncated after it was written; rebuild the index"
         )
 
@@ -739,10 +750,14 @@ def parse_item(line: str, path: Path, line_number: int) -> dict[str, Any]:
 
 
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
+        return _sha256_of(handle)
+
+
+def _sha256_of(handle: BinaryIO) -> str:
+    digest = hashlib.sha256()
+    for chunk in iter(lambda: handle.read(1 << 20), b""):
+        digest.update(chunk)
     return digest.hexdigest()
 
 
