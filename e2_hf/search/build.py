@@ -83,7 +83,8 @@ def open_or_create_index(folder: str | Path, model: E2CLIPModel, model_name: str
     where there is none (`storage_dtype` and `search_settings` apply to a new index)."""
     fingerprint = model_fingerprint(model)
     if is_milvus_address(folder):
-        return _open_or_create_milvus(str(folder), model, model_name, thumbnail_size, storage_dtype, search_settings)
+        return _open_or_create_milvus(str(folder), model, model_name, fingerprint, thumbnail_size, storage_dtype,
+                                      search_settings)  # fmt: skip
     check_new_index_folder(folder)  # before the lock file is written into someone else's folder
     with writer_lock(folder):
         if (Path(folder) / "index.json").exists():
@@ -95,19 +96,13 @@ def open_or_create_index(folder: str | Path, model: E2CLIPModel, model_name: str
                                      search_settings)  # fmt: skip
 
 
-def _open_or_create_milvus(address: str, model: E2CLIPModel, model_name: str, thumbnail_size: int,
+def _open_or_create_milvus(address: str, model: E2CLIPModel, model_name: str, fingerprint: str, thumbnail_size: int,
                            storage_dtype: str, search_settings: SearchSettings | None) -> MilvusIndex:  # fmt: skip
     if storage_dtype != "float32":
         raise EmbeddingIndexError(f"{address}: a Milvus store keeps float32 vectors; --storage-dtype applies to "
                                   "index folders")  # fmt: skip
-    fingerprint = model_fingerprint(model)
-    try:
-        index = MilvusIndex(address)
-    except EmbeddingIndexError as error:
-        if "no collection" not in str(error):
-            raise
-        return MilvusIndex.create(address, portable_name(model_name), fingerprint, model.config.entities,
-                                  model.config.projection_dim, thumbnail_size, search_settings)  # fmt: skip
+    index = MilvusIndex.open_or_create(address, portable_name(model_name), fingerprint, model.config.entities,
+                                       model.config.projection_dim, thumbnail_size, search_settings)  # fmt: skip
     index.check_model(fingerprint, model_name)
     missing = [entity for entity in model.config.entities if entity not in index.entities]
     if missing:

@@ -217,7 +217,7 @@ def untrained_entity_warning(model: str, index, entity: str) -> str | None:
     if record.is_file() and entity in json.loads(record.read_text(encoding="utf-8")).get("untagged_entities", []):
         return (f"{model} was trained on data without any {entity} tag: its {entity} region was never trained on "
                 f"tags, so this ranking does not reflect {entity}")  # fmt: skip
-    if not any(index.tag_values(entity)):
+    if not index.has_tag(entity):
         return (f"no product in {index} has a {entity} tag: nothing shows whether the {entity} region "
                 f"matches the query")  # fmt: skip
     return None

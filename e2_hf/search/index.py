@@ -331,6 +331,10 @@ class EmbeddingIndex:
         """Each row's tag of `entity` (as `Catalog.tag_values`)."""
         return [item.tags.get(entity) for item in self.items]
 
+    def has_tag(self, entity: str) -> bool:
+        """Whether any row has a tag of `entity`."""
+        return any(self.tag_values(entity))
+
     def value_sets(self, entity: str) -> list[tuple[str, ...]]:
         """Each row's values of `entity` (as `Catalog.value_sets`)."""
         return [item.values_of(entity) for item in self.items]

@@ -80,7 +80,8 @@ class MilvusIndex:
         self.client = client or _connect(self.uri, address)
         if not self._call("reading", self.client.has_collection, self.collection):
             raise EmbeddingIndexError(f"{address}: no collection {self.collection!r} (build one with e2-hf index)")
-        properties = self._call("reading", self.client.describe_collection, self.collection).get("properties") or {}
+        description = self._call("reading", self.client.describe_collection, self.collection)
+        properties = description.get("properties") or {}
         if properties.get("e2.format") != FORMAT:
             raise EmbeddingIndexError(f"{address}: collection {self.collection!r} was not made by e2-hf (its "
                                       "properties lack e2.format)")  # fmt: skip
@@ -91,8 +92,10 @@ class MilvusIndex:
             "dim": int(properties["e2.dim"]),
             "thumbnail_size": int(properties["e2.thumbnail_size"]),
             "index_type": properties.get("e2.index_type", "FLAT"),
-            "search_settings": json.loads(properties.get("e2.search_settings", "{}")),
         }
+        self.search_settings = SearchSettings.from_json(json.loads(properties.get("e2.search_settings", "{}")),
+                                                        address)  # fmt: skip
+        self._fields = {field["name"] for field in description["fields"]}
         self._check_schema()
         self._call("loading", self.client.load_collection, self.collection)  # a new client finds it released
         self.faiss_gpu = False
@@ -100,14 +103,25 @@ class MilvusIndex:
 
     # ------------------------------------------------------------------ creating
     @classmethod
+    def open_or_create(cls, address: str, model_name: str, fingerprint: str, entities: Sequence[str], dim: int,
+                       thumbnail_size: int, search_settings: SearchSettings | None = None) -> MilvusIndex:  # fmt: skip
+        """The collection at `address`, or a new one made with these settings where there is none."""
+        uri, collection = _parse_address(address)
+        client = _connect(uri, address)
+        if _call(address, "reading", client.has_collection, collection):
+            return cls(address, client)
+        return cls.create(address, model_name, fingerprint, entities, dim, thumbnail_size, search_settings, client)
+
+    @classmethod
     def create(cls, address: str, model_name: str, fingerprint: str, entities: Sequence[str], dim: int,
-               thumbnail_size: int, search_settings: SearchSettings | None = None) -> MilvusIndex:  # fmt: skip
+               thumbnail_size: int, search_settings: SearchSettings | None = None,
+               client: Any = None) -> MilvusIndex:  # fmt: skip
         """A new, empty collection at `address` (refused if it exists)."""
         uri, collection = _parse_address(address)
         for entity in entities:
             if not NAME.match(entity) or len(entity) > 200:
                 raise EmbeddingIndexError(f"entity {entity!r} cannot name a Milvus field: use letters, digits and _")
-        client = _connect(uri, address)
+        client = client or _connect(uri, address)
         if _call(address, "reading", client.has_collection, collection):
             raise EmbeddingIndexError(f"{address}: collection {collection!r} exists already")
         settings = search_settings or SearchSettings()
@@ -216,8 +230,11 @@ class MilvusIndex:
         """Each row's values of `entity` (as `EmbeddingIndex.value_sets`)."""
         return [item.values_of(entity) for item in self.items]
 
-    def tag_values(self, entity: str) -> list[str | None]:
-        return [row[f"tag_{entity}"] or None for row in self._all_rows([f"tag_{entity}"])]
+    def has_tag(self, entity: str) -> bool:
+        """Whether any stored product has a tag of `entity` (one filtered query, not a scan)."""
+        found = self._call("reading", self.client.query, self.collection, filter=f'tag_{entity} != ""', limit=1,
+                           output_fields=["product_id"])  # fmt: skip
+        return bool(found)
 
     def thumbnail(self, row: int) -> np.ndarray:
         found = self._call("reading", self.client.query, self.collection, filter=f"row == {int(row)}",
@@ -333,7 +350,7 @@ class MilvusIndex:
     def _search_params(self, top_k: int) -> dict[str, Any]:
         """The query-time settings of the index type, from the index's search settings (as the folder
         index's): HNSW's candidate list `ef` (at least `top_k`), IVF's lists probed."""
-        settings = SearchSettings.from_json(self.metadata["search_settings"], self.address)
+        settings = self.search_settings
         params = {"HNSW": {"ef": max(settings.hnsw_ef_search, top_k)},
                   "IVF_SQ8": {"nprobe": settings.ivf_probes}, "IVF_PQ": {"nprobe": settings.ivf_probes}}  # fmt: skip
         return {"metric_type": "IP", "params": params.get(self.metadata["index_type"], {})}
@@ -350,8 +367,7 @@ class MilvusIndex:
         return _call(self.address, doing, function, *args, **kwargs)
 
     def _check_schema(self) -> None:
-        fields = {field["name"] for field in self._call("reading", self.client.describe_collection,
-                                                         self.collection)["fields"]}  # fmt: skip
+        fields = self._fields
         needed = {"product_id", "row", "description", "item", "thumbnail", *map(vector_field, self.targets)}
         needed |= {f"tag_{entity}" for entity in self.entities}
         missing = sorted(needed - fields)
