@@ -1,5 +1,6 @@
 """The embedding index (round trip, incremental adds), entity-aware search and its PNG / HTML output."""
 
+import importlib.util
 import io
 import json
 import re
@@ -32,6 +33,25 @@ from .conftest import catalog_with_a_broken_image
 
 def run_cli(*arguments: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "e2_hf.cli", *arguments], capture_output=True, text=True, timeout=600)
+
+
+# the stores the search tests run on: the index folder, and a Milvus Lite file where the milvus extra
+# is installed (tests/test_milvus.py compares them, and a Milvus server, on the commands)
+STORES = ["folder", pytest.param("milvus-lite", marks=pytest.mark.skipif(
+    importlib.util.find_spec("milvus_lite") is None, reason="the milvus extra is not installed"))]  # fmt: skip
+
+
+def new_store(kind: str, path, *arguments):
+    """An empty index at `path`: a folder, or a Milvus Lite file `path.db` (`EmbeddingIndex.create`'s arguments)."""
+    if kind == "folder":
+        return EmbeddingIndex.create(path, *arguments)
+    from e2_hf.search.milvus import MilvusIndex
+
+    return MilvusIndex.create(f"milvus-lite:{path}.db", *arguments)
+
+
+def store_address(kind: str, path) -> str:
+    return str(path) if kind == "folder" else f"milvus-lite:{path}.db"
 
 
 @pytest.fixture(scope="module")
@@ -111,11 +131,15 @@ def test_adding_products_twice_is_refused_unless_skipped(model_and_processor, ca
     assert second.skipped_existing == first.added and second.total == 50 == len(EmbeddingIndex(index.folder))
 
 
-def test_an_index_refuses_another_model(model_and_processor, small_clip, cli_index):
+@pytest.mark.parametrize("kind", STORES)
+def test_an_index_refuses_another_model(model_and_processor, small_clip, tmp_path, kind):
+    model = model_and_processor[0]
+    address = store_address(kind, tmp_path / "index")
+    open_or_create_index(address, model, "e2", thumbnail_size=16).close()
     other = from_clip(str(small_clip), fusion_layers=[1, 2])  # new random E2 weights
-    assert model_fingerprint(other) != model_fingerprint(model_and_processor[0])
+    assert model_fingerprint(other) != model_fingerprint(model)
     with pytest.raises(EmbeddingIndexError, match="built with another model"):
-        open_or_create_index(cli_index, other, "other")
+        open_or_create_index(address, other, "other")
 
 
 def test_an_interrupted_add_leaves_the_committed_index_intact(model_and_processor, catalog, tmp_path):
@@ -134,10 +158,10 @@ def test_an_interrupted_add_leaves_the_committed_index_intact(model_and_processo
     assert not (index.folder / "faiss-00099-0.index").exists()
 
 
-def planted_index(folder, entities, dim, rows_per_shard=(30, 25)):
+def planted_index(folder, entities, dim, rows_per_shard=(30, 25), kind="folder"):
     """Random unit vectors in two shards; tests overwrite chosen rows to plant matches."""
     generator = torch.Generator().manual_seed(0)
-    index = EmbeddingIndex.create(folder, "planted", "fingerprint", entities, dim, thumbnail_size=8)
+    index = new_store(kind, folder, "planted", "fingerprint", entities, dim, 8)
     shards = []
     for shard, rows in enumerate(rows_per_shard):
         image = torch.randn(rows, dim, generator=generator)
@@ -147,8 +171,9 @@ def planted_index(folder, entities, dim, rows_per_shard=(30, 25)):
     return index, shards
 
 
-def test_search_finds_planted_matches_in_the_targeted_embedding(tmp_path):
-    index, shards = planted_index(tmp_path / "index", ["brand", "season"], dim=16)
+@pytest.mark.parametrize("kind", STORES)
+def test_search_finds_planted_matches_in_the_targeted_embedding(tmp_path, kind):
+    index, shards = planted_index(tmp_path / "index", ["brand", "season"], dim=16, kind=kind)
     query = torch.randn(16, generator=torch.Generator().manual_seed(1))
     shards[0][1][4, 0] = query  # row 4: brand region == query
     shards[1][1][7, 0] = query + 0.05 * torch.randn(16)  # row 37: brand region near the query
@@ -166,10 +191,11 @@ def test_search_finds_planted_matches_in_the_targeted_embedding(tmp_path):
         search_embedding(index, query, entity="colour")
 
 
-def test_text_search_goes_through_the_text_tower(model_and_processor, tmp_path):
+@pytest.mark.parametrize("kind", STORES)
+def test_text_search_goes_through_the_text_tower(model_and_processor, tmp_path, kind):
     model, processor = model_and_processor
     dim = model.config.projection_dim
-    index, shards = planted_index(tmp_path / "index", model.config.entities, dim)
+    index, shards = planted_index(tmp_path / "index", model.config.entities, dim, kind=kind)
     index.metadata["model_fingerprint"] = model_fingerprint(model)
     gucci = text_query_embedding(model, processor, "Gucci")
     shards[1][1][11, 0] = gucci  # brand region of row 41 matches "Gucci"
@@ -249,18 +275,22 @@ def test_html_results_render_as_a_grid_in_headless_chromium(model_and_processor,
     assert difference < 25  # the screenshot shows the top hit's picture where its card's image is
 
 
+@pytest.mark.parametrize("kind", STORES)
 @pytest.mark.parametrize("num_workers", [0, 1])
-def test_an_unreadable_image_stops_indexing_with_its_file_and_row(model_and_processor, tmp_path, num_workers):
+def test_an_unreadable_image_stops_indexing_with_its_file_and_row(model_and_processor, tmp_path, num_workers, kind):
     from e2_hf.data import ImageLoadError
+    from e2_hf.search import open_store
 
     model, processor = model_and_processor
     spec = catalog_with_a_broken_image(tmp_path)
-    index = open_or_create_index(tmp_path / "index", model, "e2", thumbnail_size=16)
-    with pytest.raises(ImageLoadError) as raised:
-        add_catalog(index, model, processor, spec, num_workers=num_workers)
+    address = store_address(kind, tmp_path / "index")
+    with open_or_create_index(address, model, "e2", thumbnail_size=16) as index:
+        with pytest.raises(ImageLoadError) as raised:
+            add_catalog(index, model, processor, spec, num_workers=num_workers)
     assert str(raised.value).startswith("catalog.jsonl row 2, view 0: unreadable image")
     assert "Traceback" not in str(raised.value)  # raised in this process, also with loader workers
-    assert len(EmbeddingIndex(index.folder)) == 0  # nothing of the catalog committed
+    with open_store(address) as reopened:
+        assert len(reopened) == 0  # nothing of the catalog committed
 
 
 def test_a_model_without_entities_gets_a_global_only_index(small_clip, catalog, tmp_path):

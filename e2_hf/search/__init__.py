@@ -1,6 +1,6 @@
-"""Entity-aware search: an on-disk index of global and regional embeddings searched with FAISS,
-text or image queries (one or a batch) against either, results as an image grid, an HTML page or
-JSON lines, and an export as a Hugging Face dataset."""
+"""Entity-aware search: an index of global and regional embeddings (a folder searched with FAISS,
+or a Milvus collection: `open_store`), text or image queries (one or a batch) against either,
+results as an image grid, an HTML page or JSON lines, and an export as a Hugging Face dataset."""
 
 from ..lazy import lazy_exports
 
@@ -12,8 +12,11 @@ _EXPORTS = {
     "SearchSettings": ".engine",
     "EmbeddingIndex": ".index",
     "EmbeddingIndexError": ".index",
+    "EmbeddingStore": ".index",
     "IndexItem": ".index",
     "model_fingerprint": ".index",
+    "MilvusIndex": ".milvus",
+    "open_store": ".milvus",
     "SearchHit": ".query",
     "SearchQuery": ".query",
     "read_queries": ".query",

@@ -122,7 +122,96 @@ def thumbnail_image(image: Image.Image, size: int) -> np.ndarray:
     return np.array(letterbox(resized))  # writable: torch.from_numpy takes it as is
 
 
-class EmbeddingIndex:
+class EmbeddingStore:
+    """What every store of an index shares (the folder, `EmbeddingIndex`; a Milvus collection,
+    `MilvusIndex`): `metadata` holds the model's name and fingerprint, the entities, the embedding
+    size and the thumbnail size; `items` every row's item in row order."""
+
+    metadata: dict[str, Any]
+    items: list[IndexItem]
+
+    @property
+    def entities(self) -> list[str]:
+        return list(self.metadata["entities"])
+
+    @property
+    def dim(self) -> int:
+        return int(self.metadata["dim"])
+
+    @property
+    def thumbnail_size(self) -> int:
+        return int(self.metadata["thumbnail_size"])
+
+    @property
+    def targets(self) -> list[str | None]:
+        """What can be searched: `GLOBAL` (None), then each entity."""
+        return [GLOBAL, *self.entities]
+
+    def check_model(self, fingerprint: str, model_name: str) -> None:
+        if fingerprint != self.metadata["model_fingerprint"]:
+            raise EmbeddingIndexError(
+                f"{self} was built with another model ({self.metadata['model']}, fingerprint "
+                f"{self.metadata['model_fingerprint']}); {model_name} has fingerprint {fingerprint}. "
+                "Embeddings of different models cannot be mixed: build a new index."
+            )
+
+    def entity_index(self, entity: str) -> int:
+        if entity not in self.metadata["entities"]:
+            known = ", ".join(self.metadata["entities"]) or "none"
+            raise EmbeddingIndexError(f"unknown entity {entity!r}; this index has regional embeddings for: {known}")
+        return self.metadata["entities"].index(entity)
+
+    def check_batch(self, image_embeds: torch.Tensor, region_embeds: torch.Tensor, thumbnails: np.ndarray,
+                    items: Sequence[IndexItem | dict[str, Any]]) -> None:  # fmt: skip
+        """A batch to add must fit this index: shapes, one item per row, finite values."""
+        rows = image_embeds.shape[0]
+        expected = {"image_embeds": (rows, self.dim), "region_embeds": (rows, len(self.entities), self.dim),
+                    "thumbnails": (rows, self.thumbnail_size, self.thumbnail_size, 3)}  # fmt: skip
+        actual = {"image_embeds": tuple(image_embeds.shape), "region_embeds": tuple(region_embeds.shape),
+                  "thumbnails": tuple(thumbnails.shape)}  # fmt: skip
+        for name, shape in expected.items():
+            if actual[name] != shape:
+                raise EmbeddingIndexError(f"{name} has shape {actual[name]}, this index needs {shape}")
+        if len(items) != rows:
+            raise EmbeddingIndexError(f"{len(items)} items for {rows} embeddings")
+        for name, values in (("image_embeds", image_embeds), ("region_embeds", region_embeds)):
+            if not torch.isfinite(values).all():
+                raise EmbeddingIndexError(f"{name} holds non-finite values: the model produced NaN or infinity")
+
+    @property
+    def tag_entities(self) -> list[str]:
+        """The entities whose tags the items carry: the model's, or for a model without entities
+        (a global-only index) every tag name found in the items."""
+        if self.entities:
+            return list(self.entities)
+        return sorted({entity for item in self.items for entity in item.tags})
+
+    def tag_values(self, entity: str) -> list[str | None]:
+        """Each row's tag of `entity` (as `Catalog.tag_values`)."""
+        return [item.tags.get(entity) for item in self.items]
+
+    def has_tag(self, entity: str) -> bool:
+        """Whether any row has a tag of `entity`."""
+        return any(self.tag_values(entity))
+
+    def value_sets(self, entity: str) -> list[tuple[str, ...]]:
+        """Each row's values of `entity` (as `Catalog.value_sets`)."""
+        return [item.values_of(entity) for item in self.items]
+
+    def product_ids(self) -> set[str]:
+        return {item.product_id for item in self.items}
+
+    def close(self) -> None:
+        """Releases what the store holds open."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exception) -> None:
+        self.close()
+
+
+class EmbeddingIndex(EmbeddingStore):
     """Read and extend an index folder. Create one with `EmbeddingIndex.create`, open with `EmbeddingIndex(folder)`.
     `faiss_gpu`: searches run on copies of the FAISS indices on every GPU FAISS sees (see `searcher`)."""
 
@@ -167,18 +256,6 @@ class EmbeddingIndex:
 
     # ------------------------------------------------------------------ properties
     @property
-    def entities(self) -> list[str]:
-        return list(self.metadata["entities"])
-
-    @property
-    def dim(self) -> int:
-        return int(self.metadata["dim"])
-
-    @property
-    def thumbnail_size(self) -> int:
-        return int(self.metadata["thumbnail_size"])
-
-    @property
     def storage_dtype(self) -> str:
         return self.metadata["storage_dtype"]
 
@@ -186,27 +263,8 @@ class EmbeddingIndex:
     def search_settings(self) -> SearchSettings:
         return SearchSettings.from_json(self.metadata["search"]["settings"], str(self.folder / METADATA_FILE))
 
-    @property
-    def targets(self) -> list[str | None]:
-        """What can be searched: `GLOBAL` (None), then each entity."""
-        return [GLOBAL, *self.entities]
-
     def __len__(self) -> int:
         return int(self.metadata["rows"])
-
-    def check_model(self, fingerprint: str, model_name: str) -> None:
-        if fingerprint != self.metadata["model_fingerprint"]:
-            raise EmbeddingIndexError(
-                f"{self.folder} was built with another model ({self.metadata['model']}, fingerprint "
-                f"{self.metadata['model_fingerprint']}); {model_name} has fingerprint {fingerprint}. "
-                "Embeddings of different models cannot be mixed: build a new index."
-            )
-
-    def entity_index(self, entity: str) -> int:
-        if entity not in self.metadata["entities"]:
-            known = ", ".join(self.metadata["entities"]) or "none"
-            raise EmbeddingIndexError(f"unknown entity {entity!r}; this index has regional embeddings for: {known}")
-        return self.metadata["entities"].index(entity)
 
     def tensor_name(self, target: str | None) -> str:
         """The shard tensor holding `target`'s vectors: the global one, or an entity's region."""
@@ -270,6 +328,19 @@ class EmbeddingIndex:
                 yield offset + start, block
             offset += rows
 
+    def read_rows(self, batch_size: int = 1000, with_thumbnails: bool = True):
+        """Every row in row order, in batches: `(items, image_embeds [n, dim], region_embeds
+        [n, entities, dim], thumbnails [n, s, s, 3] or None)`, as stored."""
+        items = self.items
+        vectors = {target: self.iter_vectors(target, block_rows=batch_size) for target in self.targets}
+        for first, image in vectors[GLOBAL]:
+            regions = [next(vectors[entity])[1] for entity in self.entities]
+            rows = range(first, first + len(image))
+            region_tensor = (torch.from_numpy(np.stack(regions, axis=1)) if regions
+                             else torch.zeros(len(image), 0, self.dim))  # fmt: skip
+            thumbnails = np.stack([self.thumbnail(row) for row in rows]) if with_thumbnails else None
+            yield [items[row] for row in rows], torch.from_numpy(image), region_tensor, thumbnails
+
     def read_all(self, name: str) -> np.ndarray:
         """One stored tensor of every row, in memory (for tests and small indexes); embeddings as float32."""
         blocks = [handle.get_slice(name)[:] for handle in self.shards]
@@ -319,29 +390,6 @@ class EmbeddingIndex:
                     ) from None
         return lines
 
-    @property
-    def tag_entities(self) -> list[str]:
-        """The entities whose tags the items carry: the model's, or for a model without entities
-        (a global-only index) every tag name found in the items."""
-        if self.entities:
-            return list(self.entities)
-        return sorted({entity for item in self.items for entity in item.tags})
-
-    def tag_values(self, entity: str) -> list[str | None]:
-        """Each row's tag of `entity` (as `Catalog.tag_values`)."""
-        return [item.tags.get(entity) for item in self.items]
-
-    def has_tag(self, entity: str) -> bool:
-        """Whether any row has a tag of `entity`."""
-        return any(self.tag_values(entity))
-
-    def value_sets(self, entity: str) -> list[tuple[str, ...]]:
-        """Each row's values of `entity` (as `Catalog.value_sets`)."""
-        return [item.values_of(entity) for item in self.items]
-
-    def product_ids(self) -> set[str]:
-        return {item.product_id for item in self.items}
-
     # ------------------------------------------------------------------ searching
     def nearest(self, queries: np.ndarray, target: str | None, top_k: int,
                 where: Mapping[str, str] | None = None) -> list[list[tuple[float, IndexItem]]]:  # fmt: skip
@@ -376,9 +424,6 @@ class EmbeddingIndex:
 
     def __str__(self) -> str:
         return str(self.folder)
-
-    def close(self) -> None:
-        """Nothing to close (as `MilvusIndex.close`): files are opened as they are read."""
 
     # ------------------------------------------------------------------ FAISS indices
     def _search_file(self, target: str | None) -> dict[str, Any] | None:
@@ -523,19 +568,8 @@ class EmbeddingIndex:
         (both L2-normalised here unless `normalize=False`: rows copied from another index as stored),
         `thumbnails [n, size, size, 3]` uint8 and one item per row. The FAISS indices take the rows
         at the next `commit_search_indices` (searches see them at once)."""
+        self.check_batch(image_embeds, region_embeds, thumbnails, items)
         rows = image_embeds.shape[0]
-        expected = {"image_embeds": (rows, self.dim), "region_embeds": (rows, len(self.entities), self.dim),
-                    "thumbnails": (rows, self.thumbnail_size, self.thumbnail_size, 3)}  # fmt: skip
-        actual = {"image_embeds": tuple(image_embeds.shape), "region_embeds": tuple(region_embeds.shape),
-                  "thumbnails": tuple(thumbnails.shape)}  # fmt: skip
-        for name, shape in expected.items():
-            if actual[name] != shape:
-                raise EmbeddingIndexError(f"{name} has shape {actual[name]}, this index needs {shape}")
-        if len(items) != rows:
-            raise EmbeddingIndexError(f"{len(items)} items for {rows} embeddings")
-        for name, values in (("image_embeds", image_embeds), ("region_embeds", region_embeds)):
-            if not torch.isfinite(values).all():
-                raise EmbeddingIndexError(f"{name} holds non-finite values: the model produced NaN or infinity")
         if rows == 0:
             return
         records = [item.to_json() if isinstance(item, IndexItem) else dict(item) for item in items]

@@ -3,7 +3,6 @@ then the row counts and a sample of vectors checked on both sides."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,7 +11,7 @@ from tqdm.auto import tqdm
 
 from ..errors import EmbeddingIndexError
 from .engine import SearchSettings
-from .index import GLOBAL, EmbeddingIndex, IndexItem, check_new_index_folder, writer_lock
+from .index import EmbeddingIndex, check_new_index_folder, writer_lock
 from .milvus import MilvusIndex, is_milvus_address, open_store
 
 SAMPLE_ROWS = 200  # rows whose vectors are compared after a migration
@@ -72,27 +71,9 @@ def _create_like(origin, target: str, settings: SearchSettings | None):
 
 def _copy(origin, destination, batch_rows: int) -> None:
     with tqdm(total=len(origin), desc=f"migrating to {destination}", unit="row") as progress:
-        for items, image, regions, thumbnails in _batches(origin, batch_rows):
+        for items, image, regions, thumbnails in origin.read_rows(batch_rows):
             destination.add(image, regions, thumbnails, items, items[0].source if items else "", normalize=False)
             progress.update(len(items))
-
-
-def _batches(
-    origin, batch_rows: int, with_thumbnails: bool = True
-) -> Iterator[tuple[list[IndexItem], torch.Tensor, torch.Tensor, np.ndarray | None]]:
-    """`(items, image [n, dim], regions [n, entities, dim], thumbnails)` of every row, in row order."""
-    if isinstance(origin, MilvusIndex):
-        yield from origin.read_rows(batch_rows, with_thumbnails)
-        return
-    items = origin.items
-    vectors = {target: origin.iter_vectors(target, block_rows=batch_rows) for target in origin.targets}
-    for first, image in vectors[GLOBAL]:
-        regions = [next(vectors[entity])[1] for entity in origin.entities]
-        rows = range(first, first + len(image))
-        region_tensor = (torch.from_numpy(np.stack(regions, axis=1)) if regions
-                         else torch.zeros(len(image), 0, origin.dim))  # fmt: skip
-        thumbnails = np.stack([origin.thumbnail(row) for row in rows]) if with_thumbnails else None
-        yield [items[row] for row in rows], torch.from_numpy(image), region_tensor, thumbnails
 
 
 def _compare_sample(origin, destination) -> tuple[int, float]:
@@ -113,7 +94,7 @@ def _compare_sample(origin, destination) -> tuple[int, float]:
 def _vectors_of(index, rows: set[int] | None) -> dict[str, np.ndarray]:
     """`{product id: [targets, dim]}` of the rows whose position is in `rows` (all with None)."""
     found = {}
-    for items, image, regions, _ in _batches(index, 1000, with_thumbnails=False):
+    for items, image, regions, _ in index.read_rows(1000, with_thumbnails=False):
         for position, item in enumerate(items):
             if rows is None or item.row in rows:
                 stacked = torch.cat([image[position : position + 1], regions[position]], dim=0)

@@ -9,7 +9,9 @@ Store addresses (`open_store`):
     ...#NAME                    the collection (default `e2_index`)
 
 A server's token (`user:password` or an API key) comes from the `MILVUS_TOKEN` environment
-variable; it is passed to the client only, never written to a file or a message.
+variable; it is passed to the client only, never written to a file or a message. An `https://`
+server is verified against the system's certificate authorities, or against the PEM file named by
+`MILVUS_CA_CERT` (a private authority, or the server's own certificate).
 
 One collection holds one row per product: `product_id` (the primary key: adding a product again
 replaces it, so re-running an add changes nothing), `row` (its position, in the order products were
@@ -41,18 +43,22 @@ from PIL import Image
 from ..errors import EmbeddingIndexError
 from ..extras import require
 from .engine import INDEX_TYPES, SearchSettings
-from .index import GLOBAL, EmbeddingIndex, IndexItem
+from .index import GLOBAL, EmbeddingIndex, EmbeddingStore, IndexItem
 
 LITE_PREFIX = "milvus-lite:"
 SERVER_PREFIXES = ("milvus://", "http://", "https://")
 DEFAULT_COLLECTION = "e2_index"
 TOKEN_VARIABLE = "MILVUS_TOKEN"
+CA_VARIABLE = "MILVUS_CA_CERT"  # a PEM file to trust for an https:// server with a private certificate
 FORMAT = "e2-hf milvus 1"
 TEXT_LIMIT = 65_535  # Milvus' longest VARCHAR
 ID_LIMIT = 1_024
 DEFAULT_VECTOR_FIELD_LIMIT = 4  # a server's proxy.maxVectorFieldNum unless raised
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 ROW_FIELDS = ("row", "product_id", "description", "item")
+# reads that decide what is written (row numbers, products present) see every write made before them;
+# searches keep the collection's own level (a server's default, Bounded, shows a write within seconds)
+READ_CONSISTENCY = "Strong"
 
 
 def is_milvus_address(address: str | os.PathLike) -> bool:
@@ -70,7 +76,7 @@ def vector_field(target: str | None) -> str:
     return "global" if target is GLOBAL else f"region_{target}"
 
 
-class MilvusIndex:
+class MilvusIndex(EmbeddingStore):
     """An index in a Milvus collection. Open an existing one with `MilvusIndex(address)`; make one
     with `MilvusIndex.create`."""
 
@@ -143,33 +149,19 @@ class MilvusIndex:
                 hint = (f" This index needs {vectors} vector fields (global + {len(entities)} entities); a Milvus "
                         f"server allows {DEFAULT_VECTOR_FIELD_LIMIT} per collection unless proxy.maxVectorFieldNum "
                         f"is raised (to at most 10).")  # fmt: skip
-            raise EmbeddingIndexError(f"{address}: cannot create collection {collection!r}: {error}.{hint}") from None
+            raise EmbeddingIndexError(f"{address}: cannot create collection {collection!r}: {_describe(error)}.{hint}"
+                                      ) from None  # fmt: skip
         return cls(address, client)
 
     # ------------------------------------------------------------------ properties
     @property
-    def entities(self) -> list[str]:
-        return list(self.metadata["entities"])
-
-    @property
-    def dim(self) -> int:
-        return self.metadata["dim"]
-
-    @property
-    def thumbnail_size(self) -> int:
-        return self.metadata["thumbnail_size"]
-
-    @property
     def storage_dtype(self) -> str:
         return "float32"
 
-    @property
-    def targets(self) -> list[str | None]:
-        return [GLOBAL, *self.entities]
-
     def __len__(self) -> int:
-        stats = self._call("reading", self.client.get_collection_stats, self.collection)
-        return int(stats["row_count"])
+        counted = self._call("reading", self.client.query, self.collection, filter="", output_fields=["count(*)"],
+                             consistency_level=READ_CONSISTENCY)  # fmt: skip
+        return int(counted[0]["count(*)"])
 
     def __str__(self) -> str:
         return self.address
@@ -182,26 +174,6 @@ class MilvusIndex:
             from milvus_lite.server_manager import server_manager_instance
 
             server_manager_instance.release_server(self.uri)
-
-    def __enter__(self) -> MilvusIndex:
-        return self
-
-    def __exit__(self, *exception) -> None:
-        self.close()
-
-    def check_model(self, fingerprint: str, model_name: str) -> None:
-        if fingerprint != self.metadata["model_fingerprint"]:
-            raise EmbeddingIndexError(
-                f"{self.address} was built with another model ({self.metadata['model']}, fingerprint "
-                f"{self.metadata['model_fingerprint']}); {model_name} has fingerprint {fingerprint}. "
-                "Embeddings of different models cannot be mixed: build a new index."
-            )
-
-    def entity_index(self, entity: str) -> int:
-        if entity not in self.entities:
-            known = ", ".join(self.entities) or "none"
-            raise EmbeddingIndexError(f"unknown entity {entity!r}; this index has regional embeddings for: {known}")
-        return self.entities.index(entity)
 
     def reload(self) -> None:
         """Nothing to re-read: every call asks the server."""
@@ -226,19 +198,15 @@ class MilvusIndex:
         rows = sorted(self._all_rows(list(ROW_FIELDS)), key=lambda row: row["row"])
         return [_item(row) for row in rows]
 
-    def value_sets(self, entity: str) -> list[tuple[str, ...]]:
-        """Each row's values of `entity` (as `EmbeddingIndex.value_sets`)."""
-        return [item.values_of(entity) for item in self.items]
-
     def has_tag(self, entity: str) -> bool:
         """Whether any stored product has a tag of `entity` (one filtered query, not a scan)."""
         found = self._call("reading", self.client.query, self.collection, filter=f'tag_{entity} != ""', limit=1,
-                           output_fields=["product_id"])  # fmt: skip
+                           output_fields=["product_id"], consistency_level=READ_CONSISTENCY)  # fmt: skip
         return bool(found)
 
     def thumbnail(self, row: int) -> np.ndarray:
         found = self._call("reading", self.client.query, self.collection, filter=f"row == {int(row)}",
-                           output_fields=["thumbnail"])  # fmt: skip
+                           output_fields=["thumbnail"], consistency_level=READ_CONSISTENCY)  # fmt: skip
         if not found:
             raise EmbeddingIndexError(f"{self.address}: no row {row}")
         return _decode_thumbnail(found[0]["thumbnail"])
@@ -260,7 +228,7 @@ class MilvusIndex:
 
     def _all_rows(self, fields: list[str]) -> list[dict[str, Any]]:
         iterator = self._call("reading", self.client.query_iterator, self.collection, batch_size=1000,
-                              output_fields=fields)  # fmt: skip
+                              output_fields=fields, consistency_level=READ_CONSISTENCY)  # fmt: skip
         rows = []
         while True:
             batch = self._call("reading", iterator.next)
@@ -276,18 +244,9 @@ class MilvusIndex:
         L2-normalised here unless `normalize=False`, `thumbnails [n, size, size, 3]` uint8, one item
         per row). Each row keeps its item's `row` when it has one (>= 0); the others are numbered
         after the rows there."""
-        rows = image_embeds.shape[0]
-        if tuple(image_embeds.shape) != (rows, self.dim) or tuple(region_embeds.shape) != (rows, len(self.entities),
-                                                                                             self.dim):  # fmt: skip
-            raise EmbeddingIndexError(f"embeddings of shape {tuple(image_embeds.shape)} and "
-                                      f"{tuple(region_embeds.shape)} do not fit this index ({self.dim})")  # fmt: skip
-        if len(items) != rows:
-            raise EmbeddingIndexError(f"{len(items)} items for {rows} embeddings")
-        if rows == 0:
+        self.check_batch(image_embeds, region_embeds, thumbnails, items)
+        if len(items) == 0:
             return
-        for name, values in (("image_embeds", image_embeds), ("region_embeds", region_embeds)):
-            if not torch.isfinite(values).all():
-                raise EmbeddingIndexError(f"{name} holds non-finite values: the model produced NaN or infinity")
         next_row = None
         unit = (lambda values: F.normalize(values, dim=-1)) if normalize else (lambda values: values)
         image, regions = (unit(values.float()).cpu().numpy() for values in (image_embeds, region_embeds))
@@ -396,17 +355,26 @@ def _parse_address(address: str) -> tuple[str, str]:
 # Milvus Lite's in-process server does not implement the timestamp call pymilvus' query iterator
 # starts with; both log a traceback for it although the reads succeed (the iterator falls back)
 LITE_NOISE = ("grpc._server", "pymilvus.client.iterator.query_iterator")
+# pymilvus logs each failed call with its traceback before raising it; the error is reported once, here
+CLIENT_NOISE = "pymilvus.decorators"
 
 
 def _connect(uri: str, address: str):
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # gRPC's own log lines would repeat the error reported here
     pymilvus = require("pymilvus", "a Milvus index")
+    logging.getLogger(CLIENT_NOISE).setLevel(logging.CRITICAL)
     if uri.endswith(".db"):
         require("milvus_lite", "a Milvus Lite file")
         for name in LITE_NOISE:
             logging.getLogger(name).setLevel(logging.CRITICAL)
         return _call(address, "opening", pymilvus.MilvusClient, uri)
     token = os.environ.get(TOKEN_VARIABLE, "")
-    return _call(address, "connecting to", pymilvus.MilvusClient, uri=uri, token=token, timeout=10)
+    tls = {}
+    if uri.startswith("https://") and os.environ.get(CA_VARIABLE):
+        if not os.path.isfile(os.environ[CA_VARIABLE]):
+            raise EmbeddingIndexError(f"{CA_VARIABLE}={os.environ[CA_VARIABLE]}: no such certificate file")
+        tls = {"server_pem_path": os.environ[CA_VARIABLE]}
+    return _call(address, "connecting to", pymilvus.MilvusClient, uri=uri, token=token, timeout=10, **tls)
 
 
 def _call(address: str, doing: str, function, *args, **kwargs):
@@ -416,8 +384,25 @@ def _call(address: str, doing: str, function, *args, **kwargs):
     except EmbeddingIndexError:
         raise
     except Exception as error:  # noqa: BLE001 - pymilvus and grpc raise many types
-        message = str(error).replace(os.environ.get(TOKEN_VARIABLE) or "\0", "***")
+        message = _describe(error).replace(os.environ.get(TOKEN_VARIABLE) or "\0", "***")
         raise EmbeddingIndexError(f"Milvus error {doing} {address}: {message}") from None
+
+
+def _describe(error: Exception) -> str:
+    """The error in one line. pymilvus reports any failed connection as "illegal connection params
+    or server unavailable"; the gRPC status it wraps says which."""
+    cause = error.__cause__
+    status = cause.code().name if callable(getattr(cause, "code", None)) else ""
+    if status == "UNAUTHENTICATED":
+        if os.environ.get(TOKEN_VARIABLE):
+            return f"the server refused the token in {TOKEN_VARIABLE} ({cause.details()})"
+        return f"the server needs a token: set {TOKEN_VARIABLE} to user:password or an API key ({cause.details()})"
+    if status == "UNAVAILABLE" and "CERTIFICATE_VERIFY_FAILED" in cause.details():
+        return (f"the server's TLS certificate is not trusted: set {CA_VARIABLE} to the PEM file of its certificate "
+                f"authority ({cause.details()})")  # fmt: skip
+    if status == "UNAVAILABLE":
+        return f"cannot reach the server ({cause.details()})"
+    return " ".join(str(getattr(error, "message", None) or error).split())
 
 
 def _schema(client, entities: Sequence[str], dim: int):
