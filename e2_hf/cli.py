@@ -121,9 +121,11 @@ def _add_tag(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--image", action="append", help="tag this image; repeat for more")
     source.add_argument("--data", help="measure accuracy on this catalog (data spec), regional vs global")
+    source.add_argument("--index", help="measure accuracy on an index's products from their stored embeddings: "
+                                        "a folder, milvus-lite:FILE.db or milvus://HOST:PORT")  # fmt: skip
     add_catalog_reading_arguments(parser)
-    parser.add_argument("--candidates", help="JSON file {entity: [tags]} or a data spec to take distinct tags from "
-                                             "(default with --data: that catalog's tags)")  # fmt: skip
+    parser.add_argument("--candidates", help="JSON file {entity: [tags]}, or a data spec or an index to take "
+                                             "distinct tags from (default with --data, --index: its tags)")  # fmt: skip
     parser.add_argument("--entity", action="append", help="only these entities (default: all with candidates)")
     parser.add_argument("--top-k", type=int, default=3, help="--image: tags shown per entity")
     parser.add_argument("--source", choices=TAG_SOURCES, default="region", help="--image: embedding to score")

@@ -10,6 +10,7 @@ baseline that `tagging_accuracy` and `e2-hf tag --data` compare against.
 
     e2-hf tag --model M --image a.jpg --candidates tags.json        # predictions per image
     e2-hf tag --model M --data jsonl:catalog.jsonl:validation       # accuracy, regional vs global
+    e2-hf tag --model M --index milvus-lite:catalog.db              # the same from an index's stored embeddings
 """
 
 from __future__ import annotations
@@ -118,10 +119,31 @@ def zero_shot_tags(
     return predictions
 
 
+@dataclass
+class StoredEmbeddings:
+    """An index's image embeddings read back for `tagging_accuracy` (nothing is embedded again)."""
+
+    image_embeds: torch.Tensor  # [rows, dim]
+    region_embeds: torch.Tensor | None  # [rows, entities, dim]; None for a global-only index
+    catalog: Any  # the store itself: its value_sets(entity) give each row's tags
+    entities: list[str]
+
+    @classmethod
+    def read(cls, store) -> StoredEmbeddings:
+        """Every row of `store` (an index folder or a Milvus store), in row order."""
+        images, regions = [], []
+        for _, image, region, _ in store.read_rows(with_thumbnails=False):
+            images.append(image.float())
+            regions.append(region.float())
+        image_embeds = torch.cat(images) if images else torch.zeros(0, store.dim)
+        region_embeds = torch.cat(regions) if regions else torch.zeros(0, len(store.entities), store.dim)
+        return cls(image_embeds, region_embeds if store.entities else None, store, store.entities)
+
+
 def tagging_accuracy(
     model: E2CLIPModel,
     processor: E2CLIPProcessor,
-    embeddings: CatalogEmbeddings,
+    embeddings: CatalogEmbeddings | StoredEmbeddings,
     candidates: Mapping[str, Sequence[str]] | None = None,
     device: str = "cpu",
 ) -> dict[str, dict[str, Any]]:
@@ -200,10 +222,15 @@ def accuracy_table(results: Mapping[str, Mapping[str, Any]]) -> str:
 # Command line
 # ---------------------------------------------------------------------------------------------
 def load_candidates(value: str | None, entities: Sequence[str]) -> dict[str, list[str]] | None:
-    """`--candidates`: a JSON file `{"brand": ["Gucci", ...], ...}`, or a data spec whose distinct
-    tags of `entities` are used."""
+    """`--candidates`: a JSON file `{"brand": ["Gucci", ...], ...}`, or a data spec or an index (a
+    folder or a Milvus store) whose distinct tags of `entities` are used."""
     if value is None:
         return None
+    if _is_store(value):
+        from .search import open_store
+
+        with open_store(value) as store:
+            return catalog_candidates(store, entities)
     if ":" in value and not Path(value).is_file():
         from .data import open_catalog
 
@@ -236,11 +263,19 @@ def run(args: argparse.Namespace) -> None:
         candidates = {entity: candidates[entity] for entity in args.entity}
     if args.image:
         result = _tag_images(args, model, processor, candidates)
+    elif args.index:
+        result = _measure_index(args, model, processor, candidates, device)
     else:
         result = _measure(args, model, processor, candidates, device, dtype)
     if args.output:
         Path(args.output).write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         print(f"wrote {args.output}")
+
+
+def _is_store(value: str) -> bool:
+    from .search.milvus import is_milvus_address
+
+    return is_milvus_address(value) or (Path(value) / "index.json").is_file()
 
 
 def _tag_images(args, model, processor, candidates) -> list[dict[str, Any]]:
@@ -275,3 +310,20 @@ def _measure(args, model, processor, candidates, device, dtype) -> dict[str, Any
     print(f"zero-shot tagging top-1 accuracy (%) on {args.data}, {len(embeddings.catalog)} products:")
     print(accuracy_table(results))
     return {"model": str(args.model), "data": args.data, "accuracy": results}
+
+
+def _measure_index(args, model, processor, candidates, device) -> dict[str, Any]:
+    """Accuracy on the products of an index, from the embeddings it stores (the model must be the
+    one that built it; its tags are the truth)."""
+    from .search import model_fingerprint, open_store
+
+    with open_store(args.index) as store:
+        store.check_model(model_fingerprint(model), str(args.model))
+        embeddings = StoredEmbeddings.read(store)
+        if candidates is None and args.entity:
+            candidates = catalog_candidates(store, args.entity)
+        results = tagging_accuracy(model, processor, embeddings, candidates, device)
+        rows = len(embeddings.image_embeds)
+    print(f"zero-shot tagging top-1 accuracy (%) on {args.index}, {rows} products (stored embeddings):")
+    print(accuracy_table(results))
+    return {"model": str(args.model), "index": str(args.index), "accuracy": results}
