@@ -10,7 +10,8 @@ whole image or by one entity's region.
 On a Space, `e2-hf build-space` lays out `app.py` with `model/`, `index/` and a copy of `e2_hf`
 beside it; the arguments then default to those folders (or to $E2_MODEL and $E2_INDEX). The index
 may also be a Milvus store (`milvus://HOST:PORT` or `https://...`, with the token in the Space's
-MILVUS_TOKEN secret; the `milvus` extra in its requirements).
+MILVUS_TOKEN secret; the `milvus` extra in its requirements): `build-space --index` writes its
+address into `index.txt` beside `app.py`.
 """
 
 from __future__ import annotations
@@ -130,10 +131,16 @@ def build_demo(space: E2Space) -> gr.Blocks:
     return demo
 
 
+def default_index() -> str:
+    """The bundled index folder, or the Milvus store whose address `e2-hf build-space --index` wrote."""
+    address = HERE / "index.txt"
+    return address.read_text(encoding="utf-8").strip() if address.is_file() else str(HERE / "index")
+
+
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=os.environ.get("E2_MODEL", str(HERE / "model")))
-    parser.add_argument("--index", default=os.environ.get("E2_INDEX", str(HERE / "index")))
+    parser.add_argument("--index", default=os.environ.get("E2_INDEX") or default_index())
     parser.add_argument("--candidates", help="JSON file {entity: [tags]} (default: the index's tags)")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
