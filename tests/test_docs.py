@@ -19,13 +19,32 @@ def code_blocks(page: Path, languages: tuple[str, ...]) -> list[str]:
     return [match.group(2) for match in FENCE.finditer(page.read_text()) if match.group(1) in languages]
 
 
+def shell_words(line: str) -> list[str]:
+    """The words of a shell line as bash splits them: `#` starts a comment only at the start of a
+    word (`milvus://host:19530#shop` is one word), never inside quotes."""
+    lexer = shlex.shlex(line, posix=True)
+    lexer.whitespace_split, lexer.commenters = True, ""
+    words = []
+    for word in lexer:
+        if word.startswith("#") and not _quoted_at(line, word):
+            break
+        words.append(word)
+    return words
+
+
+def _quoted_at(line: str, word: str) -> bool:
+    """Whether `word`'s first appearance in `line` follows an opening quote."""
+    start = line.find(word)
+    return start > 0 and line[start - 1] in "'\""
+
+
 def documented_commands(block: str) -> list[list[str]]:
     """Each `e2-hf ...` command of a shell block as its arguments (continuations joined, comments
     and `&&` chains split, `accelerate launch ... -m e2_hf.cli` included)."""
     commands = []
     for line in block.replace("\\\n", " ").splitlines():
         for part in line.split("&&"):
-            words = shlex.split(part, comments=True)
+            words = shell_words(part)
             if "e2-hf" in words:
                 commands.append(words[words.index("e2-hf") + 1 :])
             elif words[-2:] and "e2_hf.cli" in words:

@@ -1,7 +1,10 @@
-"""The Milvus store (a Milvus Lite file here) against the folder index: same answers, idempotent
-upserts, resumable adds, lossless migration both ways, one-line errors."""
+"""The Milvus stores against the folder index: a Milvus Lite file, and a Milvus server on 127.0.0.1
+(the Milvus protocol over TCP, with a token and the vector-field limit; see milvus_server.py). Same
+answers, idempotent upserts, resumable adds, several processes upserting at once, lossless
+migration both ways, one-line errors."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -19,13 +22,30 @@ from e2_hf.search.query import search_embeddings, search_texts, search_weighted,
 pytest.importorskip("pymilvus", reason="the milvus extra (pymilvus) is not installed")
 pytest.importorskip("milvus_lite", reason="the milvus extra (milvus-lite) is not installed")
 
-from e2_hf.search.milvus import MilvusIndex  # noqa: E402
+from e2_hf.search.milvus import CA_VARIABLE, TOKEN_VARIABLE, MilvusIndex  # noqa: E402
+
+from .milvus_server import milvus_server, self_signed_certificate  # noqa: E402
+from .test_distributed import free_port  # noqa: E402
 
 QUERIES = ["Lumen", "FW2016", "DRESSES", "100% wool", "navy dress with a small logo"]
+MILVUS_STORES = ("milvus-lite", "milvus-server")
+TOKEN = "root:not-the-default-1"
 
 
-def run_cli(*arguments: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "e2_hf.cli", *arguments], capture_output=True, text=True, timeout=600)
+def run_cli(*arguments: str, token: str | None = TOKEN, **variables: str) -> subprocess.CompletedProcess:
+    environment = {key: value for key, value in os.environ.items() if key != TOKEN_VARIABLE}
+    environment.update({TOKEN_VARIABLE: token} if token is not None else {}, **variables)
+    return subprocess.run([sys.executable, "-m", "e2_hf.cli", *arguments], capture_output=True, text=True, timeout=600,
+                          env=environment)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A Milvus server that allows the 5 vector fields E2 needs (proxy.maxVectorFieldNum raised)."""
+    with milvus_server(tmp_path_factory.mktemp("milvus-server"), token=TOKEN, max_vector_fields=10) as running:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv(TOKEN_VARIABLE, TOKEN)  # for the stores this process opens
+            yield running
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +54,11 @@ def model_and_processor(e2_model_dir):
 
 
 @pytest.fixture(scope="module")
-def both_stores(e2_model_dir, catalog, tmp_path_factory):
-    """The catalog indexed by the command into a folder and into a Milvus Lite file, both exact."""
+def stores(e2_model_dir, catalog, server, tmp_path_factory):
+    """The catalog indexed by the command into a folder, a Milvus Lite file and a Milvus server, all exact."""
     folder = tmp_path_factory.mktemp("stores")
-    stores = {"folder": str(folder / "index"), "milvus": f"milvus-lite:{folder / 'catalog.db'}#shop"}
+    stores = {"folder": str(folder / "index"), "milvus-lite": f"milvus-lite:{folder / 'catalog.db'}#shop",
+              "milvus-server": f"{server.address}#shop"}  # fmt: skip
     for store in stores.values():
         built = run_cli("index", "--model", str(e2_model_dir), "--data", f"jsonl:{catalog / 'catalog.jsonl'}",
                         "--output", store, "--index-type", "flat", "--batch-size", "16")  # fmt: skip
@@ -49,10 +70,11 @@ def answers(hits_per_query):
     return [[(hit.item.product_id, round(hit.score, 4)) for hit in hits] for hits in hits_per_query]
 
 
-def test_flat_search_gives_the_same_ids_in_the_same_order_on_both(model_and_processor, both_stores):
+@pytest.mark.parametrize("kind", MILVUS_STORES)
+def test_flat_search_gives_the_same_ids_in_the_same_order_as_the_folder(model_and_processor, stores, kind):
     model, processor = model_and_processor
-    with MilvusIndex(both_stores["milvus"]) as milvus:
-        same_flat_answers(model, processor, EmbeddingIndex(both_stores["folder"]), milvus)
+    with MilvusIndex(stores[kind]) as milvus:
+        same_flat_answers(model, processor, EmbeddingIndex(stores["folder"]), milvus)
 
 
 def same_flat_answers(model, processor, folder, milvus):
@@ -68,10 +90,11 @@ def same_flat_answers(model, processor, folder, milvus):
             assert [hit.row for hit in hits] == [hit.row for hit in reference]  # rows in the order added
 
 
-def test_weighted_and_filtered_queries_rank_alike_on_both(model_and_processor, both_stores):
+@pytest.mark.parametrize("kind", MILVUS_STORES)
+def test_weighted_and_filtered_queries_rank_as_on_the_folder(model_and_processor, stores, kind):
     model, processor = model_and_processor
-    with MilvusIndex(both_stores["milvus"]) as milvus:
-        same_weighted_answers(model, processor, EmbeddingIndex(both_stores["folder"]), milvus)
+    with MilvusIndex(stores[kind]) as milvus:
+        same_weighted_answers(model, processor, EmbeddingIndex(stores["folder"]), milvus)
 
 
 def same_weighted_answers(model, processor, folder, milvus):
@@ -88,26 +111,26 @@ def same_weighted_answers(model, processor, folder, milvus):
     assert all(hit.item.tags["brand"] == where["brand"] for hits in actual for hit in hits)
 
 
-def test_the_search_command_reads_a_milvus_store(e2_model_dir, both_stores, tmp_path):
+def test_the_search_command_reads_a_milvus_store(e2_model_dir, stores, tmp_path):
     outputs = {}
-    for name, store in both_stores.items():
+    for name, store in stores.items():
         output = tmp_path / f"{name}.html"
         searched = run_cli("search", "--model", str(e2_model_dir), "--index", store, "--query", "Lumen",
                            "--weights", "global=0.5,brand=0.5", "--output", str(output))  # fmt: skip
         assert searched.returncode == 0, searched.stderr[-3000:]
         outputs[name] = [line.split()[2] for line in searched.stdout.splitlines() if line.startswith("#")]
         assert output.read_text().count("<img") == 10  # thumbnails come from the store
-    assert outputs["folder"] == outputs["milvus"] and len(outputs["folder"]) == 10
+    assert outputs["folder"] == outputs["milvus-lite"] == outputs["milvus-server"] and len(outputs["folder"]) == 10
 
 
-def test_a_queries_file_of_texts_and_images_gives_the_same_hits_on_both(e2_model_dir, catalog, both_stores, tmp_path):
+def test_a_queries_file_of_texts_and_images_gives_the_same_hits_on_both(e2_model_dir, catalog, stores, tmp_path):
     queries = tmp_path / "queries.jsonl"
     image = next((catalog / "images").rglob("*.png"))
     queries.write_text(json.dumps({"text": "Lumen", "entity": "brand"}) + "\n"
                        + json.dumps({"image": str(image), "entity": "season", "id": "photo"}) + "\n"
                        + json.dumps({"image": str(image)}) + "\n")  # fmt: skip
     hits = {}
-    for name, store in both_stores.items():
+    for name, store in stores.items():
         output = tmp_path / f"{name}.jsonl"
         searched = run_cli("search", "--model", str(e2_model_dir), "--index", store, "--queries-file", str(queries),
                            "--output", str(output), "--top-k", "5")  # fmt: skip
@@ -115,35 +138,37 @@ def test_a_queries_file_of_texts_and_images_gives_the_same_hits_on_both(e2_model
         hits[name] = [
             [hit["product_id"] for hit in json.loads(line)["hits"]] for line in output.read_text().splitlines()
         ]
-    assert hits["milvus"] == hits["folder"] and all(len(found) == 5 for found in hits["folder"])
+    assert hits["milvus-lite"] == hits["milvus-server"] == hits["folder"]
+    assert all(len(found) == 5 for found in hits["folder"])
 
 
-def test_compose_search_reads_a_milvus_store(e2_model_dir, decap_folder, catalog, both_stores, tmp_path):
+def test_compose_search_reads_a_milvus_store(e2_model_dir, decap_folder, catalog, stores, tmp_path):
     image = next((catalog / "images").rglob("*.png"))
     found = {}
-    for name, store in both_stores.items():
+    for name, store in stores.items():
         output = tmp_path / f"{name}.json"
         composed = run_cli("compose-search", "--model", str(e2_model_dir), "--captioner", str(decap_folder), "--index",
                            store, "--image", str(image), "--modify", "in FW2016", "--output", str(output))  # fmt: skip
         assert composed.returncode == 0, composed.stderr[-3000:]
         result = json.loads(output.read_text())
         found[name] = (result["rewritten"], [hit["product_id"] for hit in result["hits"]])
-    assert found["milvus"] == found["folder"] and len(found["folder"][1]) == 10
+    assert found["milvus-lite"] == found["milvus-server"] == found["folder"] and len(found["folder"][1]) == 10
 
 
-def test_the_space_searches_a_milvus_store(e2_model_dir, both_stores):
+def test_the_space_searches_a_milvus_store(e2_model_dir, stores):
     pytest.importorskip("gradio", reason="gradio is not installed (pip install '.[test]')")
     from e2_hf.space.app import E2Space
 
     galleries = {}
-    for name, store in both_stores.items():
+    for name, store in stores.items():
         space = E2Space(str(e2_model_dir), store)
         assert space.candidates and len(space.index) == 50
         galleries[name] = space.search("Lumen", "brand", 6)
         space.index.close()
-    assert [caption for _, caption in galleries["milvus"]] == [caption for _, caption in galleries["folder"]]
-    for (milvus_thumbnail, _), (folder_thumbnail, _) in zip(galleries["milvus"], galleries["folder"]):
-        np.testing.assert_array_equal(milvus_thumbnail, folder_thumbnail)
+    for kind in MILVUS_STORES:
+        assert [caption for _, caption in galleries[kind]] == [caption for _, caption in galleries["folder"]]
+        for (milvus_thumbnail, _), (folder_thumbnail, _) in zip(galleries[kind], galleries["folder"]):
+            np.testing.assert_array_equal(milvus_thumbnail, folder_thumbnail)
 
 
 def test_adding_again_changes_nothing_and_a_resumed_add_writes_only_what_is_missing(e2_model_dir, catalog, tmp_path):
@@ -177,19 +202,23 @@ def _stored_rows(index):
             yield item, torch.cat([image[position : position + 1], regions[position]]).numpy()
 
 
-def test_migration_is_lossless_both_ways(both_stores, tmp_path):
-    to_milvus = f"milvus-lite:{tmp_path / 'migrated.db'}"
-    report = migrate(both_stores["folder"], to_milvus)
+@pytest.mark.parametrize("kind", MILVUS_STORES)
+def test_migration_is_lossless_both_ways(stores, server, tmp_path, kind):
+    to_milvus = {
+        "milvus-lite": f"milvus-lite:{tmp_path / 'migrated.db'}",
+        "milvus-server": f"{server.address}#migrated",
+    }[kind]
+    report = migrate(stores["folder"], to_milvus)
     assert report.rows == 50 and report.checked == 50 and report.max_difference == 0.0
     back = tmp_path / "back"
     migrate(to_milvus, str(back))
-    original, returned = EmbeddingIndex(both_stores["folder"]), EmbeddingIndex(back)
+    original, returned = EmbeddingIndex(stores["folder"]), EmbeddingIndex(back)
     assert [item.to_json() for item in returned.items] == [item.to_json() for item in original.items]
     for target in original.targets:
         name = original.tensor_name(target)
         np.testing.assert_array_equal(returned.read_all(name), original.read_all(name))
     np.testing.assert_array_equal(returned.read_all("thumbnails"), original.read_all("thumbnails"))
-    refused = run_cli("index", "--migrate", both_stores["folder"], to_milvus)
+    refused = run_cli("index", "--migrate", stores["folder"], to_milvus)
     assert refused.returncode != 0 and "exists already" in refused.stderr and "Traceback" not in refused.stderr
 
 
@@ -218,7 +247,7 @@ def test_an_approximate_milvus_index_keeps_recall_against_flat(tmp_path, kind):
     assert found / (10 * len(queries)) >= 0.95
 
 
-def test_bad_stores_are_one_line_errors_before_anything_is_written(e2_model_dir, small_clip, both_stores, tmp_path):
+def test_bad_stores_are_one_line_errors_before_anything_is_written(e2_model_dir, small_clip, stores, tmp_path):
     other = tmp_path / "other-model"
     torch.manual_seed(1)
     from e2_hf import from_clip
@@ -227,29 +256,29 @@ def test_bad_stores_are_one_line_errors_before_anything_is_written(e2_model_dir,
     E2CLIPProcessor.from_pretrained(str(e2_model_dir)).save_pretrained(other)
     cases = {
         "another model": (["index", "--model", str(other), "--data", "jsonl:unused.jsonl", "--output",
-                           both_stores["milvus"]], "was built with another model"),
-        "no collection": (["search", "--model", str(e2_model_dir), "--index", both_stores["milvus"].replace(
+                           stores["milvus-lite"]], "was built with another model"),
+        "no collection": (["search", "--model", str(e2_model_dir), "--index", stores["milvus-lite"].replace(
             "#shop", "#nothing"), "--query", "x", "--output", str(tmp_path / "x.png")], "no collection 'nothing'"),
         "unreachable": (["search", "--model", str(e2_model_dir), "--index", "milvus://127.0.0.1:9", "--query", "x",
                          "--output", str(tmp_path / "x.png")], "Milvus error connecting to milvus://127.0.0.1:9"),
-        "unknown entity": (["search", "--model", str(e2_model_dir), "--index", both_stores["milvus"], "--query", "x",
+        "unknown entity": (["search", "--model", str(e2_model_dir), "--index", stores["milvus-lite"], "--query", "x",
                             "--weights", "global=1,colour=1", "--output", str(tmp_path / "x.png")],
                            "unknown entity 'colour'"),
         "not a lite file": (["search", "--model", str(e2_model_dir), "--index", "milvus-lite:catalog.sqlite",
                              "--query", "x", "--output", str(tmp_path / "x.png")], "ends in .db"),
     }  # fmt: skip
-    with MilvusIndex(both_stores["milvus"]) as index:
+    with MilvusIndex(stores["milvus-lite"]) as index:
         count = len(index)
     for name, (arguments, message) in cases.items():
         completed = run_cli(*arguments)
         assert completed.returncode != 0 and message in completed.stderr, (name, completed.stderr[-2000:])
         assert "Traceback" not in completed.stderr, name
-    with MilvusIndex(both_stores["milvus"]) as index:
+    with MilvusIndex(stores["milvus-lite"]) as index:
         assert len(index) == count
 
 
-def test_a_collection_lacking_an_entity_field_is_refused(both_stores, tmp_path):
-    with MilvusIndex(both_stores["milvus"]) as index:
+def test_a_collection_lacking_an_entity_field_is_refused(stores, tmp_path):
+    with MilvusIndex(stores["milvus-lite"]) as index:
         index.metadata["entities"] = [*index.entities, "colour"]
         with pytest.raises(EmbeddingIndexError, match=r"lacks the fields \['region_colour', 'tag_colour'\]"):
             index._check_schema()
@@ -270,3 +299,126 @@ def test_a_model_without_entities_gets_a_global_only_collection(small_clip, cata
         assert sorted(hit.item.product_id for hit in hits) == sorted(item.product_id for item in index.items)
         with pytest.raises(EmbeddingIndexError, match="unknown entity 'brand'; this index has regional embeddings"):
             search_text(model, processor, index, "Aurel", entity="brand")
+
+
+def test_two_processes_upsert_their_shares_into_a_server_directly(e2_model_dir, model_and_processor, catalog, stores,
+                                                                  server):  # fmt: skip
+    """`torchrun --nproc_per_node 2 -m e2_hf.cli index --output milvus://...` (gloo on CPU) after a
+    one-process add of the training products, with --skip-existing: each process upserts its half of
+    the new products into the server, and the collection equals the one-process folder build."""
+    from e2_hf.search import add_catalog, open_or_create_index
+
+    model, processor = model_and_processor
+    data = f"jsonl:{catalog / 'catalog.jsonl'}"
+    address = f"{server.address}#two_processes"
+    with open_or_create_index(address, model, "e2", thumbnail_size=48, search_settings=SearchSettings("flat")) as index:
+        add_catalog(index, model, processor, f"{data}:train")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(free_port()), "-m", "e2_hf.cli", "index", "--model", str(e2_model_dir),
+               "--data", data, "--output", address, "--skip-existing", "--batch-size", "4"]  # fmt: skip
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                               env={**os.environ, "OMP_NUM_THREADS": "1", TOKEN_VARIABLE: TOKEN})  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "added 10 products, 40 already there; the index has 50" in completed.stdout
+    expected = {item.product_id: (item.row, vectors) for item, vectors in folder_rows(stores["folder"])}
+    found = {item.product_id: (item.row, vectors) for item, vectors in stored_rows(address)}
+    assert found.keys() == expected.keys()
+    for product_id, (row, vectors) in expected.items():
+        assert found[product_id][0] == row  # the rows a one-process add numbers
+        np.testing.assert_allclose(found[product_id][1], vectors, atol=1e-5)
+
+
+def folder_rows(folder):
+    index = EmbeddingIndex(folder)
+    vectors = np.stack([index.read_all(index.tensor_name(target)) for target in index.targets], axis=1)
+    return [(item, vectors[item.row]) for item in index.items]
+
+
+def test_a_wrong_or_missing_token_is_one_line_that_never_shows_the_token(e2_model_dir, stores, tmp_path):
+    arguments = ["search", "--model", str(e2_model_dir), "--index", stores["milvus-server"], "--query", "x",
+                 "--output", str(tmp_path / "x.png")]  # fmt: skip
+    wrong = run_cli(*arguments, token="root:a-wrong-secret")
+    assert wrong.returncode != 0 and "Traceback" not in wrong.stderr
+    assert f"the server refused the token in {TOKEN_VARIABLE}" in wrong.stderr and "a-wrong-secret" not in wrong.stderr
+    missing = run_cli(*arguments, token=None)
+    assert missing.returncode != 0 and "Traceback" not in missing.stderr
+    assert f"the server needs a token: set {TOKEN_VARIABLE}" in missing.stderr
+
+
+def test_a_server_allowing_four_vector_fields_is_told_what_to_raise(e2_model_dir, catalog, tmp_path):
+    with milvus_server(tmp_path / "default-server", token=TOKEN, max_vector_fields=4) as limited:
+        built = run_cli("index", "--model", str(e2_model_dir), "--data", f"jsonl:{catalog / 'catalog.jsonl'}",
+                        "--output", limited.address)  # fmt: skip
+        assert built.returncode != 0 and "Traceback" not in built.stderr
+        assert "maximum vector field's number should be limited to 4" in built.stderr
+        assert "needs 5 vector fields (global + 4 entities)" in built.stderr
+        assert "proxy.maxVectorFieldNum" in built.stderr
+        with pytest.raises(EmbeddingIndexError, match="no collection 'e2_index'"):
+            MilvusIndex(limited.address)
+
+
+def test_tag_reads_a_store_as_its_catalog_and_as_its_candidates(e2_model_dir, catalog, stores, tmp_path):
+    """`tag --index STORE` scores the stored embeddings against the stored tags: the accuracy of
+    `tag --data` on the catalog the store was built from. `--candidates STORE` takes its tags."""
+    measured = {}
+    for name, source in {"data": ["--data", f"jsonl:{catalog / 'catalog.jsonl'}"], **{
+            kind: ["--index", store] for kind, store in stores.items()}}.items():  # fmt: skip
+        output = tmp_path / f"{name}.json"
+        tagged = run_cli("tag", "--model", str(e2_model_dir), *source, "--output", str(output))
+        assert tagged.returncode == 0, tagged.stderr[-3000:]
+        measured[name] = json.loads(output.read_text())["accuracy"]
+    assert set(measured["data"]) == {"brand", "season", "subcategory", "composition"}
+    for kind in stores:
+        for entity, result in measured["data"].items():
+            assert (
+                measured[kind][entity]["items"] == result["items"]
+                and measured[kind][entity]["candidates"] == (result["candidates"])
+            )
+            for source in ("region", "global"):
+                assert measured[kind][entity][source] == pytest.approx(result[source], abs=1e-9), (kind, entity)
+    image = next((catalog / "images").rglob("*.png"))
+    predictions = {}
+    for name, candidates in {"data": f"jsonl:{catalog / 'catalog.jsonl'}", "store": stores["milvus-server"]}.items():
+        output = tmp_path / f"image-{name}.json"
+        tagged = run_cli("tag", "--model", str(e2_model_dir), "--image", str(image), "--candidates", candidates,
+                         "--top-k", "2", "--output", str(output))  # fmt: skip
+        assert tagged.returncode == 0, tagged.stderr[-3000:]
+        predictions[name] = json.loads(output.read_text())[0]["tags"]
+    assert predictions["store"] == predictions["data"] and set(predictions["data"]) == set(measured["data"])
+    wrong = run_cli("tag", "--model", str(e2_model_dir), "--index", stores["milvus-lite"].replace("#shop", "#none"))
+    assert wrong.returncode != 0 and "no collection 'none'" in wrong.stderr and "Traceback" not in wrong.stderr
+
+
+def test_build_space_points_a_space_at_a_server_collection(e2_model_dir, stores, server, tmp_path):
+    pytest.importorskip("gradio", reason="gradio is not installed (pip install '.[test]')")
+    space = tmp_path / "space"
+    built = run_cli("build-space", "--model", str(e2_model_dir), "--index", stores["milvus-server"], "--output",
+                    str(space))  # fmt: skip
+    assert built.returncode == 0, built.stderr[-3000:]
+    assert (space / "index.txt").read_text().strip() == stores["milvus-server"] and not (space / "index").exists()
+    assert TOKEN not in "".join(path.read_text(errors="ignore") for path in space.rglob("*") if path.is_file())
+    requirements = (space / "requirements.txt").read_text().split()
+    assert any(line.startswith("pymilvus") for line in requirements)
+    assert "50 products of its index" in (space / "README.md").read_text()
+    found = subprocess.run([sys.executable, "-c", "import app; print(app.parse_arguments([]).index)"], cwd=space,
+                           capture_output=True, text=True, timeout=300, env={**os.environ, "E2_INDEX": ""})  # fmt: skip
+    assert found.stdout.strip() == stores["milvus-server"], found.stderr[-2000:]
+    lite = run_cli("build-space", "--model", str(e2_model_dir), "--index", stores["milvus-lite"], "--output",
+                   str(tmp_path / "lite-space"))  # fmt: skip
+    assert lite.returncode != 0 and "a Space searches a Milvus server" in lite.stderr and "Traceback" not in lite.stderr
+
+
+def test_an_https_server_with_a_private_certificate_is_trusted_through_the_ca_variable(e2_model_dir, catalog,
+                                                                                       tmp_path):  # fmt: skip
+    key, certificate = self_signed_certificate()
+    (tmp_path / "ca.pem").write_bytes(certificate)
+    with milvus_server(tmp_path / "tls-server", token=TOKEN, certificate=(key, certificate)) as secure:
+        arguments = ["index", "--model", str(e2_model_dir), "--data", f"jsonl:{catalog / 'catalog.jsonl'}:validation",
+                     "--output", secure.address]  # fmt: skip
+        untrusted = run_cli(*arguments)
+        assert untrusted.returncode != 0 and "Traceback" not in untrusted.stderr
+        assert f"the server's TLS certificate is not trusted: set {CA_VARIABLE}" in untrusted.stderr
+        assert "ssl_transport_security" not in untrusted.stderr  # gRPC's own log line of the failure is silenced
+        trusted = run_cli(*arguments, **{CA_VARIABLE: str(tmp_path / "ca.pem")})
+        assert trusted.returncode == 0, trusted.stderr[-3000:]
+        assert "the index has 10" in trusted.stdout
