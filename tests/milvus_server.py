@@ -5,7 +5,9 @@ cluster server alike) on a TCP port, with two behaviours of a real server that M
 - a token: with authentication on, Milvus reads `authorization` (base64 of the token) from each
   call's metadata and refuses a wrong or missing one with UNAUTHENTICATED;
 - the limit of vector fields per collection (`proxy.maxVectorFieldNum`, 4 unless raised): creating
-  a collection with more is refused with the server's own message.
+  a collection with more is refused with the server's own message;
+- index types it refuses (`refused_index_types`), as a server whose query nodes have no local disk
+  refuses DiskANN (`queryNode.enableDisk: false`). It records every index type asked for.
 With a certificate it serves TLS (an `https://` address), as a server with `tls.serverPemPath`.
 One worker thread answers the calls one at a time, so several client processes can write at once
 (Milvus Lite's engine takes one writer per collection).
@@ -33,12 +35,22 @@ class MilvusServer:
     address: str  # milvus://127.0.0.1:PORT, or https://localhost:PORT with TLS
     token: str
     max_vector_fields: int
+    index_types_asked: list[str]
 
 
 class _LimitedServicer(MilvusServicer):
-    def __init__(self, db: MilvusLite, max_vector_fields: int):
+    def __init__(self, db: MilvusLite, max_vector_fields: int, refused_index_types: set[str], asked: list[str]):
         super().__init__(db)
         self.max_vector_fields = max_vector_fields
+        self.refused_index_types, self.asked = refused_index_types, asked
+
+    def CreateIndex(self, request, context):  # noqa: N802 - the gRPC method's name
+        index_type = next((pair.value for pair in request.extra_params if pair.key == "index_type"), "")
+        self.asked.append(index_type)
+        if index_type in self.refused_index_types:
+            return common_pb2.Status(code=1100, reason=f"invalid parameter: index type {index_type} needs disk "
+                                                       "on the query nodes (queryNode.enableDisk)")  # fmt: skip
+        return super().CreateIndex(request, context)
 
     def CreateCollection(self, request, context):  # noqa: N802 - the gRPC method's name
         schema = schema_pb2.CollectionSchema()
@@ -68,7 +80,8 @@ class _TokenCheck(grpc.ServerInterceptor):
 
 @contextmanager
 def milvus_server(data_dir: Path, token: str = "root:Milvus", max_vector_fields: int = 10,
-                  certificate: tuple[bytes, bytes] | None = None):  # fmt: skip
+                  certificate: tuple[bytes, bytes] | None = None,
+                  refused_index_types: frozenset[str] = frozenset()):  # fmt: skip
     """A server storing into `data_dir`, running until the block ends; `certificate` (PEM key, PEM
     certificate for localhost) serves TLS."""
     db = MilvusLite(str(data_dir))
@@ -84,7 +97,9 @@ def milvus_server(data_dir: Path, token: str = "root:Milvus", max_vector_fields:
             ("grpc.keepalive_permit_without_calls", 1),
         ],
     )
-    milvus_pb2_grpc.add_MilvusServiceServicer_to_server(_LimitedServicer(db, max_vector_fields), server)
+    asked = []
+    servicer = _LimitedServicer(db, max_vector_fields, set(refused_index_types), asked)
+    milvus_pb2_grpc.add_MilvusServiceServicer_to_server(servicer, server)
     if certificate:
         port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([certificate]))
         address = f"https://localhost:{port}"
@@ -93,7 +108,7 @@ def milvus_server(data_dir: Path, token: str = "root:Milvus", max_vector_fields:
         address = f"milvus://127.0.0.1:{port}"
     server.start()
     try:
-        yield MilvusServer(address, token, max_vector_fields)
+        yield MilvusServer(address, token, max_vector_fields, asked)
     finally:
         server.stop(grace=1)
         db.close()

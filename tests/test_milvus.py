@@ -422,3 +422,27 @@ def test_an_https_server_with_a_private_certificate_is_trusted_through_the_ca_va
         trusted = run_cli(*arguments, **{CA_VARIABLE: str(tmp_path / "ca.pem")})
         assert trusted.returncode == 0, trusted.stderr[-3000:]
         assert "the index has 10" in trusted.stdout
+
+
+def test_diskann_and_ivf_pq_are_asked_of_a_server_and_diskann_refused_by_name_elsewhere(tmp_path, monkeypatch):
+    monkeypatch.setenv(TOKEN_VARIABLE, TOKEN)
+    settings = SearchSettings("diskann", hnsw_ef_search=300)
+    arguments = ("planted", "f" * 16, ["brand"], 16, 8)
+    with pytest.raises(EmbeddingIndexError, match="diskann is a Milvus server's index type; an index folder takes"):
+        EmbeddingIndex.create(tmp_path / "folder", *arguments, "float32", settings)
+    assert not (tmp_path / "folder").exists()
+    with pytest.raises(EmbeddingIndexError, match="Milvus Lite has no DiskANN"):
+        MilvusIndex.create(f"milvus-lite:{tmp_path / 'lite.db'}", *arguments, settings)
+    with milvus_server(tmp_path / "server", token=TOKEN) as server:
+        with MilvusIndex.create(f"{server.address}#disk", *arguments, settings) as store:
+            assert store.metadata["index_type"] == "DISKANN" and set(server.index_types_asked) == {"DISKANN"}
+            assert store._search_params(top_k=10) == {"metric_type": "IP", "params": {"search_list": 300}}
+        server.index_types_asked.clear()  # ivfpq is IVF_PQ on a server (IVF_SQ8 on Milvus Lite)
+        with MilvusIndex.create(f"{server.address}#pq", *arguments, SearchSettings("ivfpq", ivf_probes=7)) as store:
+            assert store.metadata["index_type"] == "IVF_PQ" and set(server.index_types_asked) == {"IVF_PQ"}
+            assert store._search_params(top_k=10) == {"metric_type": "IP", "params": {"nprobe": 7}}
+    with milvus_server(tmp_path / "diskless", token=TOKEN, refused_index_types=frozenset({"DISKANN"})) as diskless:
+        with pytest.raises(EmbeddingIndexError, match="index type DISKANN needs disk"):
+            MilvusIndex.create(f"{diskless.address}#disk", *arguments, settings)
+        with pytest.raises(EmbeddingIndexError, match="no collection 'disk'"):  # the half-made collection is gone
+            MilvusIndex(f"{diskless.address}#disk")

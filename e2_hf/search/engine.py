@@ -26,7 +26,8 @@ from ..choices import DTYPE_NAMES
 from ..errors import EmbeddingIndexError
 from ..extras import require
 
-INDEX_TYPES = ("auto", "flat", "hnsw", "ivfpq")
+INDEX_TYPES = ("auto", "flat", "hnsw", "ivfpq", "diskann")
+SERVER_ONLY_TYPES = ("diskann",)  # a Milvus server's own: neither FAISS (the folder) nor Milvus Lite has it
 STORAGE_DTYPES = DTYPE_NAMES  # how an index stores its vectors
 DEFAULT_THUMBNAIL_SIZE = 128  # side in pixels of the thumbnail an index keeps of each product
 # how a storage dtype is kept inside a FAISS index (index_factory's spelling)
@@ -82,8 +83,16 @@ class SearchSettings:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
+    def check_folder(self, where: str) -> None:
+        """An index folder searches with FAISS: a Milvus server's own index type is refused by name."""
+        if self.index_type in SERVER_ONLY_TYPES:
+            choices = ", ".join(kind for kind in INDEX_TYPES if kind not in SERVER_ONLY_TYPES)
+            raise EmbeddingIndexError(f"{where}: {self.index_type} is a Milvus server's index type; an index folder "
+                                      f"takes {choices}")  # fmt: skip
+
     def resolved_type(self, rows: int) -> str:
         """The index type used at `rows` rows: `auto` picks flat or ivfpq by size."""
+        self.check_folder("the index folder")
         if self.index_type != "auto":
             return self.index_type
         return "flat" if rows <= self.exact_up_to else "ivfpq"

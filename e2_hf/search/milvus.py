@@ -143,6 +143,7 @@ class MilvusIndex(EmbeddingStore):
         try:
             client.create_collection(collection, schema=schema, index_params=index_params, properties=properties)
         except Exception as error:  # noqa: BLE001 - pymilvus raises its own types; the message says what happened
+            _drop_half_made(client, collection)
             vectors = 1 + len(entities)
             hint = ""
             if vectors > DEFAULT_VECTOR_FIELD_LIMIT and "vector" in str(error).lower():
@@ -308,9 +309,11 @@ class MilvusIndex(EmbeddingStore):
 
     def _search_params(self, top_k: int) -> dict[str, Any]:
         """The query-time settings of the index type, from the index's search settings (as the folder
-        index's): HNSW's candidate list `ef` (at least `top_k`), IVF's lists probed."""
+        index's): HNSW's candidate list `ef` and DiskANN's `search_list` (--hnsw-ef-search, at least
+        `top_k`), IVF's lists probed."""
         settings = self.search_settings
         params = {"HNSW": {"ef": max(settings.hnsw_ef_search, top_k)},
+                  "DISKANN": {"search_list": max(settings.hnsw_ef_search, top_k)},
                   "IVF_SQ8": {"nprobe": settings.ivf_probes}, "IVF_PQ": {"nprobe": settings.ivf_probes}}  # fmt: skip
         return {"metric_type": "IP", "params": params.get(self.metadata["index_type"], {})}
 
@@ -424,7 +427,8 @@ def _schema(client, entities: Sequence[str], dim: int):
 def _milvus_index(settings: SearchSettings, lite: bool) -> dict[str, Any]:
     """Milvus' index for the index type, fixed when the collection is made: flat is FLAT (exact);
     hnsw, and auto (a Milvus index is not rebuilt as it grows), HNSW with the same degree and build
-    width; ivfpq IVF_PQ on a server, IVF_SQ8 on Milvus Lite (which has no PQ)."""
+    width; ivfpq IVF_PQ on a server, IVF_SQ8 on Milvus Lite (which has no PQ); diskann DISKANN on a
+    server only."""
     kind = settings.index_type
     if kind not in INDEX_TYPES:
         raise EmbeddingIndexError(f"unknown index type {kind!r}")
@@ -433,10 +437,24 @@ def _milvus_index(settings: SearchSettings, lite: bool) -> dict[str, Any]:
     if kind in ("hnsw", "auto"):
         return {"index_type": "HNSW", "params": {"M": settings.hnsw_neighbours,
                                                   "efConstruction": settings.hnsw_ef_construction}}  # fmt: skip
+    if kind == "diskann":
+        if lite:
+            raise EmbeddingIndexError("Milvus Lite has no DiskANN (a Milvus server's index type): use hnsw")
+        return {"index_type": "DISKANN", "params": {}}
     lists = settings.ivf_lists or 1024
     if lite:
         return {"index_type": "IVF_SQ8", "params": {"nlist": lists}}
     return {"index_type": "IVF_PQ", "params": {"nlist": lists, "m": settings.pq_subvectors or 64, "nbits": 8}}
+
+
+def _drop_half_made(client, collection: str) -> None:
+    """pymilvus makes a collection, then its indexes: where an index is refused, the empty
+    collection it made is dropped, so a failed create leaves nothing (it did not exist before)."""
+    try:
+        if client.has_collection(collection):
+            client.drop_collection(collection)
+    except Exception:  # noqa: BLE001, S110 - the create's own error is the one to report
+        pass
 
 
 def _bounded(text: str, product_id: str, what: str) -> str:
