@@ -33,6 +33,7 @@ def main(variant: str, output_path: str) -> None:
         torch.save({"loss": outputs.loss.detach(), "region_loss": outputs.region_loss.detach(), "grads": grads},
                    output_path)  # fmt: skip
     accelerator.wait_for_everyone()
+    accelerator.end_training()  # the process group is torn down in order before the processes exit
 
 
 if __name__ == "__main__":

@@ -46,10 +46,11 @@ def add_index_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     search = parser.add_argument_group("FAISS indices (a new index, or --rebuild)")
     search.add_argument("--index-type", choices=INDEX_TYPES,
                         help="auto (default): exact up to --exact-up-to rows, ivfpq beyond; flat: exact; hnsw: "
-                        "approximate graph; ivfpq: approximate, compressed")  # fmt: skip
+                        "approximate graph; ivfpq: approximate, compressed; diskann: a Milvus server's on-disk "
+                        "graph")  # fmt: skip
     search.add_argument("--exact-up-to", type=int, help=f"auto's limit (default {DEFAULT_SETTINGS.exact_up_to})")
-    search.add_argument("--hnsw-ef-search", type=int,
-                        help=f"hnsw: candidates per query (default {DEFAULT_SETTINGS.hnsw_ef_search})")  # fmt: skip
+    search.add_argument("--hnsw-ef-search", type=int, help="hnsw, diskann: candidates per query (default "
+                        f"{DEFAULT_SETTINGS.hnsw_ef_search})")  # fmt: skip
     search.add_argument(
         "--ivf-probes", type=int, help=f"ivfpq: lists per query (default {DEFAULT_SETTINGS.ivf_probes})"
     )
@@ -134,6 +135,9 @@ def _add_to_index(args: argparse.Namespace) -> tuple[Any, bool]:
             print(f"{spec}: added {report.added} products{skipped}; the index has {report.total}")
     if main:
         print(f"index in {args.output}")
+    if processes is not None:  # every process leaves together: none tears down a link another still reads
+        processes.wait_for_everyone()
+        processes.destroy_process_group()
     return index, main
 
 
