@@ -298,6 +298,9 @@ class MilvusIndex(EmbeddingStore):
         of their cosines (`WeightedRanker` without score normalisation); see `fuse_weighted`."""
         pymilvus = require("pymilvus", "searching a Milvus index")
         targets = list(weights)
+        for target in targets:
+            if target is not GLOBAL:
+                self.entity_index(target)
         requests = [pymilvus.AnnSearchRequest(queries[target].tolist(), vector_field(target),
                                               self._search_params(candidates), limit=candidates,
                                               expr=self._filter(where))
