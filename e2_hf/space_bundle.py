@@ -80,6 +80,8 @@ def build_space(model: str, data: list[str] | None, output: str | Path, title: s
         raise ValueError(f"{output} is not empty; give a new folder for the Space")
     if (data is None) == (store is None):
         raise ValueError("give the catalogs to bundle (--data) or a Milvus server's collection (--index)")
+    if store:
+        _check_server_address(store)
     requirements = runtime_requirements(SPACE_EXTRAS + (("milvus",) if store else ()))
     loaded, processor, device, dtype = load_for_inference(model, "cpu")
     if store:
@@ -110,15 +112,21 @@ def _bundle_index(folder: Path, data: list[str], model, processor, model_name: s
     return len(index)
 
 
-def _check_store(address: str, model, model_name: str) -> int:
-    """The rows of the Milvus server collection at `address`, checked to come from `model`. A Space
-    runs elsewhere, so a Milvus Lite file (open in one process, on this machine) cannot be its store."""
-    from .search import model_fingerprint
-    from .search.milvus import LITE_PREFIX, MilvusIndex, is_milvus_address
+def _check_server_address(address: str) -> None:
+    """A Space runs elsewhere, so its store is a Milvus server: not a folder here, nor a Milvus Lite
+    file (open in one process, on this machine)."""
+    from .search.milvus import LITE_PREFIX, is_milvus_address
 
     if not is_milvus_address(address) or address.startswith(LITE_PREFIX):
         raise ValueError(f"--index {address}: a Space searches a Milvus server (milvus://HOST:PORT or https://...); "
                          "to bundle an index folder, give its catalogs with --data")  # fmt: skip
+
+
+def _check_store(address: str, model, model_name: str) -> int:
+    """The rows of the Milvus server collection at `address`, checked to come from `model`."""
+    from .search import model_fingerprint
+    from .search.milvus import MilvusIndex
+
     with MilvusIndex(address) as store:
         store.check_model(model_fingerprint(model), model_name)
         return len(store)

@@ -174,14 +174,19 @@ def test_the_space_searches_a_milvus_store(e2_model_dir, stores):
             np.testing.assert_array_equal(milvus_thumbnail, folder_thumbnail)
 
 
-def test_adding_again_changes_nothing_and_a_resumed_add_writes_only_what_is_missing(e2_model_dir, catalog, tmp_path):
+def test_adding_again_changes_nothing_and_a_resumed_add_writes_only_what_is_missing(model_and_processor, e2_model_dir,
+                                                                                     catalog, tmp_path):  # fmt: skip
+    from e2_hf.search import add_catalog, open_or_create_index
+
+    model, processor = model_and_processor
     store = f"milvus-lite:{tmp_path / 'catalog.db'}"
     common = ["--model", str(e2_model_dir), "--output", store, "--index-type", "flat"]
     first = run_cli("index", *common, "--data", f"jsonl:{catalog / 'catalog.jsonl'}:train")
     assert first.returncode == 0, first.stderr[-3000:]
     before = {item.product_id: (item.row, vectors) for item, vectors in stored_rows(store)}
-    again = run_cli("index", *common, "--data", f"jsonl:{catalog / 'catalog.jsonl'}:train")
-    assert again.returncode == 0, again.stderr[-3000:]
+    with open_or_create_index(store, model, str(e2_model_dir)) as index:  # the same add again, in this process
+        again = add_catalog(index, model, processor, f"jsonl:{catalog / 'catalog.jsonl'}:train")
+    assert again.added == 40 and again.total == 40
     after = {item.product_id: (item.row, vectors) for item, vectors in stored_rows(store)}
     assert after.keys() == before.keys() and len(after) == 40
     for product_id, (row, vectors) in after.items():
@@ -402,9 +407,11 @@ def test_build_space_points_a_space_at_a_server_collection(e2_model_dir, stores,
     found = subprocess.run([sys.executable, "-c", "import app; print(app.parse_arguments([]).index)"], cwd=space,
                            capture_output=True, text=True, timeout=300, env={**os.environ, "E2_INDEX": ""})  # fmt: skip
     assert found.stdout.strip() == stores["milvus-server"], found.stderr[-2000:]
-    lite = run_cli("build-space", "--model", str(e2_model_dir), "--index", stores["milvus-lite"], "--output",
-                   str(tmp_path / "lite-space"))  # fmt: skip
-    assert lite.returncode != 0 and "a Space searches a Milvus server" in lite.stderr and "Traceback" not in lite.stderr
+    from e2_hf.space_bundle import build_space
+
+    with pytest.raises(ValueError, match="a Space searches a Milvus server"):
+        build_space(str(e2_model_dir), None, tmp_path / "lite-space", store=stores["milvus-lite"])
+    assert not (tmp_path / "lite-space").exists()  # refused before anything is loaded or written
 
 
 def test_an_https_server_with_a_private_certificate_is_trusted_through_the_ca_variable(e2_model_dir, catalog,
