@@ -125,19 +125,29 @@ class StoredEmbeddings:
 
     image_embeds: torch.Tensor  # [rows, dim]
     region_embeds: torch.Tensor | None  # [rows, entities, dim]; None for a global-only index
-    catalog: Any  # the store itself: its value_sets(entity) give each row's tags
+    items: list  # each row's IndexItem, read with its vectors
     entities: list[str]
 
     @classmethod
     def read(cls, store) -> StoredEmbeddings:
-        """Every row of `store` (an index folder or a Milvus store), in row order."""
-        images, regions = [], []
-        for _, image, region, _ in store.read_rows(with_thumbnails=False):
+        """Every row of `store` (an index folder or a Milvus store), in row order, in one pass."""
+        items, images, regions = [], [], []
+        for batch, image, region, _ in store.read_rows(with_thumbnails=False):
+            items += batch
             images.append(image.float())
             regions.append(region.float())
         image_embeds = torch.cat(images) if images else torch.zeros(0, store.dim)
         region_embeds = torch.cat(regions) if regions else torch.zeros(0, len(store.entities), store.dim)
-        return cls(image_embeds, region_embeds if store.entities else None, store, store.entities)
+        return cls(image_embeds, region_embeds if store.entities else None, items, store.entities)
+
+    @property
+    def catalog(self) -> StoredEmbeddings:
+        """What `tagging_accuracy` reads the tags from (as `CatalogEmbeddings.catalog`): these rows."""
+        return self
+
+    def value_sets(self, entity: str) -> list[tuple[str, ...]]:
+        """Each row's values of `entity` (as `Catalog.value_sets`), from the items read."""
+        return [item.values_of(entity) for item in self.items]
 
 
 def tagging_accuracy(
@@ -320,10 +330,10 @@ def _measure_index(args, model, processor, candidates, device) -> dict[str, Any]
     with open_store(args.index) as store:
         store.check_model(model_fingerprint(model), str(args.model))
         embeddings = StoredEmbeddings.read(store)
-        if candidates is None and args.entity:
-            candidates = catalog_candidates(store, args.entity)
-        results = tagging_accuracy(model, processor, embeddings, candidates, device)
-        rows = len(embeddings.image_embeds)
+    if candidates is None and args.entity:
+        candidates = catalog_candidates(embeddings, args.entity)
+    results = tagging_accuracy(model, processor, embeddings, candidates, device)
+    rows = len(embeddings.image_embeds)
     print(f"zero-shot tagging top-1 accuracy (%) on {args.index}, {rows} products (stored embeddings):")
     print(accuracy_table(results))
     return {"model": str(args.model), "index": str(args.index), "accuracy": results}

@@ -28,6 +28,7 @@ from e2_hf.evaluation.embedding import load_for_inference
 from e2_hf.images import ImageLimits, ImageSizeError, open_image
 from e2_hf.search import search_text
 from e2_hf.search.milvus import open_store
+from e2_hf.space_bundle import STORE_ADDRESS_FILE
 from e2_hf.tagging import candidate_embeddings, catalog_candidates, zero_shot_tags
 from e2_hf.visualization import render_selection_figure, selection_maps
 
@@ -133,7 +134,7 @@ def build_demo(space: E2Space) -> gr.Blocks:
 
 def default_index() -> str:
     """The bundled index folder, or the Milvus store whose address `e2-hf build-space --index` wrote."""
-    address = HERE / "index.txt"
+    address = HERE / STORE_ADDRESS_FILE
     return address.read_text(encoding="utf-8").strip() if address.is_file() else str(HERE / "index")
 
 

@@ -200,7 +200,8 @@ def test_adding_again_changes_nothing_and_a_resumed_add_writes_only_what_is_miss
 
 
 def stored_rows(address):
-    with MilvusIndex(address) as index:
+    """`[(item, [targets, dim] vectors)]` of every row of a folder or a Milvus store."""
+    with open_store(address) as index:
         return list(_stored_rows(index))
 
 
@@ -328,18 +329,12 @@ def test_two_processes_upsert_their_shares_into_a_server_directly(e2_model_dir, 
                                env={**os.environ, "OMP_NUM_THREADS": "1", TOKEN_VARIABLE: TOKEN})  # fmt: skip
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "added 10 products, 40 already there; the index has 50" in completed.stdout
-    expected = {item.product_id: (item.row, vectors) for item, vectors in folder_rows(stores["folder"])}
+    expected = {item.product_id: (item.row, vectors) for item, vectors in stored_rows(stores["folder"])}
     found = {item.product_id: (item.row, vectors) for item, vectors in stored_rows(address)}
     assert found.keys() == expected.keys()
     for product_id, (row, vectors) in expected.items():
         assert found[product_id][0] == row  # the rows a one-process add numbers
         np.testing.assert_allclose(found[product_id][1], vectors, atol=1e-5)
-
-
-def folder_rows(folder):
-    index = EmbeddingIndex(folder)
-    vectors = np.stack([index.read_all(index.tensor_name(target)) for target in index.targets], axis=1)
-    return [(item, vectors[item.row]) for item in index.items]
 
 
 def test_a_wrong_or_missing_token_is_one_line_that_never_shows_the_token(e2_model_dir, stores, tmp_path, monkeypatch):

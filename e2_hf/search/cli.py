@@ -252,8 +252,6 @@ def run_search(args: argparse.Namespace) -> None:
         warning = untrained_entity_warning(args.model, index, entity)
         if warning:
             print(f"warning: {warning}", file=sys.stderr)
-    if args.faiss_gpu and index.folder is None:
-        raise ValueError("--faiss-gpu searches an index folder's FAISS indices; Milvus searches on its own servers")
     if args.faiss_gpu:  # fail on a missing GPU or a type FAISS cannot move before loading the model
         for entity in {query.entity for query in queries}:
             index.searcher(entity)
@@ -310,8 +308,6 @@ def run_compose(args: argparse.Namespace) -> None:
     index = open_store(args.index, faiss_gpu=args.faiss_gpu)
     if args.entity is not None:
         index.entity_index(args.entity)
-    if args.faiss_gpu and index.folder is None:
-        raise ValueError("--faiss-gpu searches an index folder's FAISS indices; Milvus searches on its own servers")
     if args.faiss_gpu:
         index.searcher(args.entity)
     rewriter = load_rewriter(args.rewriter) if args.rewriter else None

@@ -244,9 +244,10 @@ class EmbeddingIndex(EmbeddingStore):
         check_new_index_folder(folder)
         if storage_dtype not in STORAGE_DTYPES:
             raise EmbeddingIndexError(f"unknown storage dtype {storage_dtype!r}; choose one of {STORAGE_DTYPES}")
-        (search_settings or SearchSettings()).check_folder(str(folder))
+        settings = search_settings or SearchSettings()
+        settings.check_folder(str(folder))
         folder.mkdir(parents=True, exist_ok=True)
-        search = {"settings": (search_settings or SearchSettings()).to_json(), "commit": 0, "files": []}
+        search = {"settings": settings.to_json(), "commit": 0, "files": []}
         metadata = {"format": INDEX_FORMAT, "version": INDEX_VERSION, "model": model_name,
                     "model_fingerprint": fingerprint, "entities": list(entities), "dim": dim,
                     "thumbnail_size": thumbnail_size, "storage_dtype": storage_dtype, "rows": 0, "shards": [],
@@ -511,7 +512,6 @@ class EmbeddingIndex(EmbeddingStore):
         passing `exact_up_to`). The caller holds `writer_lock`. Returns what was done, per target
         (nothing when the committed files hold every row already)."""
         settings = settings or self.search_settings
-        settings.check_folder(str(self.folder))
         rebuild = rebuild or settings != self.search_settings
         kind = settings.resolved_type(len(self))
         recorded_files = [self._search_file(target) for target in self.targets]

@@ -42,7 +42,7 @@ from PIL import Image
 
 from ..errors import EmbeddingIndexError
 from ..extras import require
-from .engine import INDEX_TYPES, SearchSettings
+from .engine import SearchSettings
 from .index import GLOBAL, EmbeddingIndex, EmbeddingStore, IndexItem
 
 LITE_PREFIX = "milvus-lite:"
@@ -68,6 +68,9 @@ def is_milvus_address(address: str | os.PathLike) -> bool:
 def open_store(address: str | os.PathLike, faiss_gpu: bool = False):
     """The index at `address`: a folder (`EmbeddingIndex`) or a Milvus collection (`MilvusIndex`)."""
     if is_milvus_address(address):
+        if faiss_gpu:
+            raise EmbeddingIndexError("--faiss-gpu searches an index folder's FAISS indices; Milvus searches on its "
+                                      "own servers")  # fmt: skip
         return MilvusIndex(str(address))
     return EmbeddingIndex(address, faiss_gpu=faiss_gpu)
 
@@ -433,8 +436,6 @@ def _milvus_index(settings: SearchSettings, lite: bool) -> dict[str, Any]:
     width; ivfpq IVF_PQ on a server, IVF_SQ8 on Milvus Lite (which has no PQ); diskann DISKANN on a
     server only."""
     kind = settings.index_type
-    if kind not in INDEX_TYPES:
-        raise EmbeddingIndexError(f"unknown index type {kind!r}")
     if kind == "flat":
         return {"index_type": "FLAT", "params": {}}
     if kind in ("hnsw", "auto"):
